@@ -1,0 +1,219 @@
+package access
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// PeerIdentity is what a verified mutual-TLS peer is known by. It travels as
+// one value to every auth and policy decision.
+type PeerIdentity struct {
+	Certificate *x509.Certificate
+	Names       []string // DNS (and IP) names the certificate asserts
+	Name        string   // the name that matched the allow list
+	RemoteAddr  string
+}
+
+// ListenerConfig configures a mutual-TLS listener.
+type ListenerConfig struct {
+	Material         *Material
+	Allow            *AllowList
+	HandshakeTimeout time.Duration // default 10s
+	Log              *slog.Logger
+	// OnRefused is called once per refused connection with the reason.
+	OnRefused func(reason string)
+	// OnAccepted is called once per verified connection.
+	OnAccepted func(id *PeerIdentity)
+}
+
+// Listener accepts TCP connections, completes the TLS handshake off the
+// accept path (a slow peer cannot hold up others), verifies the peer against
+// the CA and the allow list, and hands out only verified connections. It
+// remembers each verified peer's identity under its remote address until the
+// connection closes.
+type Listener struct {
+	inner net.Listener
+	cfg   ListenerConfig
+	tls   *tls.Config
+	conns chan net.Conn
+
+	mu    sync.Mutex
+	peers map[string]*PeerIdentity
+
+	ctx       context.Context // ended by Close; bounds every handshake
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// Listen binds addr and starts accepting.
+func Listen(network, addr string, cfg ListenerConfig) (*Listener, error) {
+	inner, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return NewListener(inner, cfg), nil
+}
+
+// NewListener wraps an already bound listener.
+func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	l := &Listener{
+		inner: inner,
+		cfg:   cfg,
+		tls:   ServerConfig(cfg.Material),
+		conns: make(chan net.Conn),
+		peers: map[string]*PeerIdentity{},
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l
+}
+
+func (l *Listener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		raw, err := l.inner.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			l.cfg.Log.Warn("accept failed", "error", err)
+			select {
+			case <-l.ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		l.wg.Add(1)
+		go l.handshake(raw)
+	}
+}
+
+func (l *Listener) handshake(raw net.Conn) {
+	defer l.wg.Done()
+	remote := raw.RemoteAddr().String()
+	var id *PeerIdentity
+	cfg := l.tls.Clone()
+	cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+		var err error
+		id, err = VerifyPeer(rawCerts, l.cfg.Material.Roots, l.cfg.Allow)
+		return err
+	}
+	conn := tls.Server(raw, cfg)
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
+	err := conn.HandshakeContext(ctx)
+	ctxErr := ctx.Err()
+	cancel()
+	if err != nil {
+		l.refuse(raw, remote, err, ctxErr)
+		return
+	}
+	id.RemoteAddr = remote
+	l.mu.Lock()
+	l.peers[remote] = id
+	l.mu.Unlock()
+	if l.cfg.OnAccepted != nil {
+		l.cfg.OnAccepted(id)
+	}
+	l.cfg.Log.Info("mtls peer accepted", "remote", remote, "name", id.Name)
+	c := &trackedConn{Conn: conn, l: l, remote: remote}
+	select {
+	case l.conns <- c:
+	case <-l.ctx.Done():
+		c.Close()
+	}
+}
+
+func (l *Listener) refuse(raw net.Conn, remote string, err, ctxErr error) {
+	raw.Close()
+	var pr *PeerRefusedError
+	reason := ReasonHandshakeFailed
+	var names []string
+	switch {
+	case errors.As(err, &pr):
+		reason, names = pr.Reason, pr.Names
+	case errors.Is(ctxErr, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		reason = ReasonTimeout
+	}
+	if l.ctx.Err() != nil {
+		return // shutting down: not a refusal
+	}
+	if l.cfg.OnRefused != nil {
+		l.cfg.OnRefused(reason)
+	}
+	l.cfg.Log.Warn("mtls peer refused", "remote", remote, "reason", reason, "names", names, "error", err)
+}
+
+// Accept returns the next verified connection.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting. Connections already handed out stay open.
+func (l *Listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		l.cancel()
+		err = l.inner.Close()
+		l.wg.Wait()
+	})
+	return err
+}
+
+// Addr is the bound address.
+func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
+
+// Peer returns the identity of the verified peer connected from remoteAddr.
+func (l *Listener) Peer(remoteAddr string) (*PeerIdentity, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	id, ok := l.peers[remoteAddr]
+	return id, ok
+}
+
+// PeerCount is the number of verified connections open now.
+func (l *Listener) PeerCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.peers)
+}
+
+type trackedConn struct {
+	net.Conn
+	l      *Listener
+	remote string
+	once   sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.peers, c.remote)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}

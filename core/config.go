@@ -1,0 +1,103 @@
+package core
+
+import (
+	"path/filepath"
+	"time"
+
+	"portcullis/access"
+	"portcullis/core/store"
+	"portcullis/internal/config"
+	"portcullis/internal/lifecycle"
+	"portcullis/internal/ops"
+)
+
+// Config is the whole of core.yaml.
+type Config struct {
+	Log      lifecycle.LogConfig      `yaml:"log"`
+	Metrics  ops.Config               `yaml:"metrics"`
+	Shutdown lifecycle.ShutdownConfig `yaml:"shutdown"`
+	SIP      SIPConfig                `yaml:"sip"`
+	TLS      access.TLSFiles          `yaml:"tls"`
+	// TrustedEdges names the edge certificates (SAN DNS names) that may hold
+	// a link to this core: Lync's trusted-edge table.
+	TrustedEdges []string     `yaml:"trusted_edges"`
+	Store        store.Config `yaml:"store"`
+}
+
+// SIPConfig is the core's `sip` section.
+type SIPConfig struct {
+	// Listen is the mutual-TLS listener that edges connect to.
+	Listen string `yaml:"listen"`
+	// Hostname is the core's name (as in its certificate) used in SIP headers.
+	Hostname         string        `yaml:"hostname"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+}
+
+// DefaultConfig returns the defaults every file is decoded onto.
+func DefaultConfig() Config {
+	return Config{
+		Log:      lifecycle.LogConfig{Level: "info"},
+		Metrics:  ops.Config{Listen: "127.0.0.1:9101"},
+		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
+		SIP:      SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second},
+		Store:    store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
+	}
+}
+
+// Validate checks every section.
+func (c *Config) Validate(v *config.V) {
+	c.Log.Validate(v.In("log"))
+	c.Metrics.Validate(v.In("metrics"), false)
+	c.Shutdown.Validate(v.In("shutdown"))
+	c.SIP.Validate(v.In("sip"))
+	c.TLS.Validate(v.In("tls"))
+	v.Check(len(c.TrustedEdges) > 0, "trusted_edges", "must list at least one edge certificate name")
+	for i, n := range c.TrustedEdges {
+		v.Check(n != "", "trusted_edges["+config.Itoa(i)+"]", "must not be empty")
+	}
+	c.Store.Validate(v.In("store"))
+}
+
+// Validate checks the SIP section.
+func (s *SIPConfig) Validate(v *config.V) {
+	v.CheckHostPort("listen", s.Listen, true)
+	v.CheckNotEmpty("hostname", s.Hostname)
+	v.Check(s.HandshakeTimeout > 0 && s.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", s.HandshakeTimeout)
+}
+
+// Resolve makes file paths relative to base (the config file's folder).
+func (c *Config) Resolve(base string) {
+	c.TLS.Resolve(base)
+	if c.Store.Path != "" && !filepath.IsAbs(c.Store.Path) {
+		c.Store.Path = filepath.Join(base, c.Store.Path)
+	}
+}
+
+// LoadConfig reads and validates a core config file. Relative paths in it
+// are taken relative to the file's folder.
+func LoadConfig(file string) (Config, error) {
+	c := DefaultConfig()
+	if err := config.Load(file, &c); err != nil {
+		return Config{}, err
+	}
+	c.Resolve(filepath.Dir(file))
+	return c, nil
+}
+
+// restartOnly lists what a reload cannot change, by comparing old and new.
+func restartOnly(old, new Config) []string {
+	var keys []string
+	if old.Metrics != new.Metrics {
+		keys = append(keys, "metrics")
+	}
+	if old.SIP != new.SIP {
+		keys = append(keys, "sip")
+	}
+	if old.TLS != new.TLS {
+		keys = append(keys, "tls")
+	}
+	if old.Store != new.Store {
+		keys = append(keys, "store")
+	}
+	return keys
+}

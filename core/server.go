@@ -1,0 +1,148 @@
+// Package core is the Front End on the internal network: it accepts the
+// edges' mutual-TLS SIP links and will host the registrar, proxy and
+// conferencing components.
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"portcullis/access"
+	"portcullis/core/store"
+	"portcullis/internal/lifecycle"
+	"portcullis/internal/ops"
+	"portcullis/internal/sipnode"
+)
+
+// Server is a running core.
+type Server struct {
+	cfg     atomic.Pointer[Config]
+	deps    lifecycle.Deps
+	log     *slog.Logger
+	metrics *metrics
+	allow   *access.AllowList
+
+	store *store.Store
+	sip   *sipnode.Node
+	ops   *ops.Server
+}
+
+// Start validates what can only be checked against the machine (certificate
+// files), opens the store, binds the listeners and starts serving. On error
+// nothing is left running.
+func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
+	material, err := access.LoadMaterial(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{deps: deps, log: deps.Log.With("component", "core"), allow: access.NewAllowList(cfg.TrustedEdges)}
+	s.cfg.Store(&cfg)
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.metrics = newMetrics(deps.Registry, func() float64 {
+		if s.sip == nil {
+			return 0
+		}
+		return float64(s.sip.PeerCount())
+	})
+	if s.store, err = store.Open(ctx, cfg.Store); err != nil {
+		return nil, err
+	}
+	s.sip, err = sipnode.New(sipnode.Config{
+		Name:             "portcullis-core",
+		Hostname:         cfg.SIP.Hostname,
+		Listen:           cfg.SIP.Listen,
+		Material:         material,
+		Allow:            s.allow,
+		HandshakeTimeout: cfg.SIP.HandshakeTimeout,
+		Log:              s.log.With("listener", "sip-mtls"),
+		OnRequest:        func(m string) { s.metrics.requests.WithLabelValues(m).Inc() },
+		OnRefused:        func(r string) { s.metrics.mtlsRefused.WithLabelValues(r).Inc() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
+	}
+	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {
+		return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+	}
+	s.sip.Serve()
+	version, _ := s.store.SchemaVersion(ctx)
+	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "metrics", s.ops.Addr(),
+		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
+	return s, nil
+}
+
+// Ready is nil when the core can serve: listening, not draining, store answering.
+func (s *Server) Ready() error {
+	if s.sip == nil || s.sip.Draining() {
+		return errors.New("draining")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// Store is the core's store.
+func (s *Server) Store() *store.Store { return s.store }
+
+// Config is the configuration in force.
+func (s *Server) Config() Config { return *s.cfg.Load() }
+
+// Reload swaps in a new, already validated configuration. Trusted edges and
+// the log level change at once; listener, TLS and store settings need a
+// restart, which is logged.
+func (s *Server) Reload(cfg Config) error {
+	old := s.cfg.Load()
+	if keys := restartOnly(*old, cfg); len(keys) > 0 {
+		s.log.Warn("reload: these settings change only on restart; keeping the running values", "keys", strings.Join(keys, ","))
+		cfg.Metrics, cfg.SIP, cfg.TLS, cfg.Store = old.Metrics, old.SIP, old.TLS, old.Store
+	}
+	s.allow.Set(cfg.TrustedEdges)
+	setLevel(s.deps.Level, cfg.Log.Level)
+	s.cfg.Store(&cfg)
+	s.metrics.reloads.WithLabelValues("applied").Inc()
+	s.log.Info("core config applied", "trusted_edges", cfg.TrustedEdges)
+	return nil
+}
+
+// ReloadRejected counts a reload that failed validation.
+func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected").Inc() }
+
+// Addr returns the SIP MTLS and metrics listener addresses.
+func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
+
+// Drain stops accepting edge connections and new requests and waits for
+// requests in progress.
+func (s *Server) Drain(ctx context.Context) error { return s.sip.Drain(ctx) }
+
+// Close stops everything.
+func (s *Server) Close() error {
+	var errs []error
+	if s.sip != nil {
+		errs = append(errs, s.sip.Close())
+	}
+	if s.ops != nil {
+		errs = append(errs, s.ops.Close())
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func setLevel(v *slog.LevelVar, name string) {
+	if l, err := lifecycle.ParseLevel(name); err == nil && v != nil {
+		v.Set(l)
+	}
+}

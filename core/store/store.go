@@ -1,0 +1,153 @@
+// Package store is the core's durable state. The embedded default is SQLite
+// (modernc.org/sqlite, no cgo) in the data folder; the schema is migrated
+// forward at open.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"portcullis/internal/config"
+	"portcullis/internal/flock"
+)
+
+// Config is the core's `store` section.
+type Config struct {
+	Driver string `yaml:"driver"` // sqlite
+	Path   string `yaml:"path"`   // database file, for sqlite
+}
+
+// Validate checks the section.
+func (c *Config) Validate(v *config.V) {
+	switch c.Driver {
+	case "sqlite":
+		v.CheckNotEmpty("path", c.Path)
+	case "postgres":
+		v.Errorf("driver", "postgres is not available in this release; use sqlite")
+	default:
+		v.Errorf("driver", "must be sqlite, got %q", c.Driver)
+	}
+}
+
+// Store is the core's state.
+type Store struct {
+	db   *sql.DB
+	lock *flock.Lock
+}
+
+// ErrInUse is returned when another process has the store open.
+var ErrInUse = errors.New("store is in use by another process")
+
+// Open opens (creating if needed) the store and runs pending migrations. One
+// process at a time may have a SQLite store open.
+func Open(ctx context.Context, c Config) (*Store, error) {
+	if c.Driver != "sqlite" {
+		return nil, fmt.Errorf("store driver %q not supported", c.Driver)
+	}
+	lock, err := flock.Acquire(c.Path + ".lock")
+	if err != nil {
+		if errors.Is(err, flock.ErrLocked) {
+			return nil, fmt.Errorf("%w: %v", ErrInUse, err)
+		}
+		return nil, err
+	}
+	dsn := "file:" + filepath.ToSlash(c.Path) + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		lock.Release()
+		return nil, err
+	}
+	db.SetMaxOpenConns(1) // SQLite serialises writers; one connection avoids SQLITE_BUSY between our own goroutines
+	s := &Store{db: db, lock: lock}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("store %s: %w", c.Path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database and releases the lock.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	return errors.Join(err, s.lock.Release())
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// migrations are applied in order; never edit one that has shipped, add one.
+var migrations = []string{
+	1: `CREATE TABLE settings (
+		key   TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	)`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		applied_at TEXT NOT NULL
+	)`); err != nil {
+		return err
+	}
+	var current int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return err
+	}
+	if current > len(migrations)-1 {
+		return fmt.Errorf("schema version %d is newer than this binary knows (%d)", current, len(migrations)-1)
+	}
+	for v := current + 1; v < len(migrations); v++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, time.Now().UTC().Format(time.RFC3339)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SchemaVersion is the highest migration applied.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+// DeploymentID returns the identifier this store was given when first
+// opened, creating it then. It names the deployment in logs and endpoints.json.
+func (s *Store) DeploymentID(ctx context.Context) (string, error) {
+	var id string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = 'deployment_id'`).Scan(&id)
+	if err == nil {
+		return id, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", err
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id = hex.EncodeToString(b)
+	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO settings(key, value) VALUES ('deployment_id', ?)`, id); err != nil {
+		return "", err
+	}
+	return s.DeploymentID(ctx)
+}

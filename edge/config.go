@@ -1,0 +1,128 @@
+package edge
+
+import (
+	"path/filepath"
+	"time"
+
+	"portcullis/access"
+	"portcullis/internal/config"
+	"portcullis/internal/lifecycle"
+	"portcullis/internal/ops"
+)
+
+// Config is the whole of edge.yaml.
+type Config struct {
+	Log      lifecycle.LogConfig      `yaml:"log"`
+	Metrics  ops.Config               `yaml:"metrics"`
+	Shutdown lifecycle.ShutdownConfig `yaml:"shutdown"`
+	// Internal is the edge's internal-side SIP listener (mutual TLS, core
+	// nodes connect to it) and the name the edge is known by inside.
+	Internal InternalConfig `yaml:"internal"`
+	// TLS is the edge's internal PKI material: its certificate must carry
+	// both server and client usage (it serves the internal listener and
+	// presents itself to the core).
+	TLS  access.TLSFiles `yaml:"tls"`
+	Core LinkConfig      `yaml:"core"`
+}
+
+// InternalConfig is the `internal` section.
+type InternalConfig struct {
+	Listen           string        `yaml:"listen"`
+	Hostname         string        `yaml:"hostname"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// TrustedCores names the core certificates allowed to connect.
+	TrustedCores []string `yaml:"trusted_cores"`
+}
+
+// LinkConfig is the `core` section: where the core is and how the edge keeps
+// its link to it alive.
+type LinkConfig struct {
+	// Address is the core's SIP MTLS listener, host:port.
+	Address string `yaml:"address"`
+	// ServerName is the name the core's certificate must carry.
+	ServerName        string        `yaml:"server_name"`
+	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
+	KeepaliveTimeout  time.Duration `yaml:"keepalive_timeout"`
+	ReconnectMin      time.Duration `yaml:"reconnect_min"`
+	ReconnectMax      time.Duration `yaml:"reconnect_max"`
+}
+
+// DefaultConfig returns the defaults every file is decoded onto.
+func DefaultConfig() Config {
+	return Config{
+		Log:      lifecycle.LogConfig{Level: "info"},
+		Metrics:  ops.Config{Listen: ""},
+		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
+		Internal: InternalConfig{HandshakeTimeout: 10 * time.Second},
+		Core: LinkConfig{
+			KeepaliveInterval: 15 * time.Second,
+			KeepaliveTimeout:  5 * time.Second,
+			ReconnectMin:      500 * time.Millisecond,
+			ReconnectMax:      30 * time.Second,
+		},
+	}
+}
+
+// Validate checks every section.
+func (c *Config) Validate(v *config.V) {
+	c.Log.Validate(v.In("log"))
+	c.Metrics.Validate(v.In("metrics"), true)
+	c.Shutdown.Validate(v.In("shutdown"))
+	c.Internal.Validate(v.In("internal"))
+	c.TLS.Validate(v.In("tls"))
+	c.Core.Validate(v.In("core"))
+}
+
+// Validate checks the internal section.
+func (c *InternalConfig) Validate(v *config.V) {
+	v.CheckHostPort("listen", c.Listen, true)
+	v.CheckNotEmpty("hostname", c.Hostname)
+	v.Check(c.HandshakeTimeout > 0 && c.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", c.HandshakeTimeout)
+	v.Check(len(c.TrustedCores) > 0, "trusted_cores", "must list at least one core certificate name")
+	for i, n := range c.TrustedCores {
+		v.Check(n != "", "trusted_cores["+config.Itoa(i)+"]", "must not be empty")
+	}
+}
+
+// Validate checks the link section.
+func (c *LinkConfig) Validate(v *config.V) {
+	v.CheckHostPort("address", c.Address, false)
+	v.CheckNotEmpty("server_name", c.ServerName)
+	v.Check(c.KeepaliveInterval >= 100*time.Millisecond && c.KeepaliveInterval <= 10*time.Minute, "keepalive_interval", "must be between 100ms and 10m, got %s", c.KeepaliveInterval)
+	v.Check(c.KeepaliveTimeout > 0 && c.KeepaliveTimeout <= time.Minute, "keepalive_timeout", "must be between 0s and 1m, got %s", c.KeepaliveTimeout)
+	v.Check(c.ReconnectMin > 0, "reconnect_min", "must be positive, got %s", c.ReconnectMin)
+	v.Check(c.ReconnectMax >= c.ReconnectMin, "reconnect_max", "must be at least reconnect_min (%s), got %s", c.ReconnectMin, c.ReconnectMax)
+}
+
+// Resolve makes file paths relative to base (the config file's folder).
+func (c *Config) Resolve(base string) { c.TLS.Resolve(base) }
+
+// LoadConfig reads and validates an edge config file. Relative paths in it
+// are taken relative to the file's folder.
+func LoadConfig(file string) (Config, error) {
+	c := DefaultConfig()
+	if err := config.Load(file, &c); err != nil {
+		return Config{}, err
+	}
+	c.Resolve(filepath.Dir(file))
+	return c, nil
+}
+
+// restartOnly lists what a reload cannot change.
+func restartOnly(old, new Config) []string {
+	var keys []string
+	if old.Metrics != new.Metrics {
+		keys = append(keys, "metrics")
+	}
+	if old.Internal.Listen != new.Internal.Listen || old.Internal.Hostname != new.Internal.Hostname ||
+		old.Internal.HandshakeTimeout != new.Internal.HandshakeTimeout {
+		keys = append(keys, "internal")
+	}
+	if old.TLS != new.TLS {
+		keys = append(keys, "tls")
+	}
+	if old.Core.Address != new.Core.Address || old.Core.ServerName != new.Core.ServerName {
+		keys = append(keys, "core.address/server_name")
+	}
+	return keys
+}

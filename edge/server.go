@@ -1,0 +1,150 @@
+// Package edge is the DMZ server. This foundation holds its mutual-TLS link
+// to the core and its internal SIP listener; the Access Edge, A/V Edge and
+// Web Conferencing Edge roles plug in here.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"portcullis/access"
+	"portcullis/internal/lifecycle"
+	"portcullis/internal/ops"
+	"portcullis/internal/sipnode"
+)
+
+// Server is a running edge.
+type Server struct {
+	cfg     atomic.Pointer[Config]
+	deps    lifecycle.Deps
+	log     *slog.Logger
+	metrics *metrics
+	allow   *access.AllowList
+
+	sip  *sipnode.Node
+	link *link
+	ops  *ops.Server
+
+	stopLink context.CancelFunc
+	linkDone sync.WaitGroup
+}
+
+// Start loads the certificate files, binds the listeners, and starts the
+// link to the core. On error nothing is left running.
+func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
+	material, err := access.LoadMaterial(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{deps: deps, log: deps.Log.With("component", "edge"), allow: access.NewAllowList(cfg.Internal.TrustedCores)}
+	s.cfg.Store(&cfg)
+	s.metrics = newMetrics(deps.Registry)
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.sip, err = sipnode.New(sipnode.Config{
+		Name:             "portcullis-edge",
+		Hostname:         cfg.Internal.Hostname,
+		Listen:           cfg.Internal.Listen,
+		Material:         material,
+		Allow:            s.allow,
+		HandshakeTimeout: cfg.Internal.HandshakeTimeout,
+		ClientTLS:        access.ClientConfig(material, cfg.Core.ServerName),
+		Log:              s.log.With("listener", "sip-internal"),
+		OnRequest:        func(m string) { s.metrics.requests.WithLabelValues(m).Inc() },
+		OnRefused:        func(r string) { s.metrics.mtlsRefused.WithLabelValues(r).Inc() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("internal.listen %s: %w", cfg.Internal.Listen, err)
+	}
+	s.link, err = newLink(s.sip, cfg.Core, s.log.With("link", "core"), linkEvents{
+		onUp:   func() { s.metrics.linkUp.Set(1) },
+		onDown: func() { s.metrics.linkUp.Set(0); s.metrics.linkDowns.Inc() },
+		onPing: func(ok bool) {
+			s.metrics.keepalives.WithLabelValues(map[bool]string{true: "ok", false: "failed"}[ok]).Inc()
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {
+		return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+	}
+	s.sip.Serve()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopLink = cancel
+	s.linkDone.Add(1)
+	go func() {
+		defer s.linkDone.Done()
+		s.link.run(ctx)
+	}()
+	s.log.Info("edge listening", "sip_internal", s.sip.Addr(), "metrics", s.ops.Addr(), "core", cfg.Core.Address)
+	return s, nil
+}
+
+// Ready is nil while the link to the core is up and the edge is not draining.
+func (s *Server) Ready() error {
+	if s.sip.Draining() {
+		return errors.New("draining")
+	}
+	return s.link.Ready()
+}
+
+// Config is the configuration in force.
+func (s *Server) Config() Config { return *s.cfg.Load() }
+
+// Reload swaps in a new, already validated configuration. The log level,
+// trusted cores and keepalive timing change at once; listener, TLS and core
+// address settings need a restart, which is logged.
+func (s *Server) Reload(cfg Config) error {
+	old := s.cfg.Load()
+	if keys := restartOnly(*old, cfg); len(keys) > 0 {
+		s.log.Warn("reload: these settings change only on restart; keeping the running values", "keys", strings.Join(keys, ","))
+		cfg.Metrics, cfg.TLS = old.Metrics, old.TLS
+		cfg.Internal.Listen, cfg.Internal.Hostname, cfg.Internal.HandshakeTimeout = old.Internal.Listen, old.Internal.Hostname, old.Internal.HandshakeTimeout
+		cfg.Core.Address, cfg.Core.ServerName = old.Core.Address, old.Core.ServerName
+	}
+	s.allow.Set(cfg.Internal.TrustedCores)
+	if l, err := lifecycle.ParseLevel(cfg.Log.Level); err == nil && s.deps.Level != nil {
+		s.deps.Level.Set(l)
+	}
+	link := cfg.Core
+	s.link.timing.Store(&link)
+	s.cfg.Store(&cfg)
+	s.metrics.reloads.WithLabelValues("applied").Inc()
+	s.log.Info("edge config applied", "trusted_cores", cfg.Internal.TrustedCores, "keepalive_interval", cfg.Core.KeepaliveInterval.String())
+	return nil
+}
+
+// ReloadRejected counts a reload that failed validation.
+func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected").Inc() }
+
+// Addr returns the internal SIP and metrics listener addresses.
+func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
+
+// Drain stops accepting and waits for requests in progress. The link stays
+// up until Close so that work in progress can still reach the core.
+func (s *Server) Drain(ctx context.Context) error { return s.sip.Drain(ctx) }
+
+// Close stops the link and every listener.
+func (s *Server) Close() error {
+	if s.stopLink != nil {
+		s.stopLink()
+		s.linkDone.Wait()
+	}
+	var errs []error
+	if s.sip != nil {
+		errs = append(errs, s.sip.Close())
+	}
+	if s.ops != nil {
+		errs = append(errs, s.ops.Close())
+	}
+	return errors.Join(errs...)
+}

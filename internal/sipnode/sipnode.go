@@ -1,0 +1,273 @@
+// Package sipnode is the SIP plumbing both servers share: a sipgo user agent
+// serving a mutual-TLS listener whose peers are verified by access.Listener,
+// requests admitted only from verified peers, in-flight tracking for drain,
+// and an OPTIONS answer for keepalives.
+package sipnode
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+)
+
+// Handler serves one request from a verified peer.
+type Handler func(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction)
+
+// Config configures a node.
+type Config struct {
+	Name             string // user agent name, e.g. portcullis-core
+	Hostname         string // our name in From/Via when we originate requests
+	Listen           string // MTLS listener address
+	Material         *access.Material
+	Allow            *access.AllowList
+	HandshakeTimeout time.Duration
+	// ClientTLS is used when this node dials out (nil: it never dials).
+	ClientTLS *tls.Config
+	Log       *slog.Logger
+	// OnRequest is called for each request admitted, with its method.
+	OnRequest func(method string)
+	// OnRefused is called for each refused MTLS connection, with the reason.
+	OnRefused func(reason string)
+}
+
+// Node is a running SIP endpoint.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	UA       *sipgo.UserAgent
+	Server   *sipgo.Server
+	Client   *sipgo.Client
+	listener *access.Listener
+
+	draining atomic.Bool
+	mu       sync.Mutex
+	inflight int
+	idle     chan struct{} // closed when inflight drops to zero while draining
+	serving  chan error    // set by Serve; receives ServeTLS's result
+	closer   sync.Once
+	closeErr error
+}
+
+// New creates the user agent and binds the listener (if cfg.Listen is set).
+func New(cfg Config) (*Node, error) {
+	log := cfg.Log
+	opts := []sipgo.UserAgentOption{
+		sipgo.WithUserAgent(cfg.Name),
+		sipgo.WithUserAgentHostname(cfg.Hostname),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log.With("layer", "sip-transport"))),
+	}
+	if cfg.ClientTLS != nil {
+		opts = append(opts, sipgo.WithUserAgenTLSConfig(cfg.ClientTLS))
+	}
+	ua, err := sipgo.NewUA(opts...)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log.With("layer", "sip-server")))
+	if err != nil {
+		ua.Close()
+		return nil, err
+	}
+	cli, err := sipgo.NewClient(ua, sipgo.WithClientLogger(log.With("layer", "sip-client")), sipgo.WithClientHostname(cfg.Hostname))
+	if err != nil {
+		ua.Close()
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: log, UA: ua, Server: srv, Client: cli}
+	n.Handle(sip.OPTIONS, n.options)
+	srv.OnNoRoute(n.wrap(func(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+		res := sip.NewResponseFromRequest(req, 405, "Method Not Allowed", nil)
+		res.AppendHeader(sip.NewHeader("Allow", "OPTIONS"))
+		respond(log, tx, res)
+	}))
+	if cfg.Listen != "" {
+		ln, err := access.Listen("tcp", cfg.Listen, access.ListenerConfig{
+			Material:         cfg.Material,
+			Allow:            cfg.Allow,
+			HandshakeTimeout: cfg.HandshakeTimeout,
+			Log:              log,
+			OnRefused:        cfg.OnRefused,
+		})
+		if err != nil {
+			ua.Close()
+			return nil, err
+		}
+		n.listener = ln
+	}
+	return n, nil
+}
+
+// Serve starts serving the listener in the background.
+func (n *Node) Serve() {
+	if n.listener == nil {
+		return
+	}
+	n.serving = make(chan error, 1)
+	go func() { n.serving <- n.Server.ServeTLS(n.listener) }()
+}
+
+// Addr is the listener's bound address ("" without a listener).
+func (n *Node) Addr() string {
+	if n.listener == nil {
+		return ""
+	}
+	return n.listener.Addr().String()
+}
+
+// Peer returns the verified identity behind a request's source address.
+func (n *Node) Peer(source string) (*access.PeerIdentity, bool) {
+	if n.listener == nil {
+		return nil, false
+	}
+	return n.listener.Peer(source)
+}
+
+// PeerCount is the number of verified peers connected now.
+func (n *Node) PeerCount() int {
+	if n.listener == nil {
+		return 0
+	}
+	return n.listener.PeerCount()
+}
+
+// Handle registers h for method. Requests reach h only from verified peers
+// and not while draining.
+func (n *Node) Handle(method sip.RequestMethod, h Handler) {
+	n.Server.OnRequest(method, n.wrap(h))
+}
+
+func (n *Node) wrap(h Handler) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		if n.cfg.OnRequest != nil {
+			n.cfg.OnRequest(string(req.Method))
+		}
+		peer, ok := n.Peer(req.Source())
+		if !ok {
+			// Only verified connections are accepted, so this is a request on
+			// a connection we dialed ourselves or one already closing.
+			n.log.Warn("request from unverified source refused", "method", req.Method, "source", req.Source())
+			if req.Method != sip.ACK {
+				respond(n.log, tx, sip.NewResponseFromRequest(req, 403, "Forbidden", nil))
+			}
+			return
+		}
+		if !n.enter() {
+			if req.Method != sip.ACK {
+				res := sip.NewResponseFromRequest(req, 503, "Service Unavailable (draining)", nil)
+				res.AppendHeader(sip.NewHeader("Retry-After", "30"))
+				respond(n.log, tx, res)
+			}
+			return
+		}
+		defer n.leave()
+		h(peer, req, tx)
+	}
+}
+
+func (n *Node) enter() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.draining.Load() {
+		return false
+	}
+	n.inflight++
+	return true
+}
+
+func (n *Node) leave() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.inflight--
+	if n.inflight == 0 && n.idle != nil {
+		close(n.idle)
+		n.idle = nil
+	}
+}
+
+// options answers keepalive OPTIONS (RFC 3261 §11.2).
+func (n *Node) options(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	res.AppendHeader(sip.NewHeader("Allow", "OPTIONS"))
+	res.AppendHeader(sip.NewHeader("Accept", "application/sdp"))
+	respond(n.log, tx, res)
+}
+
+func respond(log *slog.Logger, tx sip.ServerTransaction, res *sip.Response) {
+	if tx == nil {
+		return
+	}
+	if err := tx.Respond(res); err != nil {
+		log.Warn("sending response failed", "status", res.StatusCode, "error", err)
+	}
+}
+
+// Draining reports whether Drain has begun.
+func (n *Node) Draining() bool { return n.draining.Load() }
+
+// Drain stops accepting connections and new requests (answered 503) and waits
+// for requests in progress to finish, or for ctx to end.
+func (n *Node) Drain(ctx context.Context) error {
+	n.mu.Lock()
+	n.draining.Store(true)
+	var idle chan struct{}
+	if n.inflight > 0 {
+		idle = make(chan struct{})
+		n.idle = idle
+	}
+	n.mu.Unlock()
+	if n.listener != nil {
+		n.listener.Close()
+	}
+	if idle == nil {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return errors.New("requests still in progress at the drain deadline")
+	}
+}
+
+// Close stops the listener and closes every connection.
+func (n *Node) Close() error {
+	n.closer.Do(func() {
+		n.draining.Store(true)
+		if n.listener != nil {
+			n.listener.Close()
+		}
+		if n.serving != nil {
+			if err := <-n.serving; err != nil && !errors.Is(err, net.ErrClosed) {
+				n.log.Warn("sip listener ended", "error", err)
+			}
+		}
+		n.closeErr = n.UA.Close()
+	})
+	return n.closeErr
+}
+
+// RouteLibraryLogs sends sipgo's own package-level logging (it keeps a
+// global default logger) to log at warn level and above. Binaries call it
+// once at start; library code never does.
+func RouteLibraryLogs(log *slog.Logger) {
+	sip.SetDefaultLogger(slog.New(minLevel{log.Handler(), slog.LevelWarn}).With("layer", "sipgo"))
+}
+
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}

@@ -123,6 +123,9 @@ func (l *Listener) handshake(raw net.Conn) {
 	err := conn.HandshakeContext(ctx)
 	ctxErr := ctx.Err()
 	cancel()
+	if err == nil && id == nil {
+		err = &PeerRefusedError{Reason: ReasonNoCertificate} // never admit an unverified peer
+	}
 	if err != nil {
 		l.refuse(raw, remote, err, ctxErr)
 		return
@@ -157,10 +160,10 @@ func (l *Listener) refuse(raw net.Conn, remote string, err, ctxErr error) {
 	if l.ctx.Err() != nil {
 		return // shutting down: not a refusal
 	}
+	l.cfg.Log.Warn("mtls peer refused", "remote", remote, "reason", reason, "names", names, "error", err)
 	if l.cfg.OnRefused != nil {
 		l.cfg.OnRefused(reason)
 	}
-	l.cfg.Log.Warn("mtls peer refused", "remote", remote, "reason", reason, "names", names, "error", err)
 }
 
 // Accept returns the next verified connection.

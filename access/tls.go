@@ -177,13 +177,14 @@ func classify(err error) string {
 }
 
 // ServerConfig is a TLS 1.2+ server config for material that requests a
-// client certificate; verification is done by VerifyPeer in the Listener so
-// that refusals carry a reason and the remote address.
+// client certificate; verification (including "none given") is done by
+// VerifyPeer in the Listener so that every refusal carries a reason and the
+// remote address.
 func ServerConfig(m *Material) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{m.Cert},
-		ClientAuth:   tls.RequireAnyClientCert,
+		ClientAuth:   tls.RequestClientCert,
 	}
 }
 

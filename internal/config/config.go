@@ -226,6 +226,16 @@ func (d *decoder) mapping(node *yaml.Node, v reflect.Value, path string) {
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(node.Content); i += 2 {
 		k, val := node.Content[i], node.Content[i+1]
+		if k.Tag == "!!merge" { // "<<: *anchor" merges another mapping's keys
+			merged := []*yaml.Node{val}
+			if val.Kind == yaml.SequenceNode {
+				merged = val.Content
+			}
+			for _, m := range merged {
+				d.value(m, v, path)
+			}
+			continue
+		}
 		key := k.Value
 		p := join(path, key)
 		if seen[key] {

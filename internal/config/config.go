@@ -158,13 +158,31 @@ func Decode(file string, data []byte, dst any) error {
 		d := decoder{file: file, lines: lines, problems: &problems}
 		d.value(doc.Content[0], rv.Elem(), "")
 	}
-	if len(problems) == 0 {
-		if val, ok := dst.(Validator); ok {
-			val.Validate(&V{file: file, lines: lines, problems: &problems})
+	if val, ok := dst.(Validator); ok {
+		// Validate even after decoding problems so that every problem is
+		// reported at once, but not a second time for a key that already
+		// failed to decode (it holds its default).
+		var vp []Problem
+		val.Validate(&V{file: file, lines: lines, problems: &vp})
+		failed := map[string]bool{}
+		for _, p := range problems {
+			failed[p.Path] = true
+		}
+		for _, p := range vp {
+			if !failed[p.Path] {
+				problems = append(problems, p)
+			}
 		}
 	}
 	if len(problems) > 0 {
-		sort.SliceStable(problems, func(i, j int) bool { return problems[i].Line < problems[j].Line })
+		// In file order; problems without a line (defaults) last.
+		sort.SliceStable(problems, func(i, j int) bool {
+			li, lj := problems[i].Line, problems[j].Line
+			if li == 0 || lj == 0 {
+				return li != 0 && lj == 0
+			}
+			return li < lj
+		})
 		return &Error{Problems: problems}
 	}
 	return nil

@@ -237,17 +237,64 @@ func TestCoreAnswersCRLFKeepalive(t *testing.T) {
 	if _, err := io.ReadFull(conn, pong); err != nil || string(pong) != "\r\n" {
 		t.Fatalf("pong %q %v", pong, err)
 	}
+	if line := rawOptions(t, conn); !strings.HasPrefix(line, "SIP/2.0 200") {
+		t.Fatalf("after keepalive: %q", line)
+	}
+}
+
+// rawOptions sends a hand-written OPTIONS on conn and returns the status line.
+func rawOptions(t *testing.T, conn *tls.Conn) string {
+	t.Helper()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	local := conn.LocalAddr().String()
-	opts := "OPTIONS sip:core1.internal;transport=tls SIP/2.0\r\n" +
-		"Via: SIP/2.0/TLS " + local + ";branch=z9hG4bK-crlf-1\r\n" +
-		"Max-Forwards: 70\r\nFrom: <sip:edge1.internal>;tag=a1\r\nTo: <sip:core1.internal>\r\n" +
-		"Call-ID: crlf-test-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+	opts := "OPTIONS sip:peer.internal;transport=tls SIP/2.0\r\n" +
+		"Via: SIP/2.0/TLS " + local + ";branch=z9hG4bK-raw-" + strings.ReplaceAll(local, ":", "-") + "\r\n" +
+		"Max-Forwards: 70\r\nFrom: <sip:probe.internal>;tag=a1\r\nTo: <sip:peer.internal>\r\n" +
+		"Call-ID: raw-" + local + "\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 	if _, err := conn.Write([]byte(opts)); err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "SIP/2.0 200") {
-		t.Fatalf("after keepalive: %q %v", line, err)
+	if err != nil {
+		return err.Error()
+	}
+	return line
+}
+
+// The edge's internal listener admits trusted cores only.
+func TestEdgeInternalListenerAdmitsTrustedCoresOnly(t *testing.T) {
+	e := newEnv(t)
+	ed := e.startEdge("127.0.0.1:9", "edge1.internal") // no core: the link stays down
+	defer ed.Close()
+	edgeSIP, edgeOps := ed.Addr()
+
+	core := accesstest.Material(t, e.nodeFiles("core1.internal"))
+	conn, err := tls.Dial("tcp", edgeSIP, access.ClientConfig(core, "edge1.internal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := rawOptions(t, conn); !strings.HasPrefix(line, "SIP/2.0 200") {
+		t.Fatalf("trusted core: %q", line)
+	}
+	conn.Close()
+
+	other := accesstest.Material(t, e.nodeFiles("edge2.internal"))
+	conn, err = tls.Dial("tcp", edgeSIP, access.ClientConfig(other, "edge1.internal"))
+	if err == nil {
+		if line := rawOptions(t, conn); strings.HasPrefix(line, "SIP/2.0") {
+			t.Fatalf("untrusted peer answered: %q", line)
+		}
+		conn.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for metric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="name_not_allowed"}`) != "1" {
+		if time.Now().After(deadline) {
+			t.Fatal("refusal not counted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := metric(t, edgeOps, `portcullis_edge_internal_sip_requests_total{method="OPTIONS"}`); got != "1" {
+		t.Fatalf("requests counted: %q", got)
 	}
 }
 

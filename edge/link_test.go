@@ -143,13 +143,35 @@ func metric(t *testing.T, addr, name string) string {
 	return ""
 }
 
+// startLinked starts a core trusting edge1.internal and that edge, and
+// returns both with the core's SIP address and both ops addresses.
+func (e *env) startLinked() (c *core.Server, ed *edge.Server, coreAddr, coreOps, edgeOps string) {
+	c = e.startCore(e.coreConfig("127.0.0.1:0", "edge1.internal"))
+	coreAddr, coreOps = c.Addr()
+	ed = e.startEdge(coreAddr, "edge1.internal")
+	_, edgeOps = ed.Addr()
+	return c, ed, coreAddr, coreOps, edgeOps
+}
+
+// waitMetric waits until series has a value that ok accepts.
+func waitMetric(t *testing.T, addr, series string, ok func(string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(metric(t, addr, series)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %q", series, metric(t, addr, series))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func equals(want string) func(string) bool { return func(v string) bool { return v == want } }
+func present(v string) bool                { return v != "" }
+
 func TestLinkUpSurvivesCoreRestartAndReportsReadiness(t *testing.T) {
 	e := newEnv(t)
-	c := e.startCore(e.coreConfig("127.0.0.1:0", "edge1.internal"))
-	coreAddr, coreOps := c.Addr()
-	ed := e.startEdge(coreAddr, "edge1.internal")
+	c, ed, coreAddr, coreOps, edgeOps := e.startLinked()
 	defer ed.Close()
-	_, edgeOps := ed.Addr()
 
 	waitReadyz(t, edgeOps, 200)
 	waitReadyz(t, coreOps, 200)
@@ -193,13 +215,7 @@ func TestCoreRefusesUntrustedEdge(t *testing.T) {
 	ed := e.startEdge(coreAddr, "rogue.internal")
 	defer ed.Close()
 	_, edgeOps := ed.Addr()
-	deadline := time.Now().Add(10 * time.Second)
-	for metric(t, coreOps, `portcullis_core_mtls_refused_total{reason="name_not_allowed"}`) == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("core never refused the untrusted edge")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMetric(t, coreOps, `portcullis_core_mtls_refused_total{reason="name_not_allowed"}`, present)
 	if code, _ := readyz(t, edgeOps); code != 503 {
 		t.Fatalf("untrusted edge reports ready (%d)", code)
 	}
@@ -286,13 +302,7 @@ func TestEdgeInternalListenerAdmitsTrustedCoresOnly(t *testing.T) {
 		}
 		conn.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for metric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="name_not_allowed"}`) != "1" {
-		if time.Now().After(deadline) {
-			t.Fatal("refusal not counted")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMetric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="name_not_allowed"}`, equals("1"))
 	if got := metric(t, edgeOps, `portcullis_edge_internal_sip_requests_total{method="OPTIONS"}`); got != "1" {
 		t.Fatalf("requests counted: %q", got)
 	}
@@ -300,11 +310,8 @@ func TestEdgeInternalListenerAdmitsTrustedCoresOnly(t *testing.T) {
 
 func TestCoreDrainRefusesNewWorkAndEdgeSeesIt(t *testing.T) {
 	e := newEnv(t)
-	c := e.startCore(e.coreConfig("127.0.0.1:0", "edge1.internal"))
-	coreAddr, coreOps := c.Addr()
-	ed := e.startEdge(coreAddr, "edge1.internal")
+	c, ed, _, coreOps, edgeOps := e.startLinked()
 	defer ed.Close()
-	_, edgeOps := ed.Addr()
 	waitReadyz(t, edgeOps, 200)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

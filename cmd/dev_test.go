@@ -40,6 +40,9 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 		"core http-metrics-health": "127.0.0.1:29100",
 		"edge sip-mtls-internal":   "127.0.0.1:15062",
 		"edge http-metrics-health": "127.0.0.1:19100",
+		"edge turn-udp":            "127.0.0.1:13478",
+		"edge turn-tcp":            "127.0.0.1:13478",
+		"edge turn-tls":            "127.0.0.1:10443",
 	}
 	for _, l := range ep.Listeners {
 		key := l.Role + " " + l.Protocol

@@ -1,13 +1,17 @@
 package edge
 
 import (
+	"crypto/tls"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"portcullis/access"
 	"portcullis/internal/config"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/relay"
 )
 
 // Config is the whole of edge.yaml.
@@ -23,6 +27,8 @@ type Config struct {
 	// presents itself to the core).
 	TLS  access.TLSFiles `yaml:"tls"`
 	Core LinkConfig      `yaml:"core"`
+	// TURN is the A/V Edge: the STUN/TURN media relay.
+	TURN relay.Config `yaml:"turn"`
 }
 
 // InternalConfig is the `internal` section.
@@ -54,6 +60,7 @@ func DefaultConfig() Config {
 		Metrics:  ops.Config{Listen: ""},
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
 		Internal: InternalConfig{HandshakeTimeout: 10 * time.Second},
+		TURN:     relay.DefaultConfig(),
 		Core: LinkConfig{
 			KeepaliveInterval: 15 * time.Second,
 			KeepaliveTimeout:  5 * time.Second,
@@ -71,6 +78,7 @@ func (c *Config) Validate(v *config.V) {
 	c.Internal.Validate(v.In("internal"))
 	c.TLS.Validate(v.In("tls"))
 	c.Core.Validate(v.In("core"))
+	c.TURN.Validate(v.In("turn"))
 }
 
 // Validate checks the internal section.
@@ -95,7 +103,30 @@ func (c *LinkConfig) Validate(v *config.V) {
 }
 
 // Resolve makes file paths relative to base (the config file's folder).
-func (c *Config) Resolve(base string) { c.TLS.Resolve(base) }
+func (c *Config) Resolve(base string) {
+	c.TLS.Resolve(base)
+	c.TURN.Resolve(base)
+}
+
+// Preflight checks what only the machine can tell: the certificate files,
+// the TURN secret and the TURN TLS key pair.
+func Preflight(c Config) error {
+	if _, err := access.LoadMaterial(c.TLS); err != nil {
+		return err
+	}
+	if !c.TURN.Enabled {
+		return nil
+	}
+	if _, err := access.LoadTURNSecret(c.TURN.SecretFile); err != nil {
+		return err
+	}
+	if len(c.TURN.ListenTLS) > 0 {
+		if _, err := tls.LoadX509KeyPair(c.TURN.TLSCertFile, c.TURN.TLSKeyFile); err != nil {
+			return fmt.Errorf("turn.tls_cert_file %s / tls_key_file %s: %w", c.TURN.TLSCertFile, c.TURN.TLSKeyFile, err)
+		}
+	}
+	return nil
+}
 
 // LoadConfig reads and validates an edge config file. Relative paths in it
 // are taken relative to the file's folder.
@@ -123,6 +154,9 @@ func restartOnly(old, new Config) []string {
 	}
 	if old.Core.Address != new.Core.Address || old.Core.ServerName != new.Core.ServerName {
 		keys = append(keys, "core.address/server_name")
+	}
+	if !reflect.DeepEqual(old.TURN, new.TURN) {
+		keys = append(keys, "turn")
 	}
 	return keys
 }

@@ -16,6 +16,7 @@ import (
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
 	"portcullis/internal/sipnode"
+	"portcullis/relay"
 )
 
 // Server is a running edge.
@@ -26,9 +27,10 @@ type Server struct {
 	metrics *metrics
 	allow   *access.AllowList
 
-	sip  *sipnode.Node
-	link *link
-	ops  *ops.Server
+	sip   *sipnode.Node
+	link  *link
+	ops   *ops.Server
+	relay *relay.Server // nil when turn.enabled is false
 
 	stopLink context.CancelFunc
 	linkDone sync.WaitGroup
@@ -74,6 +76,11 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.TURN.Enabled {
+		if s.relay, err = relay.Start(cfg.TURN, deps); err != nil {
+			return nil, err
+		}
+	}
 	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {
 		return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 	}
@@ -110,6 +117,7 @@ func (s *Server) Reload(cfg Config) error {
 		cfg.Metrics, cfg.TLS = old.Metrics, old.TLS
 		cfg.Internal.Listen, cfg.Internal.Hostname, cfg.Internal.HandshakeTimeout = old.Internal.Listen, old.Internal.Hostname, old.Internal.HandshakeTimeout
 		cfg.Core.Address, cfg.Core.ServerName = old.Core.Address, old.Core.ServerName
+		cfg.TURN = old.TURN
 	}
 	s.allow.Set(cfg.Internal.TrustedCores)
 	if l, err := lifecycle.ParseLevel(cfg.Log.Level); err == nil && s.deps.Level != nil {
@@ -129,9 +137,19 @@ func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected"
 // Addr returns the internal SIP and metrics listener addresses.
 func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
 
-// Drain stops accepting and waits for requests in progress. The link stays
-// up until Close so that work in progress can still reach the core.
-func (s *Server) Drain(ctx context.Context) error { return s.sip.Drain(ctx) }
+// Drain stops accepting and waits for requests in progress and for TURN
+// allocations to end (new ones are refused). The link stays up until Close
+// so that work in progress can still reach the core.
+func (s *Server) Drain(ctx context.Context) error {
+	err := s.sip.Drain(ctx)
+	if s.relay != nil {
+		err = errors.Join(err, s.relay.Drain(ctx))
+	}
+	return err
+}
+
+// Relay is the TURN relay (nil when disabled).
+func (s *Server) Relay() *relay.Server { return s.relay }
 
 // Close stops the link and every listener.
 func (s *Server) Close() error {
@@ -140,6 +158,9 @@ func (s *Server) Close() error {
 		s.linkDone.Wait()
 	}
 	var errs []error
+	if s.relay != nil {
+		errs = append(errs, s.relay.Close())
+	}
 	if s.sip != nil {
 		errs = append(errs, s.sip.Close())
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"time"
 
-	"portcullis/access"
 	"portcullis/edge"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/sipnode"
@@ -16,7 +15,7 @@ func main() {
 	p := lifecycle.Program[edge.Config]{
 		Name:         "portcullis-edge",
 		Load:         edge.LoadConfig,
-		Preflight:    func(c edge.Config) error { _, err := access.LoadMaterial(c.TLS); return err },
+		Preflight:    edge.Preflight,
 		Level:        func(c edge.Config) string { return c.Log.Level },
 		DrainTimeout: func(c edge.Config) time.Duration { return c.Shutdown.DrainTimeout },
 		Wire:         sipnode.RouteLibraryLogs,

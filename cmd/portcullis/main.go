@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -28,6 +29,9 @@ commands:
   pki issue --dir DIR --name NAME [--san S]... [--server] [--client] [--days N]
                                        issue a certificate signed by the CA in DIR
                                        (server usage unless --client; both flags: both)
+  turn-cred (--secret-file F | --data DIR) --user U [--ttl 8h]
+                                       print a TURN REST username and password
+  turn-cred --new-secret F             create a TURN shared secret file (0600)
 
 Run 'portcullis <command> -h' for a command's flags.
 `
@@ -55,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case "issue":
 			return pkiIssue(args[2:], stdout, stderr)
 		}
+	case "turn-cred":
+		return turnCred(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -153,5 +159,49 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "issued %s (key %s, mode 0600) for %s\n", certPath, keyPath, sans.String())
+	return 0
+}
+
+func turnCred(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("portcullis turn-cred", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	secretFile := fs.String("secret-file", "", "shared secret file (the relay's turn.secret_file)")
+	data := fs.String("data", "", "dev data folder: use its TURN secret")
+	user := fs.String("user", "", "user the credential is for")
+	ttl := fs.Duration("ttl", 8*time.Hour, "validity")
+	newSecret := fs.String("new-secret", "", "create a new secret file and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *newSecret != "" {
+		if err := access.NewTURNSecret(*newSecret); err != nil {
+			fmt.Fprintln(stderr, "portcullis turn-cred:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "secret written to %s (mode 0600)\n", *newSecret)
+		return 0
+	}
+	if (*secretFile == "") == (*data == "") || *user == "" || *ttl <= 0 {
+		fmt.Fprintln(stderr, "portcullis turn-cred: give --user and one of --secret-file or --data; --ttl must be positive")
+		return 2
+	}
+	file := *secretFile
+	if *data != "" {
+		dir, err := filepath.Abs(*data)
+		if err == nil {
+			file, err = devmode.SecretFile(dir)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "portcullis turn-cred:", err)
+			return 1
+		}
+	}
+	secret, err := access.LoadTURNSecret(file)
+	if err != nil {
+		fmt.Fprintln(stderr, "portcullis turn-cred:", err)
+		return 1
+	}
+	c := access.IssueTURN(secret, *user, *ttl, time.Now())
+	fmt.Fprintf(stdout, "username %s\npassword %s\nexpires %s\n", c.Username, c.Password, c.Expires.UTC().Format(time.RFC3339))
 	return 0
 }

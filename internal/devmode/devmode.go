@@ -48,10 +48,13 @@ type Options struct {
 
 // Endpoints is DIR/endpoints.json.
 type Endpoints struct {
-	PID          int        `json:"pid"`
-	DeploymentID string     `json:"deployment_id"`
-	CAFile       string     `json:"ca_file"`
-	Listeners    []Listener `json:"listeners"`
+	PID          int    `json:"pid"`
+	DeploymentID string `json:"deployment_id"`
+	CAFile       string `json:"ca_file"`
+	// TURNSecretFile is the relay's shared secret (dev only): `portcullis
+	// turn-cred --data DIR` reads it.
+	TURNSecretFile string     `json:"turn_secret_file,omitempty"`
+	Listeners      []Listener `json:"listeners"`
 }
 
 // Listener is one listening socket.
@@ -111,6 +114,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := ensurePKI(cfg, o.Log); err != nil {
 		return err
 	}
+	if err := ensureSecret(cfg.Edge.TURN.SecretFile, o.Log); err != nil {
+		return err
+	}
 	coreLevel, edgeLevel := levelVar(cfg.Core.Log.Level), levelVar(cfg.Edge.Log.Level)
 	coreSrv, err := core.Start(ctx, cfg.Core, lifecycle.Deps{Log: lifecycle.NewLogger(os.Stderr, coreLevel).With("service", "portcullis-core"), Level: coreLevel, Registry: ops.NewRegistry()})
 	if err != nil {
@@ -135,6 +141,12 @@ func Run(ctx context.Context, o Options) error {
 		{Role: "edge", Protocol: "sip-mtls-internal", Address: edgeSIP},
 		{Role: "edge", Protocol: "http-metrics-health", Address: edgeOps},
 	}}
+	if r := edgeSrv.Relay(); r != nil {
+		for _, l := range r.Listeners() {
+			ep.Listeners = append(ep.Listeners, Listener{Role: "edge", Protocol: l.Protocol, Address: l.Address})
+		}
+		ep.TURNSecretFile = cfg.Edge.TURN.SecretFile
+	}
 	epFile := filepath.Join(dir, EndpointsFile)
 	if err := writeJSON(epFile, ep); err != nil {
 		edgeSrv.Close()
@@ -227,6 +239,30 @@ func ensurePKI(cfg Config, log *slog.Logger) error {
 		log.Info("issued dev certificate", "name", n.name, "cert", n.files.CertFile)
 	}
 	return nil
+}
+
+// ensureSecret creates the TURN shared secret when it is missing.
+func ensureSecret(file string, log *slog.Logger) error {
+	if file == "" {
+		return nil
+	}
+	if _, err := os.Stat(file); err == nil {
+		return nil
+	}
+	if err := access.NewTURNSecret(file); err != nil {
+		return err
+	}
+	log.Info("created TURN shared secret", "file", file)
+	return nil
+}
+
+// SecretFile is where dev mode keeps the TURN secret in dataDir.
+func SecretFile(dataDir string) (string, error) {
+	cfg, err := LoadConfig("", dataDir)
+	if err != nil {
+		return "", err
+	}
+	return cfg.Edge.TURN.SecretFile, nil
 }
 
 func writeJSON(path string, v any) error {

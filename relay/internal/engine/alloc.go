@@ -1,0 +1,300 @@
+package engine
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"portcullis/policy"
+)
+
+// mtu bounds a relayed datagram (pion uses the same 1600).
+const mtu = 1600
+
+// Alloc is one allocation's relay socket: the net.PacketConn pion reads peer
+// traffic from and writes client traffic to. It keeps the allocation's
+// permissions and channels (learned from pion's events) so that bound
+// traffic is forwarded here, without pion.
+type Alloc struct {
+	*net.UDPConn
+	e     *Engine
+	relay netip.AddrPort // advertised relay address
+
+	// Set when pion reports the allocation created.
+	linked   atomic.Bool
+	client   netip.AddrPort
+	local    netip.AddrPort
+	udp      bool   // the client speaks UDP: bound traffic can bypass pion
+	group    *Group // the listen group the client reaches us on (UDP)
+	userID   string
+	user     *user
+	created  time.Time
+	limiter  *rate.Limiter
+	clientRm atomic.Bool // the client asked for deletion (Refresh, lifetime 0)
+
+	perms atomic.Pointer[map[netip.Addr]struct{}]
+	chans atomic.Pointer[map[netip.AddrPort]uint16] // peer → channel number
+
+	stats Totals
+	buf   []byte
+	once  sync.Once
+}
+
+func newAlloc(e *Engine, conn *net.UDPConn, relay netip.AddrPort) *Alloc {
+	a := &Alloc{UDPConn: conn, e: e, relay: relay, buf: make([]byte, 4+mtu)}
+	a.perms.Store(&map[netip.Addr]struct{}{})
+	a.chans.Store(&map[netip.AddrPort]uint16{})
+	return a
+}
+
+// LocalAddr is the advertised relay address.
+func (a *Alloc) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(a.relay) }
+
+func (a *Alloc) permitted(ip netip.Addr) bool {
+	_, ok := (*a.perms.Load())[ip.Unmap()]
+	return ok
+}
+
+// allow applies the allocation's and the user's bandwidth caps to n bytes.
+func (a *Alloc) allow(n int) bool {
+	now := time.Now()
+	if a.limiter != nil && !a.limiter.AllowN(now, n) {
+		return false
+	}
+	if a.user != nil && a.user.limiter != nil && !a.user.limiter.AllowN(now, n) {
+		return false
+	}
+	return true
+}
+
+// ReadFrom serves pion's read loop on the relay socket. RFC 8656 §12.3:
+// a datagram from a peer without a permission is discarded; with a channel
+// bound and a UDP client it goes out as ChannelData here (RFC 8656 §12.7);
+// otherwise pion makes it a Data indication.
+func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, from, err := a.UDPConn.ReadFromUDPAddrPort(a.buf[4:])
+		if err != nil {
+			return 0, nil, err
+		}
+		if !a.linked.Load() || !a.permitted(from.Addr()) {
+			a.e.cfg.Events.Drop(DropNoPermission, n)
+			continue
+		}
+		if !a.allow(n) {
+			a.e.cfg.Events.Drop(DropBandwidth, n)
+			continue
+		}
+		a.stats.ToClientPackets.Add(1)
+		a.stats.ToClientBytes.Add(uint64(n))
+		if a.udp {
+			if number, ok := (*a.chans.Load())[from]; ok {
+				putChannelHeader(a.buf, number, n)
+				a.group.writeTo(a.buf[:4+n], a.client)
+				continue
+			}
+		}
+		n = copy(p, a.buf[4:4+n])
+		return n, net.UDPAddrFromAddrPort(from), nil
+	}
+}
+
+// WriteTo relays what pion decoded from a client (Send indication, or
+// ChannelData from a TCP client) to a peer.
+func (a *Alloc) WriteTo(p []byte, addr net.Addr) (int, error) {
+	peer := addrPort(addr)
+	if a.e.cfg.Policy.Check(peer.Addr()) != policy.Allowed {
+		a.e.cfg.Events.Drop(DropDeniedPeer, len(p)) // pion checked the permission; never reached
+		return len(p), nil
+	}
+	return a.toPeer(p, peer)
+}
+
+func (a *Alloc) toPeer(p []byte, peer netip.AddrPort) (int, error) {
+	if !a.allow(len(p)) {
+		a.e.cfg.Events.Drop(DropBandwidth, len(p))
+		return len(p), nil
+	}
+	a.stats.ToPeerPackets.Add(1)
+	a.stats.ToPeerBytes.Add(uint64(len(p)))
+	return a.UDPConn.WriteToUDPAddrPort(p, peer)
+}
+
+// Close is called by pion when the allocation ends.
+func (a *Alloc) Close() error {
+	err := a.UDPConn.Close()
+	a.once.Do(func() { a.e.ended(a) })
+	return err
+}
+
+func addrPort(addr net.Addr) netip.AddrPort {
+	switch v := addr.(type) {
+	case *net.UDPAddr:
+		return v.AddrPort()
+	case *net.TCPAddr:
+		return v.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(addr.String())
+	return ap
+}
+
+func normal(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// register records a relay socket made by the address generator.
+func (e *Engine) register(a *Alloc) {
+	e.mu.Lock()
+	e.byRelay[a.relay] = a
+	e.mu.Unlock()
+}
+
+// AllocationCreated links the relay socket to its client (pion event).
+func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay net.Addr, _ int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a := e.byRelay[normal(addrPort(relay))]
+	if a == nil {
+		return // a TCP allocation (RFC 6062): not accounted here
+	}
+	a.client, a.local = normal(addrPort(src)), normal(addrPort(dst))
+	_, a.udp = src.(*net.UDPAddr)
+	if a.udp {
+		a.group = e.groups[a.local]
+		a.udp = a.group != nil
+	}
+	a.userID, a.created = userID, time.Now()
+	u := e.users[userID]
+	if u == nil {
+		u = &user{}
+		if e.cfg.UserRate > 0 {
+			u.limiter = rate.NewLimiter(rate.Limit(e.cfg.UserRate), int(max(e.cfg.UserRate, mtu)))
+		}
+		e.users[userID] = u
+	}
+	u.active++
+	a.user = u
+	if e.cfg.AllocRate > 0 {
+		a.limiter = rate.NewLimiter(rate.Limit(e.cfg.AllocRate), int(max(e.cfg.AllocRate, mtu)))
+	}
+	e.byTuple[tuple{a.client, a.local}] = a
+	e.active.Add(1)
+	a.linked.Store(true)
+}
+
+func (e *Engine) markClientDelete(client, local netip.AddrPort) {
+	e.mu.Lock()
+	a := e.byTuple[tuple{normal(client), normal(local)}]
+	e.mu.Unlock()
+	if a != nil {
+		a.clientRm.Store(true)
+	}
+}
+
+func (e *Engine) allocByRelay(relay net.Addr) *Alloc {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.byRelay[normal(addrPort(relay))]
+}
+
+// PermissionCreated and PermissionDeleted track permissions (pion events).
+func (e *Engine) PermissionCreated(_, _ net.Addr, _, _, _ string, relay net.Addr, peer net.IP) {
+	if a := e.allocByRelay(relay); a != nil {
+		ip, _ := netip.AddrFromSlice(peer)
+		cowSet(&a.perms, ip.Unmap(), struct{}{}, true)
+	}
+}
+
+func (e *Engine) PermissionDeleted(_, _ net.Addr, _, _, _ string, relay net.Addr, peer net.IP) {
+	if a := e.allocByRelay(relay); a != nil {
+		ip, _ := netip.AddrFromSlice(peer)
+		cowSet(&a.perms, ip.Unmap(), struct{}{}, false)
+	}
+}
+
+// ChannelCreated and ChannelDeleted track channel bindings (pion events).
+func (e *Engine) ChannelCreated(_, _ net.Addr, _, _, _ string, relay, peer net.Addr, number uint16) {
+	a := e.allocByRelay(relay)
+	if a == nil {
+		return
+	}
+	p := normal(addrPort(peer))
+	cowSet(&a.chans, p, number, true)
+	if a.udp {
+		a.group.bind(chanKey{a.client, number}, &bound{alloc: a, peer: p}, true)
+	}
+}
+
+func (e *Engine) ChannelDeleted(_, _ net.Addr, _, _, _ string, relay, peer net.Addr, number uint16) {
+	a := e.allocByRelay(relay)
+	if a == nil {
+		return
+	}
+	cowSet(&a.chans, normal(addrPort(peer)), 0, false)
+	if a.udp {
+		a.group.bind(chanKey{a.client, number}, nil, false)
+	}
+}
+
+// cowSet adds (or removes) k in a copy-on-write map: readers on the packet
+// path load the map without locking.
+func cowSet[K comparable, V any](p *atomic.Pointer[map[K]V], k K, v V, add bool) {
+	for {
+		old := p.Load()
+		m := make(map[K]V, len(*old)+1)
+		for ok, ov := range *old {
+			m[ok] = ov
+		}
+		if add {
+			m[k] = v
+		} else {
+			delete(m, k)
+		}
+		if p.CompareAndSwap(old, &m) {
+			return
+		}
+	}
+}
+
+// ended finishes an allocation: counters, table, and its one log line.
+func (e *Engine) ended(a *Alloc) {
+	e.mu.Lock()
+	delete(e.byRelay, a.relay)
+	if !a.linked.Load() {
+		e.mu.Unlock()
+		return
+	}
+	delete(e.byTuple, tuple{a.client, a.local})
+	a.user.active--
+	if a.user.active == 0 {
+		delete(e.users, a.userID)
+	}
+	e.active.Add(-1)
+	e.totals.ToPeerPackets.Add(a.stats.ToPeerPackets.Load())
+	e.totals.ToPeerBytes.Add(a.stats.ToPeerBytes.Load())
+	e.totals.ToClientPackets.Add(a.stats.ToClientPackets.Load())
+	e.totals.ToClientBytes.Add(a.stats.ToClientBytes.Load())
+	e.mu.Unlock()
+	if a.udp {
+		a.group.unbindAll(a)
+	}
+	why := "expired_or_closed"
+	switch {
+	case e.closing.Load():
+		why = "shutdown"
+	case a.clientRm.Load():
+		why = "deleted_by_client"
+	case !a.udp:
+		why = "client_connection_closed_or_expired"
+	}
+	e.log.Info("allocation ended",
+		"user", a.userID, "client", a.client.String(), "relay", a.relay.String(),
+		"lifetime", time.Since(a.created).Round(time.Millisecond).String(),
+		"bytes_to_peer", a.stats.ToPeerBytes.Load(), "bytes_to_client", a.stats.ToClientBytes.Load(),
+		"packets_to_peer", a.stats.ToPeerPackets.Load(), "packets_to_client", a.stats.ToClientPackets.Load(),
+		"reason", why)
+}

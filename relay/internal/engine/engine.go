@@ -1,0 +1,322 @@
+package engine
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/stun/v4"
+	"golang.org/x/time/rate"
+
+	"portcullis/access"
+	"portcullis/policy"
+)
+
+// Config is what the relay server hands the engine.
+type Config struct {
+	Log    *slog.Logger
+	Realm  string
+	Secret []byte
+	Policy *policy.PeerPolicy
+
+	QuotaPerUser int // active allocations per user
+	QuotaTotal   int // active allocations in all
+	// Alternate, when valid, turns "at capacity" from 508 into 300 Try
+	// Alternate with this ALTERNATE-SERVER.
+	Alternate netip.AddrPort
+
+	// Bandwidth caps in bytes per second (0: none), with a burst of one
+	// second's worth.
+	AllocRate, UserRate float64
+
+	// 401 answers per source address.
+	UnauthRate  rate.Limit
+	UnauthBurst int
+
+	// Events for metrics; each may be nil.
+	Events Events
+}
+
+// Events are the engine's callbacks; the relay server wires them to metrics.
+type Events struct {
+	AuthFailure      func(reason string)
+	AllocationFailed func(reason string) // per Allocate error response, by cause
+	Drop             func(reason string, n int)
+	Unauth401Dropped func()
+}
+
+// Drop reasons (a fixed set: metric labels).
+const (
+	DropMalformed    = "malformed"
+	DropNoPermission = "no_permission"
+	DropNoChannel    = "no_channel"
+	DropBandwidth    = "bandwidth"
+	DropDeniedPeer   = "denied_peer"
+	DropOverload     = "overload"
+)
+
+// Engine holds the relay's allocation table and counters.
+type Engine struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	byRelay map[netip.AddrPort]*Alloc
+	byTuple map[tuple]*Alloc
+	users   map[string]*user
+	groups  map[netip.AddrPort]*Group
+	active  atomic.Int64
+
+	draining atomic.Bool
+	closing  atomic.Bool
+
+	unauth *sourceLimiter
+	totals Totals // of allocations that have ended
+}
+
+type tuple struct{ client, local netip.AddrPort }
+
+type user struct {
+	active  int
+	limiter *rate.Limiter
+}
+
+// Totals are relayed traffic counters.
+type Totals struct {
+	ToPeerPackets, ToPeerBytes, ToClientPackets, ToClientBytes atomic.Uint64
+}
+
+// New creates an engine.
+func New(cfg Config) *Engine {
+	if cfg.Events.AuthFailure == nil {
+		cfg.Events.AuthFailure = func(string) {}
+	}
+	if cfg.Events.AllocationFailed == nil {
+		cfg.Events.AllocationFailed = func(string) {}
+	}
+	if cfg.Events.Drop == nil {
+		cfg.Events.Drop = func(string, int) {}
+	}
+	if cfg.Events.Unauth401Dropped == nil {
+		cfg.Events.Unauth401Dropped = func() {}
+	}
+	return &Engine{
+		cfg:     cfg,
+		log:     cfg.Log,
+		byRelay: map[netip.AddrPort]*Alloc{},
+		byTuple: map[tuple]*Alloc{},
+		users:   map[string]*user{},
+		groups:  map[netip.AddrPort]*Group{},
+		unauth:  newSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
+	}
+}
+
+// Active is the number of allocations in use.
+func (e *Engine) Active() int { return int(e.active.Load()) }
+
+// Drain makes new Allocate requests fail (508, or 300 with an alternate).
+func (e *Engine) Drain() { e.draining.Store(true) }
+
+// Closing marks allocations ending from now on as ended by shutdown.
+func (e *Engine) Closing() { e.closing.Store(true) }
+
+// Traffic sums the counters of live and ended allocations.
+func (e *Engine) Traffic() (toPeerPkts, toPeerBytes, toClientPkts, toClientBytes uint64) {
+	toPeerPkts, toPeerBytes = e.totals.ToPeerPackets.Load(), e.totals.ToPeerBytes.Load()
+	toClientPkts, toClientBytes = e.totals.ToClientPackets.Load(), e.totals.ToClientBytes.Load()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, a := range e.byRelay {
+		toPeerPkts += a.stats.ToPeerPackets.Load()
+		toPeerBytes += a.stats.ToPeerBytes.Load()
+		toClientPkts += a.stats.ToClientPackets.Load()
+		toClientBytes += a.stats.ToClientBytes.Load()
+	}
+	return
+}
+
+// Quota is pion's QuotaHandler: false answers 486 Allocation Quota Reached.
+func (e *Engine) Quota(userID, _ string, _ net.Addr) bool {
+	if e.cfg.QuotaPerUser <= 0 {
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	u := e.users[userID]
+	return u == nil || u.active < e.cfg.QuotaPerUser
+}
+
+// Auth is pion's AuthHandler for TURN REST credentials; it returns the user
+// part of the username as the user ID (quota and bandwidth are per user).
+func (e *Engine) Auth(username, realm string) (string, []byte, bool) {
+	userID, key, reason := e.verify(username, realm)
+	return userID, key, reason == ""
+}
+
+// verify checks a username under realm and returns the user, the long-term
+// key, and "" or the reason it is refused.
+func (e *Engine) verify(username, realm string) (string, []byte, string) {
+	if realm != e.cfg.Realm {
+		return "", nil, "wrong_realm"
+	}
+	userID, err := access.ParseTURNUsername(username, time.Now())
+	if err != nil {
+		if errors.Is(err, access.ErrTURNExpired) {
+			return "", nil, "expired"
+		}
+		return "", nil, "malformed_username"
+	}
+	return userID, access.TURNKey(username, realm, access.TURNPassword(e.cfg.Secret, username)), ""
+}
+
+// filter is the front filter for one STUN message from a client: it answers
+// what pion must not see or would answer wrongly, and reports whether the
+// message should go on to pion. reply writes an answer to the client.
+func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, reply func([]byte)) bool {
+	if !knownMethod(h) {
+		if h.class == classRequest {
+			// RFC 8489 §6.3.1: an unknown method in a request gets 400.
+			e.answer(b, h, nil, reply, stun.CodeBadRequest)
+		}
+		return false
+	}
+	if !authenticated(h) {
+		return true
+	}
+	m := &stun.Message{Raw: append([]byte(nil), b...)}
+	if err := m.Decode(); err != nil {
+		e.cfg.Events.Drop(DropMalformed, len(b))
+		return false
+	}
+	if !m.Contains(stun.AttrMessageIntegrity) {
+		return true // pion challenges with 401 + NONCE; WriteTo rate-limits it
+	}
+	var username stun.Username
+	var realm stun.Realm
+	var nonce stun.Nonce
+	if username.GetFrom(m) != nil || realm.GetFrom(m) != nil || nonce.GetFrom(m) != nil {
+		return true // pion answers 400
+	}
+	_, key, reason := e.verify(username.String(), realm.String())
+	if reason == "" && stun.MessageIntegrity(key).Check(m) != nil {
+		reason = "bad_integrity"
+	}
+	if reason != "" {
+		// RFC 8489 §9.2.4: an invalid username or integrity gets 401 with
+		// REALM and NONCE (the client's nonce: still one pion accepts).
+		e.cfg.Events.AuthFailure(reason)
+		e.log.Info("turn auth refused", "client", client.String(), "reason", reason, "method", methodName(h.method))
+		if h.method == methodAllocate {
+			e.cfg.Events.AllocationFailed("unauthorized")
+		}
+		if e.unauth.allow(client.Addr()) {
+			e.answer(b, h, nil, reply, stun.CodeUnauthorized, stun.NewRealm(e.cfg.Realm), nonce)
+		} else {
+			e.cfg.Events.Unauth401Dropped()
+		}
+		return false
+	}
+	switch h.method {
+	case methodAllocate:
+		if e.draining.Load() || (e.cfg.QuotaTotal > 0 && e.Active() >= e.cfg.QuotaTotal) {
+			e.atCapacity(b, h, key, reply)
+			return false
+		}
+	case methodRefresh:
+		var lt lifetime
+		if lt.GetFrom(m) == nil && lt == 0 {
+			e.markClientDelete(client, local)
+		}
+	}
+	return true
+}
+
+// atCapacity answers 300 Try Alternate (RFC 8489 §10, [MS-TURN]) when an
+// alternate edge is configured, else 508 Insufficient Capacity (RFC 8656 §7.2).
+func (e *Engine) atCapacity(b []byte, h header, key []byte, reply func([]byte)) {
+	if e.cfg.Alternate.IsValid() {
+		e.cfg.Events.AllocationFailed("try_alternate")
+		alt := &stun.AlternateServer{IP: e.cfg.Alternate.Addr().AsSlice(), Port: int(e.cfg.Alternate.Port())}
+		e.answer(b, h, key, reply, stun.CodeTryAlternate, alt)
+		return
+	}
+	e.cfg.Events.AllocationFailed("insufficient_capacity")
+	e.answer(b, h, key, reply, stun.CodeInsufficientCapacity)
+}
+
+// answer sends an error response to the request in b.
+func (e *Engine) answer(b []byte, h header, key []byte, reply func([]byte), code stun.ErrorCode, attrs ...stun.Setter) {
+	var tid [stun.TransactionIDSize]byte
+	copy(tid[:], b[8:20])
+	setters := []stun.Setter{
+		stun.NewTransactionIDSetter(tid),
+		stun.NewType(stun.Method(h.method), stun.ClassErrorResponse),
+		code,
+	}
+	setters = append(setters, attrs...)
+	if key != nil {
+		setters = append(setters, stun.MessageIntegrity(key))
+	}
+	setters = append(setters, stun.Fingerprint)
+	m, err := stun.Build(setters...)
+	if err != nil {
+		e.log.Warn("building STUN answer failed", "error", err)
+		return
+	}
+	reply(m.Raw)
+}
+
+// lifetime is the LIFETIME attribute (RFC 8656 §18.2).
+type lifetime uint32
+
+func (l *lifetime) GetFrom(m *stun.Message) error {
+	v, err := m.Get(stun.AttrLifetime)
+	if err != nil {
+		return err
+	}
+	if len(v) != 4 {
+		return stun.ErrAttributeSizeInvalid
+	}
+	*l = lifetime(uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3]))
+	return nil
+}
+
+func methodName(m uint16) string {
+	return stun.Method(m).String()
+}
+
+// sourceLimiter bounds 401 answers per source address. Its state is per
+// source, never per request, and capped in size.
+type sourceLimiter struct {
+	mu    sync.Mutex
+	limit rate.Limit
+	burst int
+	m     map[netip.Addr]*rate.Limiter
+}
+
+const maxTrackedSources = 65536
+
+func newSourceLimiter(limit rate.Limit, burst int) *sourceLimiter {
+	return &sourceLimiter{limit: limit, burst: burst, m: map[netip.Addr]*rate.Limiter{}}
+}
+
+func (s *sourceLimiter) allow(a netip.Addr) bool {
+	if s.limit == rate.Inf {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.m[a]
+	if l == nil {
+		if len(s.m) >= maxTrackedSources {
+			clear(s.m) // a flood from many sources: start over rather than grow
+		}
+		l = rate.NewLimiter(s.limit, s.burst)
+		s.m[a] = l
+	}
+	return l.Allow()
+}

@@ -1,0 +1,148 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/pion/turn/v5"
+
+	"portcullis/policy"
+)
+
+// Family is where relay sockets of one IP family are bound and what address
+// is advertised for them (differs behind a NAT).
+type Family struct {
+	Bind      netip.Addr
+	Advertise netip.Addr
+}
+
+// Generator is pion's RelayAddressGenerator: relay sockets on ports from a
+// range, bound to the configured address and advertised as another.
+type Generator struct {
+	E          *Engine
+	V4, V6     *Family // nil: that family is not offered
+	Min, Max   int
+	ListenConf net.ListenConfig
+}
+
+var _ turn.RelayAddressGenerator = (*Generator)(nil)
+
+// ErrNoFamily is returned for an address family without a relay address.
+var ErrNoFamily = errors.New("no relay address configured for this address family")
+
+// ErrNoPort is returned when every port in the range is taken.
+var ErrNoPort = errors.New("no free relay port in range")
+
+// Validate implements turn.RelayAddressGenerator.
+func (g *Generator) Validate() error {
+	if g.V4 == nil && g.V6 == nil {
+		return ErrNoFamily
+	}
+	if g.Min < 1 || g.Max > 65535 || g.Min > g.Max {
+		return fmt.Errorf("relay port range %d-%d", g.Min, g.Max)
+	}
+	return nil
+}
+
+func (g *Generator) family(network string) (*Family, error) {
+	var f *Family
+	switch network {
+	case "udp4", "tcp4":
+		f = g.V4
+	case "udp6", "tcp6":
+		f = g.V6
+	}
+	if f == nil {
+		return nil, ErrNoFamily
+	}
+	return f, nil
+}
+
+// ports yields candidate ports: a random start, then every port once.
+func (g *Generator) ports(requested int) []int {
+	n := g.Max - g.Min + 1
+	start := rand.N(n)
+	out := make([]int, 0, min(n, 64)+1)
+	if requested >= g.Min && requested <= g.Max {
+		out = append(out, requested)
+	}
+	for i := 0; i < n && len(out) < 64; i++ {
+		out = append(out, g.Min+(start+i)%n)
+	}
+	return out
+}
+
+// AllocatePacketConn makes a UDP relay socket.
+func (g *Generator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	f, err := g.family(c.Network)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, port := range g.ports(c.RequestedPort) {
+		pc, err := g.ListenConf.ListenPacket(context.Background(), c.Network, net.JoinHostPort(f.Bind.String(), strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		relay := netip.AddrPortFrom(f.Advertise, uint16(port))
+		a := newAlloc(g.E, pc.(*net.UDPConn), relay)
+		g.E.register(a)
+		return a, net.UDPAddrFromAddrPort(relay), nil
+	}
+	return nil, nil, ErrNoPort
+}
+
+// AllocateListener makes a TCP relay listener (RFC 6062).
+func (g *Generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
+	f, err := g.family(c.Network)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, port := range g.ports(c.RequestedPort) {
+		ln, err := g.ListenConf.Listen(context.Background(), c.Network, net.JoinHostPort(f.Bind.String(), strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		return ln, net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.Advertise, uint16(port))), nil
+	}
+	return nil, nil, ErrNoPort
+}
+
+// AllocateConn dials a peer for a TCP Connect request (RFC 6062 §4.3). The
+// peer policy is checked again here: no connection leaves toward a denied
+// address.
+func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
+	peer := addrPort(c.RemoteAddr)
+	if g.E.cfg.Policy.Check(peer.Addr()) != policy.Allowed {
+		g.E.cfg.Events.Drop(DropDeniedPeer, 0)
+		return nil, fmt.Errorf("peer %s: %w", peer, ErrDeniedPeer)
+	}
+	f, err := g.family(c.Network)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice()}}
+	return d.Dial(c.Network, peer.String())
+}
+
+// ErrDeniedPeer is returned for a peer the policy refuses.
+var ErrDeniedPeer = errors.New("peer address denied by policy")
+
+// Permission is pion's PermissionHandler: CreatePermission and ChannelBind
+// toward a denied peer are answered 403 (RFC 8656 §9.1).
+func (e *Engine) Permission(client net.Addr, peer net.IP) bool {
+	ip, ok := netip.AddrFromSlice(peer)
+	if !ok {
+		return false
+	}
+	if r := e.cfg.Policy.Check(ip); r != policy.Allowed {
+		e.log.Info("turn peer refused", "client", client.String(), "peer", ip.Unmap().String(), "reason", string(r))
+		e.cfg.Events.Drop(DropDeniedPeer, 0)
+		return false
+	}
+	return true
+}

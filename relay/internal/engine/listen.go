@@ -1,0 +1,238 @@
+package engine
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Group is the set of SO_REUSEPORT UDP sockets bound to one listen address,
+// presented to pion as one net.PacketConn so that pion has one allocation
+// manager per address (EVEN-PORT reservations and 5-tuple lookups must see
+// every client, whichever socket the kernel hashed it to). One reader per
+// socket runs the ChannelData fast path in parallel and queues for pion only
+// what pion must handle.
+type Group struct {
+	e     *Engine
+	addr  netip.AddrPort
+	socks []*net.UDPConn
+	mu    sync.Mutex // serialises writers of table
+	table atomic.Pointer[map[chanKey]*bound]
+
+	toPion chan packet
+	done   chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+type packet struct {
+	buf *[mtu]byte
+	n   int
+	src netip.AddrPort
+}
+
+var packetPool = sync.Pool{New: func() any { return new([mtu]byte) }}
+
+type chanKey struct {
+	client netip.AddrPort
+	number uint16
+}
+
+type bound struct {
+	alloc *Alloc
+	peer  netip.AddrPort
+}
+
+// NewGroup takes over the sockets bound to addr and returns the one
+// net.PacketConn pion serves them through.
+func (e *Engine) NewGroup(addr netip.AddrPort, socks []*net.UDPConn) net.PacketConn {
+	g := &Group{e: e, addr: normal(addr), socks: socks, toPion: make(chan packet, 1024), done: make(chan struct{})}
+	g.table.Store(&map[chanKey]*bound{})
+	e.mu.Lock()
+	e.groups[g.addr] = g
+	e.mu.Unlock()
+	for _, s := range socks {
+		g.wg.Add(1)
+		go g.read(s)
+	}
+	return g
+}
+
+func (g *Group) bind(k chanKey, b *bound, add bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	cowSet(&g.table, k, b, add)
+}
+
+func (g *Group) unbindAll(a *Alloc) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := *g.table.Load()
+	m := make(map[chanKey]*bound, len(old))
+	for k, b := range old {
+		if b.alloc != a {
+			m[k] = b
+		}
+	}
+	g.table.Store(&m)
+}
+
+// writeTo sends to a client from the group (the socket picked by the
+// client's port spreads the write load).
+func (g *Group) writeTo(b []byte, client netip.AddrPort) {
+	s := g.socks[int(client.Port())%len(g.socks)]
+	_, _ = s.WriteToUDPAddrPort(b, client)
+}
+
+// read is one socket's reader. ChannelData on a bound, permitted channel
+// goes straight to the peer (RFC 8656 §12.6); malformed datagrams are
+// dropped (RFC 8489 §6.3); the front filter answers requests pion must not
+// see; the rest is queued for pion.
+func (g *Group) read(s *net.UDPConn) {
+	defer g.wg.Done()
+	e := g.e
+	buf := packetPool.Get().(*[mtu]byte)
+	for {
+		n, src, err := s.ReadFromUDPAddrPort(buf[:])
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		src = normal(src)
+		p := buf[:n]
+		k, h := classify(p)
+		switch k {
+		case kindChannelData:
+			number, payload := channelData(p)
+			b := (*g.table.Load())[chanKey{src, number}]
+			switch {
+			case b == nil:
+				e.cfg.Events.Drop(DropNoChannel, n)
+			case !b.alloc.permitted(b.peer.Addr()):
+				e.cfg.Events.Drop(DropNoPermission, n)
+			default:
+				_, _ = b.alloc.toPeer(payload, b.peer)
+			}
+			continue
+		case kindMalformed:
+			e.cfg.Events.Drop(DropMalformed, n)
+			continue
+		}
+		if !e.filter(p, h, src, g.addr, func(b []byte) { _, _ = s.WriteToUDPAddrPort(b, src) }) {
+			continue
+		}
+		select {
+		case g.toPion <- packet{buf: buf, n: n, src: src}:
+			buf = packetPool.Get().(*[mtu]byte)
+		case <-g.done:
+			return
+		default:
+			e.cfg.Events.Drop(DropOverload, n) // pion is behind: shed control load, never block the data path
+		}
+	}
+}
+
+// ReadFrom gives pion the next message it must handle.
+func (g *Group) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case pk := <-g.toPion:
+		n := copy(p, pk.buf[:pk.n])
+		packetPool.Put(pk.buf)
+		return n, net.UDPAddrFromAddrPort(pk.src), nil
+	case <-g.done:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+// WriteTo carries pion's answers and Data indications to clients. 401
+// challenges are rate-limited per source so that the relay cannot be used
+// to amplify; Allocate failures are counted by cause.
+func (g *Group) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if !g.e.outgoing(p, addr) {
+		return len(p), nil
+	}
+	client := addrPort(addr)
+	return g.socks[int(client.Port())%len(g.socks)].WriteToUDPAddrPort(p, client)
+}
+
+// Close closes every socket and stops the readers.
+func (g *Group) Close() error {
+	var errs []error
+	g.once.Do(func() {
+		close(g.done)
+		for _, s := range g.socks {
+			errs = append(errs, s.Close())
+		}
+		g.wg.Wait()
+	})
+	return errors.Join(errs...)
+}
+
+// LocalAddr is the listen address.
+func (g *Group) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(g.addr) }
+
+// Deadlines are not used by pion's read loop; Close ends it.
+func (g *Group) SetDeadline(time.Time) error      { return nil }
+func (g *Group) SetReadDeadline(time.Time) error  { return nil }
+func (g *Group) SetWriteDeadline(time.Time) error { return nil }
+
+// outgoing inspects a message pion sends to a client and says whether to
+// send it.
+func (e *Engine) outgoing(p []byte, addr net.Addr) bool {
+	k, h := classify(p)
+	if k != kindSTUN || h.class != classError {
+		return true
+	}
+	code := errorCode(p)
+	if h.method == methodAllocate && code != 401 {
+		e.cfg.Events.AllocationFailed(allocFailure(code))
+	}
+	if code == 401 && !e.unauth.allow(addrPort(addr).Addr()) {
+		e.cfg.Events.Unauth401Dropped()
+		return false
+	}
+	return true
+}
+
+func allocFailure(code int) string {
+	switch code {
+	case 486:
+		return "quota"
+	case 403:
+		return "forbidden"
+	case 437:
+		return "mismatch"
+	case 438:
+		return "stale_nonce"
+	case 440:
+		return "family_not_supported"
+	case 442:
+		return "unsupported_transport"
+	case 508:
+		return "insufficient_capacity"
+	}
+	return "other"
+}
+
+// errorCode finds ERROR-CODE (RFC 8489 §14.8) in a STUN message already
+// classified as well formed; 0 if absent.
+func errorCode(p []byte) int {
+	for off := stunHeaderLen; off+4 <= len(p); {
+		typ := int(p[off])<<8 | int(p[off+1])
+		l := int(p[off+2])<<8 | int(p[off+3])
+		if off+4+l > len(p) {
+			return 0
+		}
+		if typ == 0x0009 && l >= 4 {
+			v := p[off+4:]
+			return int(v[2]&0x7)*100 + int(v[3])
+		}
+		off += 4 + (l+3)&^3
+	}
+	return 0
+}

@@ -1,0 +1,129 @@
+package engine
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// maxFrame bounds a STUN or ChannelData frame on a stream; anything larger
+// closes the connection.
+const maxFrame = 4 + mtu + 512
+
+// Stream timeouts: the TLS handshake and first frame must come quickly; an
+// established connection may idle up to the longest allocation lifetime.
+const (
+	firstFrameTimeout = 10 * time.Second
+	idleTimeout       = time.Hour + time.Minute
+)
+
+// errFrame ends a stream whose framing is broken.
+var errFrame = errors.New("malformed STUN/ChannelData frame on stream")
+
+// readFrame reads one whole frame (RFC 8489 §6.2.2 framing for STUN, RFC
+// 8656 §12.5 for ChannelData, padded to 4 bytes on streams) into buf and
+// returns it.
+func readFrame(r *bufio.Reader, buf []byte) ([]byte, error) {
+	hdr, err := r.Peek(4)
+	if err != nil {
+		return nil, err
+	}
+	var size int
+	switch hdr[0] >> 6 {
+	case 0:
+		size = stunHeaderLen + int(binary.BigEndian.Uint16(hdr[2:4]))
+	case 1:
+		size = 4 + (int(binary.BigEndian.Uint16(hdr[2:4]))+3)&^3
+	default:
+		return nil, errFrame
+	}
+	if size > maxFrame || size > len(buf) {
+		return nil, errFrame
+	}
+	if _, err := io.ReadFull(r, buf[:size]); err != nil {
+		return nil, err
+	}
+	return buf[:size], nil
+}
+
+// streamListener accepts TCP (or TLS) connections for pion and puts the
+// front filter in front of each.
+type streamListener struct {
+	net.Listener
+	e   *Engine
+	tls *tls.Config
+}
+
+// ListenStream listens on addr for TURN over TCP, or over TLS when conf is
+// set. The TLS handshake runs on the connection's own goroutine (pion's), so
+// a slow client holds up nobody.
+func (e *Engine) ListenStream(addr string, conf *tls.Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &streamListener{Listener: ln, e: e, tls: conf}, nil
+}
+
+func (l *streamListener) Accept() (net.Conn, error) {
+	raw, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(firstFrameTimeout))
+	c := raw
+	if l.tls != nil {
+		c = tls.Server(raw, l.tls)
+	}
+	return &streamConn{Conn: c, e: l.e, r: bufio.NewReaderSize(c, maxFrame), buf: make([]byte, maxFrame),
+		client: normal(addrPort(raw.RemoteAddr())), local: normal(addrPort(raw.LocalAddr()))}, nil
+}
+
+// streamConn hands pion only frames that passed the front filter.
+type streamConn struct {
+	net.Conn
+	e             *Engine
+	r             *bufio.Reader
+	buf           []byte
+	pending       []byte
+	client, local netip.AddrPort
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	for len(c.pending) == 0 {
+		f, err := readFrame(c.r, c.buf)
+		if err != nil {
+			if errors.Is(err, errFrame) {
+				c.e.cfg.Events.Drop(DropMalformed, 0)
+			}
+			return 0, err
+		}
+		_ = c.Conn.SetReadDeadline(time.Now().Add(idleTimeout))
+		k, h := classify(f)
+		switch k {
+		case kindMalformed:
+			c.e.cfg.Events.Drop(DropMalformed, len(f))
+			return 0, errFrame
+		case kindSTUN:
+			if !c.e.filter(f, h, c.client, c.local, func(b []byte) { _, _ = c.Conn.Write(b) }) {
+				continue
+			}
+		}
+		c.pending = f
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	if !c.e.outgoing(p, c.Conn.RemoteAddr()) {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}

@@ -1,0 +1,235 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/pion/turn/v5"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"portcullis/access"
+	"portcullis/internal/lifecycle"
+	"portcullis/policy"
+	"portcullis/relay/internal/engine"
+)
+
+// Listener is one bound relay listener, for endpoints.json and logs.
+type Listener struct {
+	Protocol string // turn-udp, turn-tcp, turn-tls
+	Address  string
+}
+
+// Server is a running relay.
+type Server struct {
+	log     *slog.Logger
+	eng     *engine.Engine
+	turn    *turn.Server
+	metrics *metrics
+	bound   []Listener
+	closers []func() error
+}
+
+// Start binds every listener and starts relaying. On error nothing is left
+// running.
+func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
+	log := deps.Log.With("component", "relay")
+	secret, err := access.LoadTURNSecret(cfg.SecretFile)
+	if err != nil {
+		return nil, err
+	}
+	pol, err := policy.NewPeerPolicy(cfg.AllowedPeers, cfg.DeniedPeers)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{log: log}
+	defer func() {
+		if err != nil {
+			s.closeListeners()
+		}
+	}()
+	s.metrics = newMetrics(deps.Registry, func() *engine.Engine { return s.eng })
+	var alt netip.AddrPort
+	if cfg.AlternateServer != "" {
+		alt = netip.MustParseAddrPort(cfg.AlternateServer)
+	}
+	s.eng = engine.New(engine.Config{
+		Log:          log,
+		Realm:        cfg.Realm,
+		Secret:       secret,
+		Policy:       pol,
+		QuotaPerUser: cfg.Quota.PerUser,
+		QuotaTotal:   cfg.Quota.Total,
+		Alternate:    alt,
+		AllocRate:    float64(cfg.Bandwidth.PerAllocationKbps) * 1000 / 8,
+		UserRate:     float64(cfg.Bandwidth.PerUserKbps) * 1000 / 8,
+		UnauthRate:   rate.Limit(cfg.Unauthenticated.PerSecond),
+		UnauthBurst:  cfg.Unauthenticated.Burst,
+		Events:       s.metrics.events(),
+	})
+	gen := &engine.Generator{E: s.eng, Min: cfg.Relay.PortMin, Max: cfg.Relay.PortMax}
+	if cfg.Relay.BindIPv4 != "" {
+		gen.V4 = family(cfg.Relay.BindIPv4, cfg.Relay.AdvertiseIPv4)
+	}
+	if cfg.Relay.BindIPv6 != "" {
+		gen.V6 = family(cfg.Relay.BindIPv6, cfg.Relay.AdvertiseIPv6)
+	}
+	if err := gen.Validate(); err != nil {
+		return nil, err
+	}
+
+	sc := turn.ServerConfig{
+		Realm:              cfg.Realm,
+		LoggerFactory:      pionLogs{log},
+		AuthHandler:        func(ra *turn.RequestAttributes) (string, []byte, bool) { return s.eng.Auth(ra.Username, ra.Realm) },
+		QuotaHandler:       s.eng.Quota,
+		AllocationLifetime: cfg.Lifetimes.Allocation,
+		PermissionTimeout:  cfg.Lifetimes.Permission,
+		ChannelBindTimeout: cfg.Lifetimes.Channel,
+		EventHandler: turn.EventHandler{
+			OnAllocationCreated: func(src, dst net.Addr, proto, user, realm string, relay net.Addr, port int) {
+				s.metrics.created.Inc()
+				s.eng.AllocationCreated(src, dst, proto, user, realm, relay, port)
+			},
+			OnPermissionCreated: s.eng.PermissionCreated,
+			OnPermissionDeleted: s.eng.PermissionDeleted,
+			OnChannelCreated:    s.eng.ChannelCreated,
+			OnChannelDeleted:    s.eng.ChannelDeleted,
+		},
+	}
+	n := cfg.UDPSockets
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	for _, a := range cfg.ListenUDP {
+		socks, err := listenUDPGroup(netip.MustParseAddrPort(a), n)
+		if err != nil {
+			return nil, fmt.Errorf("turn.listen_udp %s: %w", a, err)
+		}
+		addr := socks[0].LocalAddr().(*net.UDPAddr).AddrPort()
+		group := s.eng.NewGroup(addr, socks)
+		s.closers = append(s.closers, group.Close)
+		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{PacketConn: group, RelayAddressGenerator: gen, PermissionHandler: s.eng.Permission})
+		s.bound = append(s.bound, Listener{"turn-udp", addr.String()})
+	}
+	var tlsConf *tls.Config
+	if len(cfg.ListenTLS) > 0 {
+		pair, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("turn.tls_cert_file / tls_key_file: %w", err)
+		}
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	}
+	for _, l := range []struct {
+		proto string
+		addrs []string
+		tls   *tls.Config
+	}{{"turn-tcp", cfg.ListenTCP, nil}, {"turn-tls", cfg.ListenTLS, tlsConf}} {
+		for _, a := range l.addrs {
+			ln, err := s.eng.ListenStream(a, l.tls)
+			if err != nil {
+				return nil, fmt.Errorf("turn listen %s %s: %w", l.proto, a, err)
+			}
+			s.closers = append(s.closers, ln.Close)
+			sc.ListenerConfigs = append(sc.ListenerConfigs, turn.ListenerConfig{Listener: ln, RelayAddressGenerator: gen, PermissionHandler: s.eng.Permission})
+			s.bound = append(s.bound, Listener{l.proto, ln.Addr().String()})
+		}
+	}
+	if s.turn, err = turn.NewServer(sc); err != nil {
+		return nil, err
+	}
+	log.Info("relay listening", "listeners", s.bound, "relay_v4", cfg.Relay.AdvertiseIPv4+"/"+cfg.Relay.BindIPv4,
+		"relay_v6", cfg.Relay.AdvertiseIPv6+"/"+cfg.Relay.BindIPv6, "ports", fmt.Sprintf("%d-%d", cfg.Relay.PortMin, cfg.Relay.PortMax),
+		"udp_sockets_per_address", n, "allowed_peers", cfg.AllowedPeers)
+	return s, nil
+}
+
+func family(bind, advertise string) *engine.Family {
+	b := netip.MustParseAddr(bind)
+	a := b
+	if advertise != "" {
+		a = netip.MustParseAddr(advertise)
+	}
+	return &engine.Family{Bind: b, Advertise: a}
+}
+
+// listenUDPGroup binds n SO_REUSEPORT sockets to addr (the first picks the
+// port when addr's port is 0).
+func listenUDPGroup(addr netip.AddrPort, n int) ([]*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	var socks []*net.UDPConn
+	for i := 0; i < n; i++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
+		if err != nil {
+			for _, s := range socks {
+				s.Close()
+			}
+			return nil, err
+		}
+		u := pc.(*net.UDPConn)
+		_ = u.SetReadBuffer(4 << 20)
+		_ = u.SetWriteBuffer(4 << 20)
+		socks = append(socks, u)
+		if i == 0 {
+			addr = u.LocalAddr().(*net.UDPAddr).AddrPort()
+		}
+	}
+	return socks, nil
+}
+
+// Listeners are the bound listeners.
+func (s *Server) Listeners() []Listener { return s.bound }
+
+// Active is the number of allocations in use.
+func (s *Server) Active() int { return s.eng.Active() }
+
+// Drain refuses new allocations (508, or 300 with an alternate) and waits
+// until the existing ones end or ctx does.
+func (s *Server) Drain(ctx context.Context) error {
+	s.eng.Drain()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for s.eng.Active() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d allocations still active at the drain deadline", s.eng.Active())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Close ends every allocation and closes every listener.
+func (s *Server) Close() error {
+	s.eng.Closing()
+	var err error
+	if s.turn != nil {
+		err = s.turn.Close()
+	}
+	return errors.Join(err, s.closeListeners())
+}
+
+func (s *Server) closeListeners() error {
+	var errs []error
+	for _, c := range s.closers {
+		if err := c(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}

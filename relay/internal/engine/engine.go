@@ -221,6 +221,16 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, reply 
 		return false
 	}
 	switch h.method {
+	case methodCreatePermission, methodChannelBind:
+		// RFC 8656 §9.1, §11.2: a peer the policy refuses gets 403. (pion
+		// would answer ChannelBind with 401; its PermissionHandler stays as a
+		// second check.)
+		if peer, ok := e.deniedPeer(m); ok {
+			e.log.Info("turn peer refused", "client", client.String(), "peer", peer.String(), "method", methodName(h.method))
+			e.cfg.Events.Drop(DropDeniedPeer, 0)
+			e.answer(b, h, key, reply, stun.CodeForbidden)
+			return false
+		}
 	case methodAllocate:
 		if e.draining.Load() || (e.cfg.QuotaTotal > 0 && e.Active() >= e.cfg.QuotaTotal) {
 			e.atCapacity(b, h, key, reply)
@@ -233,6 +243,27 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, reply 
 		}
 	}
 	return true
+}
+
+// deniedPeer returns the first XOR-PEER-ADDRESS in m that the policy
+// refuses.
+func (e *Engine) deniedPeer(m *stun.Message) (netip.Addr, bool) {
+	for _, a := range m.Attributes {
+		if a.Type != stun.AttrXORPeerAddress {
+			continue
+		}
+		one := &stun.Message{TransactionID: m.TransactionID}
+		one.Add(stun.AttrXORPeerAddress, a.Value)
+		var x stun.XORMappedAddress
+		if err := x.GetFromAs(one, stun.AttrXORPeerAddress); err != nil {
+			continue // pion answers 400
+		}
+		ip, ok := netip.AddrFromSlice(x.IP)
+		if !ok || e.cfg.Policy.Check(ip) != policy.Allowed {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // atCapacity answers 300 Try Alternate (RFC 8489 §10, [MS-TURN]) when an

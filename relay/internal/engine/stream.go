@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -52,11 +53,15 @@ func readFrame(r *bufio.Reader, buf []byte) ([]byte, error) {
 }
 
 // streamListener accepts TCP (or TLS) connections for pion and puts the
-// front filter in front of each.
+// front filter in front of each. It closes the connections it accepted when
+// it is closed: pion closes only the listener, and a client's connection
+// must not outlive the server.
 type streamListener struct {
 	net.Listener
-	e   *Engine
-	tls *tls.Config
+	e     *Engine
+	tls   *tls.Config
+	mu    sync.Mutex
+	conns map[*streamConn]struct{}
 }
 
 // ListenStream listens on addr for TURN over TCP, or over TLS when conf is
@@ -67,7 +72,7 @@ func (e *Engine) ListenStream(addr string, conf *tls.Config) (net.Listener, erro
 	if err != nil {
 		return nil, err
 	}
-	return &streamListener{Listener: ln, e: e, tls: conf}, nil
+	return &streamListener{Listener: ln, e: e, tls: conf, conns: map[*streamConn]struct{}{}}, nil
 }
 
 func (l *streamListener) Accept() (net.Conn, error) {
@@ -80,8 +85,25 @@ func (l *streamListener) Accept() (net.Conn, error) {
 	if l.tls != nil {
 		c = tls.Server(raw, l.tls)
 	}
-	return &streamConn{Conn: c, e: l.e, r: bufio.NewReaderSize(c, maxFrame), buf: make([]byte, maxFrame),
-		client: normal(addrPort(raw.RemoteAddr())), local: normal(addrPort(raw.LocalAddr()))}, nil
+	sc := &streamConn{Conn: c, e: l.e, r: bufio.NewReaderSize(c, maxFrame), buf: make([]byte, maxFrame),
+		client: normal(addrPort(raw.RemoteAddr())), local: normal(addrPort(raw.LocalAddr())), l: l}
+	l.mu.Lock()
+	l.conns[sc] = struct{}{}
+	l.mu.Unlock()
+	return sc, nil
+}
+
+// Close stops accepting and closes every connection still open.
+func (l *streamListener) Close() error {
+	err := l.Listener.Close()
+	l.mu.Lock()
+	conns := l.conns
+	l.conns = map[*streamConn]struct{}{}
+	l.mu.Unlock()
+	for c := range conns {
+		_ = c.Conn.Close()
+	}
+	return err
 }
 
 // streamConn hands pion only frames that passed the front filter.
@@ -92,9 +114,29 @@ type streamConn struct {
 	buf           []byte
 	pending       []byte
 	client, local netip.AddrPort
+	// raw is set once a ConnectionBind has gone to pion: RFC 6062 §4.4, the
+	// connection then carries the peer's bytes unframed.
+	raw bool
+	l   *streamListener
+	// rmu serialises reads: after a ConnectionBind pion's read loop and its
+	// copy goroutine can both be in Read for a moment as the connection
+	// closes.
+	rmu sync.Mutex
+}
+
+func (c *streamConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
 }
 
 func (c *streamConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.raw && len(c.pending) == 0 {
+		return c.r.Read(p)
+	}
 	for len(c.pending) == 0 {
 		f, err := readFrame(c.r, c.buf)
 		if err != nil {
@@ -112,6 +154,10 @@ func (c *streamConn) Read(p []byte) (int, error) {
 		case kindSTUN:
 			if !c.e.filter(f, h, c.client, c.local, func(b []byte) { _, _ = c.Conn.Write(b) }) {
 				continue
+			}
+			if h.method == methodConnectionBind && h.class == classRequest {
+				c.raw = true
+				_ = c.Conn.SetReadDeadline(time.Time{})
 			}
 		}
 		c.pending = f

@@ -44,7 +44,8 @@ type Config struct {
 	// AlternateServer (ip:port) is named in 300 Try Alternate answers when
 	// this edge is at capacity or draining; empty: 508 instead.
 	AlternateServer string `yaml:"alternate_server"`
-	// Unauthenticated limits 401 answers per source address.
+	// Unauthenticated limits 401 answers per UDP source address (over TCP
+	// and TLS the source is proven and cannot be used to amplify).
 	Unauthenticated RateConfig `yaml:"unauthenticated"`
 }
 
@@ -92,7 +93,7 @@ func DefaultConfig() Config {
 		Relay:           RelayConfig{PortMin: 49152, PortMax: 65535},
 		Lifetimes:       LifetimeConfig{Allocation: 10 * time.Minute, Permission: 5 * time.Minute, Channel: 10 * time.Minute},
 		Quota:           QuotaConfig{PerUser: 10, Total: 10000},
-		Unauthenticated: RateConfig{PerSecond: 5, Burst: 10},
+		Unauthenticated: RateConfig{PerSecond: 20, Burst: 40},
 	}
 }
 

@@ -372,6 +372,17 @@ func TestUnauthenticatedAnswersAreRateLimited(t *testing.T) {
 	if e.metric("portcullis_relay_unauthenticated_answers_suppressed_total") < 190 {
 		t.Fatal("suppressed answers not counted")
 	}
+	// Over TCP the source is proven (no amplification): every request is
+	// answered, so clients behind one NAT are not locked out.
+	tc := dialClient(t, "tcp", e.tcp, e.cred("x"))
+	for range 20 {
+		tc.send(stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), stun.Fingerprint))
+	}
+	for i := range 20 {
+		if res := tc.read(2 * time.Second); res == nil || code(res) != stun.CodeUnauthorized {
+			t.Fatalf("TCP answer %d: %v", i, res)
+		}
+	}
 }
 
 func TestBandwidthCap(t *testing.T) {

@@ -15,11 +15,12 @@ need_go_tool() { # name module@version
 	"$GO" install "$mod"
 }
 
-# Debian packages the suite needs, as "command:package" pairs. Later
-# capabilities add their real peers here (coturn, sip-tester, baresip,
-# kamailio); the foundation's tests need only git (gofmt over tracked files).
+# Debian packages the suite needs, as "command:package" pairs: real peers
+# no one here wrote. Later capabilities add theirs (sip-tester, baresip,
+# kamailio).
 DEB_NEEDS=(
 	"git:git"
+	"turnutils_uclient:coturn"
 )
 
 missing=()

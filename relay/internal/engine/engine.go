@@ -175,8 +175,10 @@ func (e *Engine) verify(username, realm string) (string, []byte, string) {
 
 // filter is the front filter for one STUN message from a client: it answers
 // what pion must not see or would answer wrongly, and reports whether the
-// message should go on to pion. reply writes an answer to the client.
-func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, reply func([]byte)) bool {
+// message should go on to pion. reply writes an answer to the client. udp
+// says whether the client's source address is unproven (UDP): only then can
+// an answer be used to amplify, so only then are 401s rate-limited.
+func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bool, reply func([]byte)) bool {
 	if !knownMethod(h) {
 		if h.class == classRequest {
 			// RFC 8489 §6.3.1: an unknown method in a request gets 400.
@@ -213,7 +215,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, reply 
 		if h.method == methodAllocate {
 			e.cfg.Events.AllocationFailed("unauthorized")
 		}
-		if e.unauth.allow(client.Addr()) {
+		if !udp || e.unauth.allow(client.Addr()) {
 			e.answer(b, h, nil, reply, stun.CodeUnauthorized, stun.NewRealm(e.cfg.Realm), nonce)
 		} else {
 			e.cfg.Events.Unauth401Dropped()

@@ -123,7 +123,7 @@ func (g *Group) read(s *net.UDPConn) {
 			e.cfg.Events.Drop(DropMalformed, n)
 			continue
 		}
-		if !e.filter(p, h, src, g.addr, func(b []byte) { _, _ = s.WriteToUDPAddrPort(b, src) }) {
+		if !e.filter(p, h, src, g.addr, true, func(b []byte) { _, _ = s.WriteToUDPAddrPort(b, src) }) {
 			continue
 		}
 		select {
@@ -153,7 +153,7 @@ func (g *Group) ReadFrom(p []byte) (int, net.Addr, error) {
 // challenges are rate-limited per source so that the relay cannot be used
 // to amplify; Allocate failures are counted by cause.
 func (g *Group) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if !g.e.outgoing(p, addr) {
+	if !g.e.outgoing(p, addr, true) {
 		return len(p), nil
 	}
 	client := addrPort(addr)
@@ -182,8 +182,8 @@ func (g *Group) SetReadDeadline(time.Time) error  { return nil }
 func (g *Group) SetWriteDeadline(time.Time) error { return nil }
 
 // outgoing inspects a message pion sends to a client and says whether to
-// send it.
-func (e *Engine) outgoing(p []byte, addr net.Addr) bool {
+// send it (a 401 to a UDP source over its rate is not sent).
+func (e *Engine) outgoing(p []byte, addr net.Addr, udp bool) bool {
 	k, h := classify(p)
 	if k != kindSTUN || h.class != classError {
 		return true
@@ -192,7 +192,7 @@ func (e *Engine) outgoing(p []byte, addr net.Addr) bool {
 	if h.method == methodAllocate && code != 401 {
 		e.cfg.Events.AllocationFailed(allocFailure(code))
 	}
-	if code == 401 && !e.unauth.allow(addrPort(addr).Addr()) {
+	if code == 401 && udp && !e.unauth.allow(addrPort(addr).Addr()) {
 		e.cfg.Events.Unauth401Dropped()
 		return false
 	}

@@ -152,7 +152,7 @@ func (c *streamConn) Read(p []byte) (int, error) {
 			c.e.cfg.Events.Drop(DropMalformed, len(f))
 			return 0, errFrame
 		case kindSTUN:
-			if !c.e.filter(f, h, c.client, c.local, func(b []byte) { _, _ = c.Conn.Write(b) }) {
+			if !c.e.filter(f, h, c.client, c.local, false, func(b []byte) { _, _ = c.Conn.Write(b) }) {
 				continue
 			}
 			if h.method == methodConnectionBind && h.class == classRequest {
@@ -168,7 +168,7 @@ func (c *streamConn) Read(p []byte) (int, error) {
 }
 
 func (c *streamConn) Write(p []byte) (int, error) {
-	if !c.e.outgoing(p, c.Conn.RemoteAddr()) {
+	if !c.e.outgoing(p, c.Conn.RemoteAddr(), false) {
 		return len(p), nil
 	}
 	return c.Conn.Write(p)

@@ -229,6 +229,9 @@ func newDeployment(t *testing.T) *deployment {
 			t.Fatalf("portcullis %v: %d\n%s%s", args, code, out, errOut)
 		}
 	}
+	if code, out, errOut := run(t, "portcullis", "turn-cred", "--new-secret", filepath.Join(d.dir, "turn.secret")); code != 0 {
+		t.Fatalf("new secret: %d %s%s", code, out, errOut)
+	}
 	d.coreFile = filepath.Join(d.dir, "core.yaml")
 	d.edgeFile = filepath.Join(d.dir, "edge.yaml")
 	write(t, d.coreFile, d.coreYAML("info", "127.0.0.1:0"))
@@ -253,6 +256,10 @@ trusted_edges: [edge1.internal]
 store:
   driver: sqlite
   path: core.db
+https:
+  listen: 127.0.0.1:0
+turn:
+  secret_file: turn.secret
 `
 }
 

@@ -2,11 +2,18 @@ package cmd_test
 
 import (
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/pion/turn/v5"
+
+	"portcullis/access"
 )
 
 // Dev mode on the built-in configuration: the real dev ports.
@@ -38,6 +45,7 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 	want := map[string]string{
 		"core sip-mtls":            "127.0.0.1:25061",
 		"core http-metrics-health": "127.0.0.1:29100",
+		"core https-api":           "127.0.0.1:20443",
 		"edge sip-mtls-internal":   "127.0.0.1:15062",
 		"edge http-metrics-health": "127.0.0.1:19100",
 		"edge turn-udp":            "127.0.0.1:13478",
@@ -67,6 +75,8 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(data, "core.db")); err != nil {
 		t.Fatal("no store:", err)
 	}
+
+	turnThroughDev(t, data)
 
 	// A second instance on the same folder is refused before touching it.
 	code, _, errOut := run(t, "portcullis", "dev", "--data", data)
@@ -104,5 +114,87 @@ func TestCLIUsageErrors(t *testing.T) {
 	code, _, errOut := run(t, "portcullis", "pki", "issue", "--dir", t.TempDir(), "--name", "x")
 	if code != 1 || !strings.Contains(errOut, "portcullis pki init --dir") {
 		t.Errorf("issue without CA: exit %d %q", code, errOut)
+	}
+}
+
+// turnThroughDev takes a credential from the core's HTTPS endpoint (with the
+// edge's internal certificate, as an internal caller would) and relays a
+// round trip through the edge's TURN relay with it, and a coturn-style
+// credential from `portcullis turn-cred --data`.
+func turnThroughDev(t *testing.T, data string) {
+	t.Helper()
+	m, err := access.LoadMaterial(access.TLSFiles{CAFile: filepath.Join(data, "pki/ca.crt"),
+		CertFile: filepath.Join(data, "pki/edge.dev.internal.crt"), KeyFile: filepath.Join(data, "pki/edge.dev.internal.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: access.ClientConfig(m, "core.dev.internal")}}
+	res, err := hc.Post("https://127.0.0.1:20443/v1/turn-credentials", "application/json", strings.NewReader(`{"user":"sip:alice@example.test"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cred struct{ Username, Password string }
+	if err := json.NewDecoder(res.Body).Decode(&cred); err != nil || res.StatusCode != 200 {
+		t.Fatalf("credential endpoint: %d %v", res.StatusCode, err)
+	}
+	res.Body.Close()
+	relayRoundTrip(t, cred.Username, cred.Password)
+
+	code, out, errOut := run(t, "portcullis", "turn-cred", "--data", data, "--user", "bob", "--ttl", "1h")
+	if code != 0 {
+		t.Fatalf("turn-cred: %d %s", code, errOut)
+	}
+	var user, pass string
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "username "); ok {
+			user = v
+		}
+		if v, ok := strings.CutPrefix(line, "password "); ok {
+			pass = v
+		}
+	}
+	relayRoundTrip(t, user, pass)
+}
+
+func relayRoundTrip(t *testing.T, user, pass string) {
+	t.Helper()
+	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		n, from, err := peer.ReadFrom(buf)
+		if err == nil {
+			_, _ = peer.WriteTo(buf[:n], from)
+		}
+	}()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: "127.0.0.1:13478", STUNServerAddr: "127.0.0.1:13478",
+		Conn: conn, Username: user, Password: pass, Realm: "example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := cl.Allocate()
+	if err != nil {
+		t.Fatalf("allocate with %s: %v", user, err)
+	}
+	defer rc.Close()
+	if _, err := rc.WriteTo([]byte("ping"), peer.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = rc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, _, err := rc.ReadFrom(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("relay round trip: %q %v", buf[:n], err)
 	}
 }

@@ -2,6 +2,7 @@ package core
 
 import (
 	"path/filepath"
+	"strings"
 	"time"
 
 	"portcullis/access"
@@ -22,6 +23,8 @@ type Config struct {
 	// a link to this core: Lync's trusted-edge table.
 	TrustedEdges []string     `yaml:"trusted_edges"`
 	Store        store.Config `yaml:"store"`
+	HTTPS        APIConfig    `yaml:"https"`
+	TURN         TURNConfig   `yaml:"turn"`
 }
 
 // SIPConfig is the core's `sip` section.
@@ -41,6 +44,8 @@ func DefaultConfig() Config {
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
 		SIP:      SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second},
 		Store:    store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
+		HTTPS:    APIConfig{Listen: "0.0.0.0:443"},
+		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 	}
 }
 
@@ -56,6 +61,28 @@ func (c *Config) Validate(v *config.V) {
 		v.Check(n != "", "trusted_edges["+config.Itoa(i)+"]", "must not be empty")
 	}
 	c.Store.Validate(v.In("store"))
+	v.In("https").CheckHostPort("listen", c.HTTPS.Listen, true)
+	c.TURN.Validate(v.In("turn"))
+}
+
+// Validate checks the turn section.
+func (t *TURNConfig) Validate(v *config.V) {
+	v.CheckNotEmpty("secret_file", t.SecretFile)
+	v.Check(t.TTL >= time.Minute && t.TTL <= t.MaxTTL, "ttl", "must be between 1m and max_ttl (%s), got %s", t.MaxTTL, t.TTL)
+	v.Check(t.MaxTTL <= 7*24*time.Hour, "max_ttl", "must be at most 168h, got %s", t.MaxTTL)
+	for i, u := range t.URIs {
+		v.Check(strings.HasPrefix(u, "turn:") || strings.HasPrefix(u, "turns:"), "uris["+config.Itoa(i)+"]", "must be a turn: or turns: URI (RFC 7065), got %q", u)
+	}
+}
+
+// Preflight checks what only the machine can tell: certificate files and
+// the TURN secret.
+func Preflight(c Config) error {
+	if _, err := access.LoadMaterial(c.TLS); err != nil {
+		return err
+	}
+	_, err := access.LoadTURNSecret(c.TURN.SecretFile)
+	return err
 }
 
 // Validate checks the SIP section.
@@ -68,6 +95,9 @@ func (s *SIPConfig) Validate(v *config.V) {
 // Resolve makes file paths relative to base (the config file's folder).
 func (c *Config) Resolve(base string) {
 	c.TLS.Resolve(base)
+	if c.TURN.SecretFile != "" && !filepath.IsAbs(c.TURN.SecretFile) {
+		c.TURN.SecretFile = filepath.Join(base, c.TURN.SecretFile)
+	}
 	if c.Store.Path != "" && !filepath.IsAbs(c.Store.Path) {
 		c.Store.Path = filepath.Join(base, c.Store.Path)
 	}
@@ -98,6 +128,9 @@ func restartOnly(old, new Config) []string {
 	}
 	if old.Store != new.Store {
 		keys = append(keys, "store")
+	}
+	if old.HTTPS != new.HTTPS || old.TURN.SecretFile != new.TURN.SecretFile {
+		keys = append(keys, "https/turn.secret_file")
 	}
 	return keys
 }

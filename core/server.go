@@ -30,6 +30,7 @@ type Server struct {
 	store *store.Store
 	sip   *sipnode.Node
 	ops   *ops.Server
+	api   *api
 }
 
 // Start validates what can only be checked against the machine (certificate
@@ -37,6 +38,10 @@ type Server struct {
 // nothing is left running.
 func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	material, err := access.LoadMaterial(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := access.LoadTURNSecret(cfg.TURN.SecretFile)
 	if err != nil {
 		return nil, err
 	}
@@ -70,12 +75,15 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	if err != nil {
 		return nil, fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
 	}
+	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.log.With("listener", "https")); err != nil {
+		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
+	}
 	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {
 		return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 	}
 	s.sip.Serve()
 	version, _ := s.store.SchemaVersion(ctx)
-	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "metrics", s.ops.Addr(),
+	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "https", s.api.ln.Addr().String(), "metrics", s.ops.Addr(),
 		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
 	return s, nil
 }
@@ -106,7 +114,8 @@ func (s *Server) Reload(cfg Config) error {
 	old := s.cfg.Load()
 	if keys := restartOnly(*old, cfg); len(keys) > 0 {
 		s.log.Warn("reload: these settings change only on restart; keeping the running values", "keys", strings.Join(keys, ","))
-		cfg.Metrics, cfg.SIP, cfg.TLS, cfg.Store = old.Metrics, old.SIP, old.TLS, old.Store
+		cfg.Metrics, cfg.SIP, cfg.TLS, cfg.Store, cfg.HTTPS = old.Metrics, old.SIP, old.TLS, old.Store, old.HTTPS
+		cfg.TURN.SecretFile = old.TURN.SecretFile
 	}
 	s.allow.Set(cfg.TrustedEdges)
 	setLevel(s.deps.Level, cfg.Log.Level)
@@ -122,6 +131,9 @@ func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected"
 // Addr returns the SIP MTLS and metrics listener addresses.
 func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
 
+// HTTPSAddr is the HTTPS API listener's address.
+func (s *Server) HTTPSAddr() string { return s.api.ln.Addr().String() }
+
 // Drain stops accepting edge connections and new requests and waits for
 // requests in progress.
 func (s *Server) Drain(ctx context.Context) error { return s.sip.Drain(ctx) }
@@ -131,6 +143,9 @@ func (s *Server) Close() error {
 	var errs []error
 	if s.sip != nil {
 		errs = append(errs, s.sip.Close())
+	}
+	if s.api != nil {
+		errs = append(errs, s.api.close())
 	}
 	if s.ops != nil {
 		errs = append(errs, s.ops.Close())

@@ -26,13 +26,19 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type env struct {
-	t     *testing.T
-	pki   *accesstest.PKI
-	store string
+	t      *testing.T
+	pki    *accesstest.PKI
+	store  string
+	secret string
 }
 
 func newEnv(t *testing.T) *env {
-	return &env{t: t, pki: accesstest.New(t), store: filepath.Join(t.TempDir(), "core.db")}
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "turn.secret")
+	if err := access.NewTURNSecret(secret); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, pki: accesstest.New(t), store: filepath.Join(dir, "core.db"), secret: secret}
 }
 
 func deps(t *testing.T, name string) lifecycle.Deps {
@@ -61,6 +67,8 @@ func (e *env) coreConfig(listen string, trusted ...string) core.Config {
 	c.TLS = e.nodeFiles("core1.internal")
 	c.TrustedEdges = trusted
 	c.Store = store.Config{Driver: "sqlite", Path: e.store}
+	c.HTTPS.Listen = "127.0.0.1:0"
+	c.TURN.SecretFile = e.secret
 	return c
 }
 

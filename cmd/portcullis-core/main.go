@@ -6,7 +6,6 @@ import (
 	"os"
 	"time"
 
-	"portcullis/access"
 	"portcullis/core"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/sipnode"
@@ -16,7 +15,7 @@ func main() {
 	p := lifecycle.Program[core.Config]{
 		Name:         "portcullis-core",
 		Load:         core.LoadConfig,
-		Preflight:    func(c core.Config) error { _, err := access.LoadMaterial(c.TLS); return err },
+		Preflight:    core.Preflight,
 		Level:        func(c core.Config) string { return c.Log.Level },
 		DrainTimeout: func(c core.Config) time.Duration { return c.Shutdown.DrainTimeout },
 		Wire:         sipnode.RouteLibraryLogs,

@@ -114,8 +114,10 @@ func Run(ctx context.Context, o Options) error {
 	if err := ensurePKI(cfg, o.Log); err != nil {
 		return err
 	}
-	if err := ensureSecret(cfg.Edge.TURN.SecretFile, o.Log); err != nil {
-		return err
+	for _, f := range []string{cfg.Edge.TURN.SecretFile, cfg.Core.TURN.SecretFile} {
+		if err := ensureSecret(f, o.Log); err != nil {
+			return err
+		}
 	}
 	coreLevel, edgeLevel := levelVar(cfg.Core.Log.Level), levelVar(cfg.Edge.Log.Level)
 	coreSrv, err := core.Start(ctx, cfg.Core, lifecycle.Deps{Log: lifecycle.NewLogger(os.Stderr, coreLevel).With("service", "portcullis-core"), Level: coreLevel, Registry: ops.NewRegistry()})
@@ -138,6 +140,7 @@ func Run(ctx context.Context, o Options) error {
 	ep := Endpoints{PID: os.Getpid(), DeploymentID: id, CAFile: cfg.Core.TLS.CAFile, Listeners: []Listener{
 		{Role: "core", Protocol: "sip-mtls", Address: coreSIP},
 		{Role: "core", Protocol: "http-metrics-health", Address: coreOps},
+		{Role: "core", Protocol: "https-api", Address: coreSrv.HTTPSAddr()},
 		{Role: "edge", Protocol: "sip-mtls-internal", Address: edgeSIP},
 		{Role: "edge", Protocol: "http-metrics-health", Address: edgeOps},
 	}}

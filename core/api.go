@@ -1,0 +1,143 @@
+package core
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"portcullis/access"
+)
+
+// APIConfig is the core's `https` section: C3P, content and APIs.
+type APIConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// TURNConfig is the core's `turn` section: issuing relay credentials (the
+// MRAS role) with the secret the edges' relays verify.
+type TURNConfig struct {
+	SecretFile string        `yaml:"secret_file"`
+	TTL        time.Duration `yaml:"ttl"`     // default validity
+	MaxTTL     time.Duration `yaml:"max_ttl"` // longest a caller may ask for
+	// URIs are handed out with each credential (RFC 7065 turn:/turns:).
+	URIs []string `yaml:"uris"`
+}
+
+// api is the core's HTTPS listener. For now every caller must present a
+// client certificate from the internal CA.
+type api struct {
+	srv    *http.Server
+	ln     net.Listener
+	log    *slog.Logger
+	secret []byte
+	turn   func() TURNConfig
+	done   chan struct{}
+}
+
+func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, log *slog.Logger) (*api, error) {
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{m.Cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    m.Roots,
+	}
+	ln, err := tls.Listen("tcp", listen, tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	a := &api{ln: ln, log: log, secret: secret, turn: turn, done: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/turn-credentials", a.turnCredentials)
+	a.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		defer close(a.done)
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("https listener stopped", "error", err)
+		}
+	}()
+	return a, nil
+}
+
+// close lets requests in progress finish (briefly), then closes.
+func (a *api) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := a.srv.Shutdown(ctx)
+	if err != nil {
+		err = a.srv.Close()
+	}
+	<-a.done
+	return err
+}
+
+type turnCredRequest struct {
+	User string `json:"user"`
+	TTL  string `json:"ttl,omitempty"`
+}
+
+type turnCredResponse struct {
+	Username string    `json:"username"`
+	Password string    `json:"password"`
+	TTL      int64     `json:"ttl"`
+	Expires  time.Time `json:"expires"`
+	URIs     []string  `json:"uris"`
+}
+
+const maxAPIBody = 4 << 10
+
+// turnCredentials is POST /v1/turn-credentials: {"user": "...", "ttl": "8h"}.
+func (a *api) turnCredentials(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "use POST", http.StatusMethodNotAllowed)
+		return
+	}
+	var req turnCredRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAPIBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "bad JSON: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if req.User == "" || len(req.User) > 256 {
+		http.Error(w, `"user" must be 1 to 256 characters`, http.StatusBadRequest)
+		return
+	}
+	cfg := a.turn()
+	ttl := cfg.TTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 {
+			http.Error(w, `"ttl" must be a positive duration such as "8h"`, http.StatusBadRequest)
+			return
+		}
+		ttl = min(d, cfg.MaxTTL)
+	}
+	c := access.IssueTURN(a.secret, req.User, ttl, time.Now())
+	caller := ""
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		caller = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	a.log.Info("turn credential issued", "user", req.User, "caller", caller, "expires", c.Expires.UTC().Format(time.RFC3339))
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(turnCredResponse{Username: c.Username, Password: c.Password,
+		TTL: int64(ttl / time.Second), Expires: c.Expires.UTC(), URIs: cfg.URIs})
+}

@@ -1,0 +1,124 @@
+package core_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"portcullis/access"
+	"portcullis/access/accesstest"
+	"portcullis/core"
+	"portcullis/internal/lifecycle"
+	"portcullis/internal/ops"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
+	t.Helper()
+	pki := accesstest.New(t)
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "turn.secret")
+	if err := access.NewTURNSecret(secretFile); err != nil {
+		t.Fatal(err)
+	}
+	c := core.DefaultConfig()
+	c.Metrics.Listen, c.SIP.Listen, c.HTTPS.Listen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	c.SIP.Hostname = "core1.internal"
+	c.TLS = pki.Node(t, "core1.internal")
+	c.TrustedEdges = []string{"edge1.internal"}
+	c.Store.Path = filepath.Join(dir, "core.db")
+	c.TURN.SecretFile = secretFile
+	c.TURN.URIs = []string{"turn:127.0.0.1:3478?transport=udp"}
+	s, err := core.Start(context.Background(), c, lifecycle.Deps{Log: slog.New(slog.DiscardHandler), Registry: ops.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	secret, _ := access.LoadTURNSecret(secretFile)
+	return s, pki, secret
+}
+
+func client(m *access.Material, roots *x509.CertPool) *http.Client {
+	conf := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: "core1.internal"}
+	if m != nil {
+		conf.Certificates = []tls.Certificate{m.Cert}
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: conf, DisableKeepAlives: true}}
+}
+
+func TestTURNCredentialEndpoint(t *testing.T) {
+	s, pki, secret := startCore(t)
+	url := "https://" + s.HTTPSAddr() + "/v1/turn-credentials"
+	edge := accesstest.Material(t, pki.Node(t, "edge1.internal"))
+	cl := client(edge, edge.Roots)
+
+	res, err := cl.Post(url, "application/json", strings.NewReader(`{"user":"sip:alice@example.test","ttl":"1h"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Username, Password string
+		TTL                int64
+		URIs               []string
+	}
+	if err := json.NewDecoder(res.Body).Decode(&got); err != nil || res.StatusCode != 200 {
+		t.Fatalf("%d %v", res.StatusCode, err)
+	}
+	res.Body.Close()
+	user, err := access.ParseTURNUsername(got.Username, time.Now())
+	if err != nil || user != "sip:alice@example.test" || got.TTL != 3600 || got.Password != access.TURNPassword(secret, got.Username) || len(got.URIs) != 1 {
+		t.Fatalf("credential %+v (user %q, %v)", got, user, err)
+	}
+
+	// A longer TTL than allowed is capped at max_ttl (24h).
+	res, _ = cl.Post(url, "application/json", strings.NewReader(`{"user":"bob","ttl":"1000h"}`))
+	_ = json.NewDecoder(res.Body).Decode(&got)
+	res.Body.Close()
+	if got.TTL != 24*3600 {
+		t.Fatalf("ttl %d, want capped at 86400", got.TTL)
+	}
+
+	for _, tc := range []struct {
+		method, body string
+		want         int
+	}{
+		{"GET", "", 405},
+		{"POST", `{"user":""}`, 400},
+		{"POST", `{"user":"x","ttl":"-1h"}`, 400},
+		{"POST", `{"user":"x","extra":1}`, 400},
+		{"POST", `not json`, 400},
+		{"POST", `{"user":"` + strings.Repeat("a", 8000) + `"}`, 413},
+	} {
+		req, _ := http.NewRequest(tc.method, url, bytes.NewBufferString(tc.body))
+		res, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.want {
+			t.Errorf("%s %q: %d %s, want %d", tc.method, tc.body, res.StatusCode, b, tc.want)
+		}
+	}
+
+	// No client certificate, or one from another CA: no TLS session at all.
+	if _, err := client(nil, edge.Roots).Post(url, "application/json", strings.NewReader(`{"user":"x"}`)); err == nil {
+		t.Fatal("answered without a client certificate")
+	}
+	foreign := accesstest.Material(t, accesstest.New(t).Node(t, "edge1.internal"))
+	if _, err := client(foreign, edge.Roots).Post(url, "application/json", strings.NewReader(`{"user":"x"}`)); err == nil {
+		t.Fatal("answered a foreign CA's certificate")
+	}
+}

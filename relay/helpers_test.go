@@ -57,7 +57,7 @@ func (s *syncBuf) String() string {
 }
 
 // testConfig is a relay on loopback that may reach 127.0.0.1 (only).
-func testConfig(t *testing.T) relay.Config {
+func testConfig(t testing.TB) relay.Config {
 	t.Helper()
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "turn.secret")
@@ -92,7 +92,7 @@ func ipv6Loopback() bool {
 	return true
 }
 
-func start(t *testing.T, c relay.Config) *env {
+func start(t testing.TB, c relay.Config) *env {
 	t.Helper()
 	logs := &syncBuf{}
 	reg := ops.NewRegistry()
@@ -145,7 +145,7 @@ func (e *env) metric(name string, labels ...string) float64 {
 	return 0
 }
 
-func (e *env) waitMetric(t *testing.T, ok func(float64) bool, name string, labels ...string) {
+func (e *env) waitMetric(t testing.TB, ok func(float64) bool, name string, labels ...string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !ok(e.metric(name, labels...)) {
@@ -162,7 +162,7 @@ type echoPeer struct {
 	got  atomic.Int64
 }
 
-func newEchoPeer(t *testing.T, addr string) *echoPeer {
+func newEchoPeer(t testing.TB, addr string) *echoPeer {
 	t.Helper()
 	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
@@ -190,7 +190,7 @@ func (p *echoPeer) addr() netip.AddrPort { return p.conn.LocalAddr().(*net.UDPAd
 
 // client is a raw TURN client: every request and answer is visible.
 type client struct {
-	t        *testing.T
+	t        testing.TB
 	conn     net.Conn
 	stream   *bufio.Reader // nil for UDP
 	username string
@@ -199,7 +199,7 @@ type client struct {
 	realm    stun.Realm
 }
 
-func dialClient(t *testing.T, network, addr string, cred access.TURNCredential) *client {
+func dialClient(t testing.TB, network, addr string, cred access.TURNCredential) *client {
 	t.Helper()
 	c, err := net.Dial(network, addr)
 	if err != nil {
@@ -351,7 +351,7 @@ func code(m *stun.Message) stun.ErrorCode {
 	return ec.Code
 }
 
-func relayedAddr(t *testing.T, m *stun.Message) netip.AddrPort {
+func relayedAddr(t testing.TB, m *stun.Message) netip.AddrPort {
 	t.Helper()
 	var a stun.XORMappedAddress
 	if err := a.GetFromAs(m, stun.AttrXORRelayedAddress); err != nil {
@@ -361,7 +361,7 @@ func relayedAddr(t *testing.T, m *stun.Message) netip.AddrPort {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(a.Port))
 }
 
-func mustOK(t *testing.T, what string, m *stun.Message) {
+func mustOK(t testing.TB, what string, m *stun.Message) {
 	t.Helper()
 	if c := code(m); c != 0 {
 		t.Fatalf("%s: error %d", what, c)

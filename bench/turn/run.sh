@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs the TURN load tool against Portcullis (portcullis-edge) and coturn on
+# loopback in one run and prints both and their ratios. See README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SESSIONS=${SESSIONS:-100}
+DURATION=${DURATION:-10s}
+RATE=${RATE:-20000}          # offered load for the loss comparison (packets/s, all sessions)
+CORES=$(nproc)
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+ulimit -n 65536 2>/dev/null || true
+
+command -v turnserver >/dev/null || { echo "coturn is not installed: apt-get install coturn" >&2; exit 1; }
+go build -o "$WORK/" ./cmd/portcullis ./cmd/portcullis-edge ./bench/turn
+P="$WORK/portcullis"
+
+"$P" pki init --dir "$WORK/pki" >/dev/null
+"$P" pki issue --dir "$WORK/pki" --name edge.bench --san edge.bench --san 127.0.0.1 --server --client >/dev/null
+"$P" turn-cred --new-secret "$WORK/turn.secret" >/dev/null
+SECRET=$(cat "$WORK/turn.secret")
+
+cat > "$WORK/edge.yaml" <<YAML
+log: {level: warn}
+metrics: {listen: 127.0.0.1:0}
+internal: {listen: 127.0.0.1:0, hostname: edge.bench, trusted_cores: [core.bench]}
+tls: {ca_file: pki/ca.crt, cert_file: pki/edge.bench.crt, key_file: pki/edge.bench.key}
+core: {address: 127.0.0.1:9, server_name: core.bench}   # no core: the relay alone is measured
+turn:
+  enabled: true
+  realm: example.test
+  secret_file: turn.secret
+  listen_udp: [127.0.0.1:23478]
+  udp_sockets: $CORES
+  relay: {bind_ipv4: 127.0.0.1, port_min: 40000, port_max: 49999}
+  allowed_peers: [127.0.0.1/32]
+  quota: {allocations_per_user: 10, total_allocations: 100000}
+  # every load session comes from 127.0.0.1: lift the per-source 401 limit
+  unauthenticated: {per_second: 100000, burst: 100000}
+YAML
+
+"$WORK/portcullis-edge" --config "$WORK/edge.yaml" 2>"$WORK/edge.log" &
+PORTCULLIS_PID=$!
+turnserver -n --listening-ip=127.0.0.1 --listening-port=33478 --relay-ip=127.0.0.1 \
+	--min-port=50000 --max-port=59999 --use-auth-secret --static-auth-secret="$SECRET" \
+	--realm=example.test --allow-loopback-peers --relay-threads="$CORES" --no-tls --no-dtls \
+	--no-cli --total-quota=0 --user-quota=0 --log-file=stdout --simple-log --no-stdout-log \
+	>"$WORK/coturn.log" 2>&1 &
+COTURN_PID=$!
+sleep 1.5
+
+load() { # label port pid extra-args...
+	local label=$1 port=$2 pid=$3; shift 3
+	"$WORK/turn" -server "127.0.0.1:$port" -secret "$SECRET" -sessions "$SESSIONS" -duration "$DURATION" \
+		-pid "$pid" -label "$label" "$@"
+}
+
+echo "== closed loop (as fast as each session's window allows), $SESSIONS sessions, $DURATION" >&2
+load portcullis 23478 $PORTCULLIS_PID >"$WORK/p-max.json"
+load coturn 33478 $COTURN_PID >"$WORK/c-max.json"
+echo "== offered load $RATE packets/s, $SESSIONS sessions, $DURATION" >&2
+load portcullis 23478 $PORTCULLIS_PID -rate "$RATE" >"$WORK/p-rate.json"
+load coturn 33478 $COTURN_PID -rate "$RATE" >"$WORK/c-rate.json"
+
+python3 - "$WORK" <<'PY'
+import json, sys, os
+w = sys.argv[1]
+def rd(n): return json.load(open(os.path.join(w, n)))
+rows = [
+  ("relayed packets/s", "relayed_pps", "higher"),
+  ("relayed packets per server CPU-second", "relayed_packets_per_server_cpu_second", "higher"),
+  ("server CPU s per million packets", "server_cpu_seconds_per_million_packets", "lower"),
+  ("loss %", "loss_pct", "lower"),
+  ("RTT p50 (us)", "rtt_p50_us", "lower"),
+  ("RTT p99 (us)", "rtt_p99_us", "lower"),
+  ("allocations/s", "allocations_per_sec", "higher"),
+  ("server KB per allocation", "server_kb_per_allocation", "lower"),
+]
+for title, pf, cf in (("closed loop", "p-max.json", "c-max.json"), ("offered load", "p-rate.json", "c-rate.json")):
+    p, c = rd(pf), rd(cf)
+    print(f"\n{title} ({p['sessions']} sessions{', %d pps offered' % p['offered_pps'] if p['offered_pps'] else ''})")
+    print(f"{'':42} {'portcullis':>12} {'coturn':>12} {'ratio':>8}")
+    for name, key, better in rows:
+        a, b = p[key], c[key]
+        ratio = (a / b) if b else float('nan')
+        print(f"{name:42} {a:12.2f} {b:12.2f} {ratio:8.2f}  ({better} is better)")
+PY

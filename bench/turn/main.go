@@ -187,6 +187,7 @@ func run(o options) (*Result, error) {
 // allocation and a channel bound to the echo peer.
 type session struct {
 	conn     *net.UDPConn
+	stun     *stunClient
 	sent     atomic.Int64
 	received atomic.Int64
 	rtts     []uint32 // microseconds, sampled by the receiver
@@ -221,7 +222,7 @@ func openSession(o options, i int, peer netip.AddrPort) (*session, error) {
 		conn.Close()
 		return nil, fmt.Errorf("channel bind: %w", err)
 	}
-	return &session{conn: conn, tokens: make(chan struct{}, 1<<16), done: make(chan struct{})}, nil
+	return &session{conn: conn, stun: c, tokens: make(chan struct{}, 1<<16), done: make(chan struct{})}, nil
 }
 
 // send sends ChannelData: paced at pps, or keeping window packets in
@@ -290,8 +291,15 @@ func (s *session) receive() {
 	}
 }
 
-func (s *session) stop()  { s.conn.Close() }
-func (s *session) close() { s.conn.Close() }
+// stop ends the receiver: a read deadline in the past wakes it.
+func (s *session) stop() { _ = s.conn.SetReadDeadline(time.Unix(1, 0)) }
+
+// close deletes the allocation (Refresh, lifetime 0) so that a later run
+// reusing this port gets no 437, and closes the socket.
+func (s *session) close() {
+	_ = s.stun.do(stun.MethodRefresh, rawAttr{stun.AttrLifetime, []byte{0, 0, 0, 0}})
+	s.conn.Close()
+}
 
 // echoPeer sends every datagram back (several SO_REUSEPORT sockets).
 type echoPeer struct {

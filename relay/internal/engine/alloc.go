@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -40,12 +41,11 @@ type Alloc struct {
 	chans atomic.Pointer[map[netip.AddrPort]uint16] // peer → channel number
 
 	stats Totals
-	buf   []byte
 	once  sync.Once
 }
 
 func newAlloc(e *Engine, conn *net.UDPConn, relay netip.AddrPort) *Alloc {
-	a := &Alloc{UDPConn: conn, e: e, relay: relay, buf: make([]byte, 4+mtu)}
+	a := &Alloc{UDPConn: conn, e: e, relay: relay}
 	a.perms.Store(&map[netip.Addr]struct{}{})
 	a.chans.Store(&map[netip.AddrPort]uint16{})
 	return a
@@ -77,10 +77,15 @@ func (a *Alloc) allow(n int) bool {
 // ReadFrom serves pion's read loop on the relay socket. RFC 8656 §12.3:
 // a datagram from a peer without a permission is discarded; with a channel
 // bound and a UDP client it goes out as ChannelData here (RFC 8656 §12.7);
-// otherwise pion makes it a Data indication.
+// otherwise pion makes it a Data indication. It reads into pion's own
+// buffer 4 bytes in, leaving room for the ChannelData header: no buffer of
+// its own per allocation.
 func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
+	if len(p) < 4+64 {
+		return 0, nil, errShortBuffer
+	}
 	for {
-		n, from, err := a.UDPConn.ReadFromUDPAddrPort(a.buf[4:])
+		n, from, err := a.UDPConn.ReadFromUDPAddrPort(p[4:])
 		if err != nil {
 			return 0, nil, err
 		}
@@ -96,15 +101,17 @@ func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
 		a.stats.ToClientBytes.Add(uint64(n))
 		if a.udp {
 			if number, ok := (*a.chans.Load())[from]; ok {
-				putChannelHeader(a.buf, number, n)
-				a.group.writeTo(a.buf[:4+n], a.client)
+				putChannelHeader(p, number, n)
+				a.group.writeTo(p[:4+n], a.client)
 				continue
 			}
 		}
-		n = copy(p, a.buf[4:4+n])
+		copy(p, p[4:4+n])
 		return n, net.UDPAddrFromAddrPort(from), nil
 	}
 }
+
+var errShortBuffer = errors.New("relay read buffer too short")
 
 // WriteTo relays what pion decoded from a client (Send indication, or
 // ChannelData from a TCP client) to a peer.

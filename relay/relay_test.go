@@ -87,6 +87,22 @@ func TestMethodsOverUDPAndTCP(t *testing.T) {
 	}
 }
 
+// An allocation that is not refreshed ends at its lifetime (RFC 8656 §7.2).
+func TestAllocationExpires(t *testing.T) {
+	e := start(t, testConfig(t))
+	c := dialClient(t, "udp", e.udp, e.cred("victor"))
+	res := c.request(stun.MethodAllocate, udpTransport, lifetimeAttr(1))
+	mustOK(t, "Allocate", res)
+	e.waitMetric(t, func(v float64) bool { return v == 1 }, "portcullis_relay_allocations_active")
+	e.waitMetric(t, func(v float64) bool { return v == 0 }, "portcullis_relay_allocations_active")
+	if !logHas(e, `"user":"victor"`) || !logHas(e, `"reason":"expired_or_closed"`) {
+		t.Fatalf("no expiry log line:\n%s", e.logs.String())
+	}
+	if got := code(c.request(stun.MethodRefresh, lifetimeAttr(600))); got != stun.CodeAllocMismatch {
+		t.Fatalf("Refresh after expiry: %d, want 437", got)
+	}
+}
+
 // pion's own client, end to end over UDP and TLS.
 func TestPionClient(t *testing.T) {
 	e := start(t, testConfig(t))
@@ -405,6 +421,45 @@ func TestBandwidthCap(t *testing.T) {
 		t.Fatalf("peer got %d of 100 1000-byte packets under a 10 kB/s cap", got)
 	}
 	e.waitMetric(t, func(v float64) bool { return v >= 80 }, "portcullis_relay_dropped_packets_total", "reason", "bandwidth")
+}
+
+// The per-user cap is shared by all of a user's allocations.
+func TestPerUserBandwidthCap(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Bandwidth.PerUserKbps = 80 // 10 kB/s for the user, whatever the allocation
+	e := start(t, cfg)
+	peer := newEchoPeer(t, "127.0.0.1:0")
+	frame := make([]byte, 4+1000)
+	binary.BigEndian.PutUint16(frame[0:], 0x4000)
+	binary.BigEndian.PutUint16(frame[2:], 1000)
+	var clients []*client
+	for range 3 {
+		c := dialClient(t, "udp", e.udp, e.cred("trent"))
+		mustOK(t, "Allocate", c.request(stun.MethodAllocate, udpTransport))
+		mustOK(t, "ChannelBind", c.request(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peer.addr())))
+		clients = append(clients, c)
+	}
+	for range 40 {
+		for _, c := range clients {
+			_, _ = c.conn.Write(frame)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := peer.got.Load(); got < 5 || got > 20 {
+		t.Fatalf("peer got %d of 120 packets from one user's three allocations under a 10 kB/s user cap", got)
+	}
+	// Another user is not held back by trent's cap.
+	other := dialClient(t, "udp", e.udp, e.cred("uma"))
+	mustOK(t, "Allocate", other.request(stun.MethodAllocate, udpTransport))
+	mustOK(t, "ChannelBind", other.request(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peer.addr())))
+	before := peer.got.Load()
+	for range 5 {
+		_, _ = other.conn.Write(frame)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if peer.got.Load()-before != 5 {
+		t.Fatalf("another user's packets dropped: %d of 5", peer.got.Load()-before)
+	}
 }
 
 func TestDrainRefusesNewAllocationsAndWaits(t *testing.T) {

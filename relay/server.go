@@ -99,6 +99,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 				s.metrics.created.Inc()
 				s.eng.AllocationCreated(src, dst, proto, user, realm, relay, port)
 			},
+			OnAllocationDeleted: s.eng.AllocationDeleted,
 			OnPermissionCreated: s.eng.PermissionCreated,
 			OnPermissionDeleted: s.eng.PermissionDeleted,
 			OnChannelCreated:    s.eng.ChannelCreated,

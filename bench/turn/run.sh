@@ -82,6 +82,8 @@ for title, pf, cf in (("closed loop", "p-max.json", "c-max.json"), ("offered loa
     print(f"\n{title} ({p['sessions']} sessions{', %d pps offered' % p['offered_pps'] if p['offered_pps'] else ''})")
     print(f"{'':42} {'portcullis':>12} {'coturn':>12} {'ratio':>8}")
     for name, key, better in rows:
+        if key == "server_kb_per_allocation" and p["offered_pps"]:
+            continue  # the second phase reuses memory freed by the first: not a per-allocation figure
         a, b = p[key], c[key]
         ratio = (a / b) if b else float('nan')
         print(f"{name:42} {a:12.2f} {b:12.2f} {ratio:8.2f}  ({better} is better)")

@@ -169,7 +169,10 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 	defer e.mu.Unlock()
 	a := e.byRelay[normal(addrPort(relay))]
 	if a == nil {
-		return // a TCP allocation (RFC 6062): not accounted here
+		// A TCP allocation (RFC 6062): its traffic is not accounted here,
+		// but its 5-tuple is known.
+		e.tcpRel[tuple{normal(addrPort(src)), normal(addrPort(dst))}] = struct{}{}
+		return
 	}
 	a.client, a.local = normal(addrPort(src)), normal(addrPort(dst))
 	_, a.udp = src.(*net.UDPAddr)
@@ -194,6 +197,14 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 	e.byTuple[tuple{a.client, a.local}] = a
 	e.active.Add(1)
 	a.linked.Store(true)
+}
+
+// AllocationDeleted forgets an RFC 6062 allocation (pion event; UDP relays
+// end through their socket's Close).
+func (e *Engine) AllocationDeleted(src, dst net.Addr, _, _, _ string) {
+	e.mu.Lock()
+	delete(e.tcpRel, tuple{normal(addrPort(src)), normal(addrPort(dst))})
+	e.mu.Unlock()
 }
 
 func (e *Engine) markClientDelete(client, local netip.AddrPort) {

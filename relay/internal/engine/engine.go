@@ -67,6 +67,7 @@ type Engine struct {
 	mu      sync.Mutex
 	byRelay map[netip.AddrPort]*Alloc
 	byTuple map[tuple]*Alloc
+	tcpRel  map[tuple]struct{} // RFC 6062 allocations (TCP relays), by client 5-tuple
 	users   map[string]*user
 	groups  map[netip.AddrPort]*Group
 	active  atomic.Int64
@@ -109,6 +110,7 @@ func New(cfg Config) *Engine {
 		log:     cfg.Log,
 		byRelay: map[netip.AddrPort]*Alloc{},
 		byTuple: map[tuple]*Alloc{},
+		tcpRel:  map[tuple]struct{}{},
 		users:   map[string]*user{},
 		groups:  map[netip.AddrPort]*Group{},
 		unauth:  newSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
@@ -223,6 +225,15 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		return false
 	}
 	switch h.method {
+	case methodRefresh, methodCreatePermission, methodChannelBind, methodConnect:
+		// RFC 8656 §7.3, §9.2, §11.2: a request on a 5-tuple without an
+		// allocation gets 437 (pion answers nothing).
+		if !e.hasAllocation(client, local) {
+			e.answer(b, h, key, reply, stun.CodeAllocMismatch)
+			return false
+		}
+	}
+	switch h.method {
 	case methodCreatePermission, methodChannelBind:
 		// RFC 8656 §9.1, §11.2: a peer the policy refuses gets 403. (pion
 		// would answer ChannelBind with 401; its PermissionHandler stays as a
@@ -245,6 +256,14 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		}
 	}
 	return true
+}
+
+func (e *Engine) hasAllocation(client, local netip.AddrPort) bool {
+	t := tuple{normal(client), normal(local)}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, tcp := e.tcpRel[t]
+	return e.byTuple[t] != nil || tcp
 }
 
 // deniedPeer returns the first XOR-PEER-ADDRESS in m that the policy

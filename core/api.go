@@ -1,16 +1,15 @@
 package core
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
 	"portcullis/access"
+	"portcullis/internal/ops"
 )
 
 // APIConfig is the core's `https` section: C3P, content and APIs.
@@ -31,12 +30,10 @@ type TURNConfig struct {
 // api is the core's HTTPS listener. For now every caller must present a
 // client certificate from the internal CA.
 type api struct {
-	srv    *http.Server
-	ln     net.Listener
+	*ops.Server
 	log    *slog.Logger
 	secret []byte
 	turn   func() TURNConfig
-	done   chan struct{}
 }
 
 func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, log *slog.Logger) (*api, error) {
@@ -50,36 +47,11 @@ func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNCo
 	if err != nil {
 		return nil, err
 	}
-	a := &api{ln: ln, log: log, secret: secret, turn: turn, done: make(chan struct{})}
+	a := &api{log: log, secret: secret, turn: turn}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/turn-credentials", a.turnCredentials)
-	a.srv = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	go func() {
-		defer close(a.done)
-		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("https listener stopped", "error", err)
-		}
-	}()
+	a.Server = ops.Serve(ln, mux, log)
 	return a, nil
-}
-
-// close lets requests in progress finish (briefly), then closes.
-func (a *api) close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	err := a.srv.Shutdown(ctx)
-	if err != nil {
-		err = a.srv.Close()
-	}
-	<-a.done
-	return err
 }
 
 type turnCredRequest struct {

@@ -83,7 +83,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	}
 	s.sip.Serve()
 	version, _ := s.store.SchemaVersion(ctx)
-	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "https", s.api.ln.Addr().String(), "metrics", s.ops.Addr(),
+	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "https", s.api.Addr(), "metrics", s.ops.Addr(),
 		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
 	return s, nil
 }
@@ -132,7 +132,7 @@ func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected"
 func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
 
 // HTTPSAddr is the HTTPS API listener's address.
-func (s *Server) HTTPSAddr() string { return s.api.ln.Addr().String() }
+func (s *Server) HTTPSAddr() string { return s.api.Addr() }
 
 // Drain stops accepting edge connections and new requests and waits for
 // requests in progress.
@@ -145,7 +145,7 @@ func (s *Server) Close() error {
 		errs = append(errs, s.sip.Close())
 	}
 	if s.api != nil {
-		errs = append(errs, s.api.close())
+		errs = append(errs, s.api.Close())
 	}
 	if s.ops != nil {
 		errs = append(errs, s.ops.Close())

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"encoding/binary"
 	"testing"
 	"time"
 
@@ -25,9 +24,7 @@ func BenchmarkChannelDataRoundTrip(b *testing.B) {
 	if code(c.request(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peer.addr()))) != 0 {
 		b.Fatal("bind")
 	}
-	frame := make([]byte, 4+172)
-	binary.BigEndian.PutUint16(frame[0:], 0x4000)
-	binary.BigEndian.PutUint16(frame[2:], 172)
+	frame := channelFrame(0x4000, make([]byte, 172))
 	const window = 32
 	buf := make([]byte, 2048)
 	b.ReportAllocs()

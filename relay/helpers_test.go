@@ -379,3 +379,12 @@ func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
+
+// channelFrame is a ChannelData message (RFC 8656 §12.4), padded to 4 bytes.
+func channelFrame(number uint16, payload []byte) []byte {
+	f := make([]byte, 4+(len(payload)+3)&^3)
+	binary.BigEndian.PutUint16(f[0:], number)
+	binary.BigEndian.PutUint16(f[2:], uint16(len(payload)))
+	copy(f[4:], payload)
+	return f
+}

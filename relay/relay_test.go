@@ -49,11 +49,7 @@ func TestMethodsOverUDPAndTCP(t *testing.T) {
 
 			mustOK(t, "ChannelBind", c.request(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(peer.addr())))
 			payload := []byte("hello via channel")
-			frame := make([]byte, 4+(len(payload)+3)&^3)
-			binary.BigEndian.PutUint16(frame[0:], 0x4001)
-			binary.BigEndian.PutUint16(frame[2:], uint16(len(payload)))
-			copy(frame[4:], payload)
-			if _, err := c.conn.Write(frame); err != nil {
+			if _, err := c.conn.Write(channelFrame(0x4001, payload)); err != nil {
 				t.Fatal(err)
 			}
 			back := c.readRaw(2 * time.Second)
@@ -409,9 +405,7 @@ func TestBandwidthCap(t *testing.T) {
 	c := dialClient(t, "udp", e.udp, e.cred("peggy"))
 	mustOK(t, "Allocate", c.request(stun.MethodAllocate, udpTransport))
 	mustOK(t, "ChannelBind", c.request(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peer.addr())))
-	frame := make([]byte, 4+1000)
-	binary.BigEndian.PutUint16(frame[0:], 0x4000)
-	binary.BigEndian.PutUint16(frame[2:], 1000)
+	frame := channelFrame(0x4000, make([]byte, 1000))
 	for range 100 {
 		_, _ = c.conn.Write(frame)
 	}
@@ -429,9 +423,7 @@ func TestPerUserBandwidthCap(t *testing.T) {
 	cfg.Bandwidth.PerUserKbps = 80 // 10 kB/s for the user, whatever the allocation
 	e := start(t, cfg)
 	peer := newEchoPeer(t, "127.0.0.1:0")
-	frame := make([]byte, 4+1000)
-	binary.BigEndian.PutUint16(frame[0:], 0x4000)
-	binary.BigEndian.PutUint16(frame[2:], 1000)
+	frame := channelFrame(0x4000, make([]byte, 1000))
 	var clients []*client
 	for range 3 {
 		c := dialClient(t, "udp", e.udp, e.cred("trent"))

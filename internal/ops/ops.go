@@ -68,12 +68,19 @@ func Listen(addr string, reg *prometheus.Registry, ready func() error, log *slog
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	return Serve(ln, mux, log), nil
+}
+
+// Serve serves h on ln with the timeouts every Portcullis HTTP listener
+// uses, until Close. The core's HTTPS API is served the same way.
+func Serve(ln net.Listener, h http.Handler, log *slog.Logger) *Server {
 	s := &Server{
 		http: &http.Server{
-			Handler:           mux,
+			Handler:           h,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		ln:   ln,
@@ -82,16 +89,16 @@ func Listen(addr string, reg *prometheus.Registry, ready func() error, log *slog
 	go func() {
 		defer close(s.done)
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("ops listener stopped", "error", err)
+			log.Error("http listener stopped", "error", err)
 		}
 	}()
-	return s, nil
+	return s
 }
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Close stops the listener, letting a scrape in progress finish briefly.
+// Close stops the listener, letting requests in progress finish briefly.
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

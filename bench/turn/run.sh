@@ -40,7 +40,7 @@ turn:
   unauthenticated: {per_second: 100000, burst: 100000}
 YAML
 
-"$WORK/portcullis-edge" --config "$WORK/edge.yaml" 2>"$WORK/edge.log" &
+GOMAXPROCS=${EDGE_GOMAXPROCS:-} "$WORK/portcullis-edge" --config "$WORK/edge.yaml" 2>"$WORK/edge.log" &
 PORTCULLIS_PID=$!
 turnserver -n --listening-ip=127.0.0.1 --listening-port=33478 --relay-ip=127.0.0.1 \
 	--min-port=50000 --max-port=59999 --use-auth-secret --static-auth-secret="$SECRET" \

@@ -32,6 +32,9 @@ commands:
   turn-cred (--secret-file F | --data DIR) --user U [--ttl 8h]
                                        print a TURN REST username and password
   turn-cred --new-secret F             create a TURN shared secret file (0600)
+  user add|passwd sip:u@d (--config core.yaml | --data DIR) [--password-file F]
+  user disable|enable|delete sip:u@d (--config core.yaml | --data DIR)
+  user list (--config core.yaml | --data DIR)
 
 Run 'portcullis <command> -h' for a command's flags.
 `
@@ -61,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	case "turn-cred":
 		return turnCred(args[1:], stdout, stderr)
+	case "user":
+		return user(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -46,8 +46,8 @@ type Store struct {
 // ErrInUse is returned when another process has the store open.
 var ErrInUse = errors.New("store is in use by another process")
 
-// Open opens (creating if needed) the store and runs pending migrations. One
-// process at a time may have a SQLite store open.
+// Open opens (creating if needed) the store for a server and runs pending
+// migrations. One server at a time may have a SQLite store open.
 func Open(ctx context.Context, c Config) (*Store, error) {
 	if c.Driver != "sqlite" {
 		return nil, fmt.Errorf("store driver %q not supported", c.Driver)
@@ -59,10 +59,23 @@ func Open(ctx context.Context, c Config) (*Store, error) {
 		}
 		return nil, err
 	}
+	return open(ctx, c, lock)
+}
+
+// OpenShared opens the store for an operator command while a server may be
+// running (SQLite in WAL mode serialises the writers).
+func OpenShared(ctx context.Context, c Config) (*Store, error) {
+	if c.Driver != "sqlite" {
+		return nil, fmt.Errorf("store driver %q not supported", c.Driver)
+	}
+	return open(ctx, c, nil)
+}
+
+func open(ctx context.Context, c Config, lock *flock.Lock) (*Store, error) {
 	dsn := "file:" + filepath.ToSlash(c.Path) + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
-		lock.Release()
+		_ = lock.Release()
 		return nil, err
 	}
 	db.SetMaxOpenConns(1) // SQLite serialises writers; one connection avoids SQLITE_BUSY between our own goroutines
@@ -89,6 +102,28 @@ var migrations = []string{
 		key   TEXT PRIMARY KEY,
 		value TEXT NOT NULL
 	)`,
+	// Users: digest HA1s per realm (RFC 8760), never a password.
+	// Bindings: one row per registered contact (RFC 3261 §10.3).
+	2: `CREATE TABLE users (
+		aor        TEXT PRIMARY KEY,
+		username   TEXT NOT NULL,
+		realm      TEXT NOT NULL,
+		ha1_md5    TEXT NOT NULL,
+		ha1_sha256 TEXT NOT NULL,
+		disabled   INTEGER NOT NULL DEFAULT 0,
+		created_at TEXT NOT NULL,
+		UNIQUE (username, realm)
+	);
+	CREATE TABLE bindings (
+		aor        TEXT NOT NULL REFERENCES users(aor) ON DELETE CASCADE,
+		contact    TEXT NOT NULL,
+		call_id    TEXT NOT NULL,
+		cseq       INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		source     TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (aor, contact)
+	);
+	CREATE INDEX bindings_expiry ON bindings (expires_at)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

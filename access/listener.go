@@ -23,7 +23,10 @@ type PeerIdentity struct {
 
 // ListenerConfig configures a mutual-TLS listener.
 type ListenerConfig struct {
-	Material         *Material
+	Material *Material
+	// Allow is the allow list of peer certificate names. Nil makes a plain
+	// TLS listener (no client certificate: users' clients, who authenticate
+	// in the protocol); its peers have an empty Name.
 	Allow            *AllowList
 	HandshakeTimeout time.Duration // default 10s
 	Log              *slog.Logger
@@ -113,10 +116,15 @@ func (l *Listener) handshake(raw net.Conn) {
 	remote := raw.RemoteAddr().String()
 	var id *PeerIdentity
 	cfg := l.tls.Clone()
-	cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-		var err error
-		id, err = VerifyPeer(rawCerts, l.cfg.Material.Roots, l.cfg.Allow)
-		return err
+	if l.cfg.Allow == nil {
+		cfg.ClientAuth = tls.NoClientCert
+		id = &PeerIdentity{}
+	} else {
+		cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			var err error
+			id, err = VerifyPeer(rawCerts, l.cfg.Material.Roots, l.cfg.Allow)
+			return err
+		}
 	}
 	conn := tls.Server(raw, cfg)
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
@@ -137,7 +145,9 @@ func (l *Listener) handshake(raw net.Conn) {
 	if l.cfg.OnAccepted != nil {
 		l.cfg.OnAccepted(id)
 	}
-	l.cfg.Log.Info("mtls peer accepted", "remote", remote, "name", id.Name)
+	if l.cfg.Allow != nil {
+		l.cfg.Log.Info("mtls peer accepted", "remote", remote, "name", id.Name)
+	}
 	c := &trackedConn{Conn: conn, l: l, remote: remote}
 	select {
 	case l.conns <- c:

@@ -260,6 +260,8 @@ https:
   listen: 127.0.0.1:0
 turn:
   secret_file: turn.secret
+registrar:
+  domains: [{domain: example.test, algorithms: [SHA-256, MD5]}]
 `
 }
 

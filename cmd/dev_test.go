@@ -46,6 +46,7 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 		"core sip-mtls":            "127.0.0.1:25061",
 		"core http-metrics-health": "127.0.0.1:29100",
 		"core https-api":           "127.0.0.1:20443",
+		"core sip-tls-users":       "127.0.0.1:25063",
 		"edge sip-mtls-internal":   "127.0.0.1:15062",
 		"edge http-metrics-health": "127.0.0.1:19100",
 		"edge turn-udp":            "127.0.0.1:13478",

@@ -41,6 +41,9 @@ func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
 	c.Store.Path = filepath.Join(dir, "core.db")
 	c.TURN.SecretFile = secretFile
 	c.TURN.URIs = []string{"turn:127.0.0.1:3478?transport=udp"}
+	c.SIP.UsersListen = "127.0.0.1:0"
+	c.Registrar.Domains = []core.DomainConfig{{Domain: "example.test", Algorithms: []string{"SHA-256", "MD5"}}}
+	c.Registrar.MinExpires = 2 * time.Second
 	s, err := core.Start(context.Background(), c, lifecycle.Deps{Log: slog.New(slog.DiscardHandler), Registry: ops.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
@@ -121,4 +124,8 @@ func TestTURNCredentialEndpoint(t *testing.T) {
 	if _, err := client(foreign, edge.Roots).Post(url, "application/json", strings.NewReader(`{"user":"x"}`)); err == nil {
 		t.Fatal("answered a foreign CA's certificate")
 	}
+}
+
+func accesstestRoots(t *testing.T, p *accesstest.PKI) *x509.CertPool {
+	return accesstest.Material(t, p.Node(t, "client-"+strings.ReplaceAll(t.Name(), "/", "-"))).Roots
 }

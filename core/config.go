@@ -2,6 +2,7 @@ package core
 
 import (
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -21,16 +22,20 @@ type Config struct {
 	TLS      access.TLSFiles          `yaml:"tls"`
 	// TrustedEdges names the edge certificates (SAN DNS names) that may hold
 	// a link to this core: Lync's trusted-edge table.
-	TrustedEdges []string     `yaml:"trusted_edges"`
-	Store        store.Config `yaml:"store"`
-	HTTPS        APIConfig    `yaml:"https"`
-	TURN         TURNConfig   `yaml:"turn"`
+	TrustedEdges []string        `yaml:"trusted_edges"`
+	Store        store.Config    `yaml:"store"`
+	HTTPS        APIConfig       `yaml:"https"`
+	TURN         TURNConfig      `yaml:"turn"`
+	Registrar    RegistrarConfig `yaml:"registrar"`
 }
 
 // SIPConfig is the core's `sip` section.
 type SIPConfig struct {
 	// Listen is the mutual-TLS listener that edges connect to.
 	Listen string `yaml:"listen"`
+	// UsersListen is a TLS listener for internal users' clients (no client
+	// certificate; they authenticate with digest). Empty: none.
+	UsersListen string `yaml:"users_listen"`
 	// Hostname is the core's name (as in its certificate) used in SIP headers.
 	Hostname         string        `yaml:"hostname"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
@@ -46,6 +51,8 @@ func DefaultConfig() Config {
 		Store:    store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
 		HTTPS:    APIConfig{Listen: "0.0.0.0:443"},
 		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
+		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
+			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour},
 	}
 }
 
@@ -63,6 +70,7 @@ func (c *Config) Validate(v *config.V) {
 	c.Store.Validate(v.In("store"))
 	v.In("https").CheckHostPort("listen", c.HTTPS.Listen, true)
 	c.TURN.Validate(v.In("turn"))
+	c.Registrar.Validate(v.In("registrar"))
 }
 
 // Validate checks the turn section.
@@ -88,6 +96,9 @@ func Preflight(c Config) error {
 // Validate checks the SIP section.
 func (s *SIPConfig) Validate(v *config.V) {
 	v.CheckHostPort("listen", s.Listen, true)
+	if s.UsersListen != "" {
+		v.CheckHostPort("users_listen", s.UsersListen, true)
+	}
 	v.CheckNotEmpty("hostname", s.Hostname)
 	v.Check(s.HandshakeTimeout > 0 && s.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", s.HandshakeTimeout)
 }
@@ -131,6 +142,9 @@ func restartOnly(old, new Config) []string {
 	}
 	if old.HTTPS != new.HTTPS || old.TURN.SecretFile != new.TURN.SecretFile {
 		keys = append(keys, "https/turn.secret_file")
+	}
+	if !reflect.DeepEqual(old.Registrar, new.Registrar) {
+		keys = append(keys, "registrar")
 	}
 	return keys
 }

@@ -7,6 +7,8 @@ type metrics struct {
 	mtlsRefused *prometheus.CounterVec
 	edges       prometheus.GaugeFunc
 	reloads     *prometheus.CounterVec
+
+	registerRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, edges func() float64) *metrics {
@@ -28,6 +30,10 @@ func newMetrics(reg prometheus.Registerer, edges func() float64) *metrics {
 			Help: "Configuration reloads, by result.",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.requests, m.mtlsRefused, m.edges, m.reloads)
+	m.registerRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_core_register_refused_total",
+		Help: "REGISTER requests refused, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(m.requests, m.mtlsRefused, m.edges, m.reloads, m.registerRefused)
 	return m
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/emiago/sipgo/sip"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -31,6 +32,9 @@ type Server struct {
 	sip   *sipnode.Node
 	ops   *ops.Server
 	api   *api
+
+	stopSweep context.CancelFunc
+	sweepDone chan struct{}
 }
 
 // Start validates what can only be checked against the machine (certificate
@@ -65,6 +69,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		Name:             "portcullis-core",
 		Hostname:         cfg.SIP.Hostname,
 		Listen:           cfg.SIP.Listen,
+		UserListen:       cfg.SIP.UsersListen,
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.SIP.HandshakeTimeout,
@@ -75,6 +80,11 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	if err != nil {
 		return nil, fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
 	}
+	reg := newRegistrar(s.store, cfg.Registrar, s.log.With("role", "registrar"), func(r string) { s.metrics.registerRefused.WithLabelValues(r).Inc() })
+	s.sip.Handle(sip.REGISTER, reg.register)
+	sweepCtx, stop := context.WithCancel(context.Background())
+	s.stopSweep, s.sweepDone = stop, make(chan struct{})
+	go func() { defer close(s.sweepDone); reg.sweep(sweepCtx, 10*time.Second) }()
 	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.log.With("listener", "https")); err != nil {
 		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
 	}
@@ -83,7 +93,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	}
 	s.sip.Serve()
 	version, _ := s.store.SchemaVersion(ctx)
-	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "https", s.api.Addr(), "metrics", s.ops.Addr(),
+	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "sip_users", s.sip.UserAddr(), "https", s.api.Addr(), "metrics", s.ops.Addr(),
 		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
 	return s, nil
 }
@@ -131,6 +141,9 @@ func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected"
 // Addr returns the SIP MTLS and metrics listener addresses.
 func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }
 
+// UsersAddr is the users' TLS SIP listener's address ("" when off).
+func (s *Server) UsersAddr() string { return s.sip.UserAddr() }
+
 // HTTPSAddr is the HTTPS API listener's address.
 func (s *Server) HTTPSAddr() string { return s.api.Addr() }
 
@@ -141,6 +154,10 @@ func (s *Server) Drain(ctx context.Context) error { return s.sip.Drain(ctx) }
 // Close stops everything.
 func (s *Server) Close() error {
 	var errs []error
+	if s.stopSweep != nil {
+		s.stopSweep()
+		<-s.sweepDone
+	}
 	if s.sip != nil {
 		errs = append(errs, s.sip.Close())
 	}

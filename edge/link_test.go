@@ -69,6 +69,7 @@ func (e *env) coreConfig(listen string, trusted ...string) core.Config {
 	c.Store = store.Config{Driver: "sqlite", Path: e.store}
 	c.HTTPS.Listen = "127.0.0.1:0"
 	c.TURN.SecretFile = e.secret
+	c.Registrar.Domains = []core.DomainConfig{{Domain: "example.test", Algorithms: []string{"SHA-256", "MD5"}}}
 	return c
 }
 

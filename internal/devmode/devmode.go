@@ -141,6 +141,7 @@ func Run(ctx context.Context, o Options) error {
 		{Role: "core", Protocol: "sip-mtls", Address: coreSIP},
 		{Role: "core", Protocol: "http-metrics-health", Address: coreOps},
 		{Role: "core", Protocol: "https-api", Address: coreSrv.HTTPSAddr()},
+		{Role: "core", Protocol: "sip-tls-users", Address: coreSrv.UsersAddr()},
 		{Role: "edge", Protocol: "sip-mtls-internal", Address: edgeSIP},
 		{Role: "edge", Protocol: "http-metrics-health", Address: edgeOps},
 	}}

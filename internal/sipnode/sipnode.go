@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -25,9 +26,12 @@ type Handler func(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTran
 
 // Config configures a node.
 type Config struct {
-	Name             string // user agent name, e.g. portcullis-core
-	Hostname         string // our name in From/Via when we originate requests
-	Listen           string // MTLS listener address
+	Name     string // user agent name, e.g. portcullis-core
+	Hostname string // our name in From/Via when we originate requests
+	Listen   string // MTLS listener address
+	// UserListen, if set, is a plain TLS listener for users' clients, who
+	// authenticate with digest; their requests carry an anonymous peer.
+	UserListen       string
 	Material         *access.Material
 	Allow            *access.AllowList
 	HandshakeTimeout time.Duration
@@ -48,12 +52,13 @@ type Node struct {
 	Server   *sipgo.Server
 	Client   *sipgo.Client
 	listener *access.Listener
+	users    *access.Listener
 
 	draining atomic.Bool
 	mu       sync.Mutex
 	inflight int
 	idle     chan struct{} // closed when inflight drops to zero while draining
-	serving  chan error    // set by Serve; receives ServeTLS's result
+	serving  chan error    // set by Serve; receives each ServeTLS's result
 	closer   sync.Once
 	closeErr error
 }
@@ -104,16 +109,47 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.listener = ln
 	}
+	if cfg.UserListen != "" {
+		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
+			Material: cfg.Material, HandshakeTimeout: cfg.HandshakeTimeout, Log: log, OnRefused: cfg.OnRefused,
+		})
+		if err != nil {
+			if n.listener != nil {
+				n.listener.Close()
+			}
+			ua.Close()
+			return nil, fmt.Errorf("user listener %s: %w", cfg.UserListen, err)
+		}
+		n.users = ln
+	}
 	return n, nil
+}
+
+func (n *Node) listeners() []*access.Listener {
+	var ls []*access.Listener
+	for _, l := range []*access.Listener{n.listener, n.users} {
+		if l != nil {
+			ls = append(ls, l)
+		}
+	}
+	return ls
+}
+
+// UserAddr is the user listener's address ("" without one).
+func (n *Node) UserAddr() string {
+	if n.users == nil {
+		return ""
+	}
+	return n.users.Addr().String()
 }
 
 // Serve starts serving the listener in the background.
 func (n *Node) Serve() {
-	if n.listener == nil {
-		return
+	ls := n.listeners()
+	n.serving = make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { n.serving <- n.Server.ServeTLS(l) }()
 	}
-	n.serving = make(chan error, 1)
-	go func() { n.serving <- n.Server.ServeTLS(n.listener) }()
 }
 
 // Addr is the listener's bound address ("" without a listener).
@@ -124,12 +160,16 @@ func (n *Node) Addr() string {
 	return n.listener.Addr().String()
 }
 
-// Peer returns the verified identity behind a request's source address.
+// Peer returns the identity behind a request's source address: a verified
+// peer on the MTLS listener, or an anonymous one (empty Name) on the user
+// listener.
 func (n *Node) Peer(source string) (*access.PeerIdentity, bool) {
-	if n.listener == nil {
-		return nil, false
+	for _, l := range n.listeners() {
+		if id, ok := l.Peer(source); ok {
+			return id, true
+		}
 	}
-	return n.listener.Peer(source)
+	return nil, false
 }
 
 // PeerCount is the number of verified peers connected now.
@@ -225,8 +265,8 @@ func (n *Node) Drain(ctx context.Context) error {
 		n.idle = idle
 	}
 	n.mu.Unlock()
-	if n.listener != nil {
-		n.listener.Close()
+	for _, l := range n.listeners() {
+		l.Close()
 	}
 	if idle == nil {
 		return nil
@@ -243,12 +283,15 @@ func (n *Node) Drain(ctx context.Context) error {
 func (n *Node) Close() error {
 	n.closer.Do(func() {
 		n.draining.Store(true)
-		if n.listener != nil {
-			n.listener.Close()
+		ls := n.listeners()
+		for _, l := range ls {
+			l.Close()
 		}
 		if n.serving != nil {
-			if err := <-n.serving; err != nil && !errors.Is(err, net.ErrClosed) {
-				n.log.Warn("sip listener ended", "error", err)
+			for range ls {
+				if err := <-n.serving; err != nil && !errors.Is(err, net.ErrClosed) {
+					n.log.Warn("sip listener ended", "error", err)
+				}
 			}
 		}
 		n.closeErr = n.UA.Close()

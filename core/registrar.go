@@ -1,0 +1,318 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+	"portcullis/core/store"
+	"portcullis/internal/config"
+)
+
+// RegistrarConfig is the core's `registrar` section.
+type RegistrarConfig struct {
+	// Domains are the home domains; each is its own digest realm.
+	Domains        []DomainConfig `yaml:"domains"`
+	NonceLifetime  time.Duration  `yaml:"nonce_lifetime"`
+	MinExpires     time.Duration  `yaml:"min_expires"`
+	DefaultExpires time.Duration  `yaml:"default_expires"`
+	MaxExpires     time.Duration  `yaml:"max_expires"`
+}
+
+// DomainConfig is one home domain and the digest algorithms offered in it,
+// preferred first (MD5 alone for clients such as baresip 1.0 that fail on
+// SHA-256 challenges: PROTOCOLS.md).
+type DomainConfig struct {
+	Domain     string   `yaml:"domain"`
+	Algorithms []string `yaml:"algorithms"`
+}
+
+// Validate checks the section.
+func (r *RegistrarConfig) Validate(v *config.V) {
+	v.Check(len(r.Domains) > 0, "domains", "must list at least one home domain")
+	seen := map[string]bool{}
+	for i, d := range r.Domains {
+		dv := v.In("domains[" + config.Itoa(i) + "]")
+		_, _, dom, err := ParseAOR("sip:x@" + d.Domain)
+		dv.Check(err == nil && dom == d.Domain, "domain", "must be a lower-case domain name, got %q", d.Domain)
+		dv.Check(!seen[d.Domain], "domain", "listed twice")
+		seen[d.Domain] = true
+		dv.Check(len(d.Algorithms) > 0, "algorithms", "must list SHA-256, MD5 or both")
+		for j, a := range d.Algorithms {
+			dv.Check(a == access.DigestSHA256 || a == access.DigestMD5, "algorithms["+config.Itoa(j)+"]", "must be SHA-256 or MD5, got %q", a)
+		}
+	}
+	v.Check(r.NonceLifetime >= 10*time.Second && r.NonceLifetime <= time.Hour, "nonce_lifetime", "must be between 10s and 1h, got %s", r.NonceLifetime)
+	v.Check(r.MinExpires >= time.Second && r.MinExpires <= r.DefaultExpires && r.DefaultExpires <= r.MaxExpires && r.MaxExpires <= 24*time.Hour,
+		"min_expires", "need 1s <= min_expires <= default_expires <= max_expires <= 24h, got %s, %s, %s", r.MinExpires, r.DefaultExpires, r.MaxExpires)
+}
+
+func (r *RegistrarConfig) realms() map[string][]string {
+	m := map[string][]string{}
+	for _, d := range r.Domains {
+		m[d.Domain] = d.Algorithms
+	}
+	return m
+}
+
+// registrar serves REGISTER for the home domains (RFC 3261 §10.3).
+type registrar struct {
+	st      *store.Store
+	digest  *access.Digest
+	cfg     RegistrarConfig
+	log     *slog.Logger
+	refused func(reason string)
+}
+
+func newRegistrar(st *store.Store, cfg RegistrarConfig, log *slog.Logger, refused func(string)) *registrar {
+	return &registrar{st: st, digest: access.NewDigest(cfg.realms(), cfg.NonceLifetime), cfg: cfg, log: log, refused: refused}
+}
+
+func (r *registrar) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		r.log.Warn("sending response failed", "status", code, "error", err)
+	}
+}
+
+func (r *registrar) refuse(tx sip.ServerTransaction, req *sip.Request, code int, reason, why string, hdrs ...sip.Header) {
+	r.log.Info("register refused", "status", code, "why", why, "to", req.To().Address.String(), "source", req.Source())
+	r.refused(why)
+	r.respond(tx, req, code, reason, hdrs...)
+}
+
+// challenge answers 401 with a challenge per allowed algorithm.
+func (r *registrar) challenge(tx sip.ServerTransaction, req *sip.Request, realm string, stale bool, why string) {
+	var hdrs []sip.Header
+	for _, c := range r.digest.Challenges(realm, stale) {
+		hdrs = append(hdrs, sip.NewHeader("WWW-Authenticate", c))
+	}
+	if why == "" {
+		r.respond(tx, req, 401, "Unauthorized", hdrs...) // the usual first round: not a refusal
+		return
+	}
+	r.refuse(tx, req, 401, "Unauthorized", why, hdrs...)
+}
+
+// authenticate returns the user whose credentials the request carries, or
+// answers the request and returns false.
+func (r *registrar) authenticate(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, realm string) (store.User, bool) {
+	h := req.GetHeader("Authorization")
+	if h == nil {
+		r.challenge(tx, req, realm, false, "")
+		return store.User{}, false
+	}
+	p, err := access.ParseDigest(h.Value())
+	if err != nil {
+		r.refuse(tx, req, 400, "Bad Request (malformed Authorization)", "malformed_authorization")
+		return store.User{}, false
+	}
+	var user store.User
+	err = r.digest.Verify(p, string(req.Method), func(username, realm, alg string) (string, error) {
+		u, err := r.st.UserByDigest(ctx, username, realm)
+		if err != nil {
+			return "", err
+		}
+		user = u
+		if alg == access.DigestSHA256 {
+			return u.HA1SHA256, nil
+		}
+		return u.HA1MD5, nil
+	})
+	switch {
+	case err == nil:
+		return user, true
+	case errors.Is(err, access.ErrDigestStale):
+		r.challenge(tx, req, realm, true, "")
+	case errors.Is(err, access.ErrDigestQOP):
+		r.refuse(tx, req, 400, `Bad Request (qop="auth" with nc and cnonce required)`, "bad_qop")
+	default:
+		r.challenge(tx, req, realm, false, digestReason(err))
+	}
+	return store.User{}, false
+}
+
+func digestReason(err error) string {
+	switch {
+	case errors.Is(err, access.ErrDigestReplay):
+		return "replayed_nonce_count"
+	case errors.Is(err, access.ErrDigestResponse):
+		return "wrong_password"
+	case errors.Is(err, access.ErrDigestUnknown):
+		return "unknown_user"
+	case errors.Is(err, access.ErrDigestBadNonce):
+		return "foreign_nonce"
+	case errors.Is(err, access.ErrDigestAlgorithm):
+		return "algorithm_not_allowed"
+	case errors.Is(err, access.ErrDigestRealm):
+		return "wrong_realm"
+	}
+	return "digest_failed"
+}
+
+// register follows RFC 3261 §10.3.
+func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Steps 1-3: the request-URI names a domain this registrar serves.
+	if _, home := r.digest.Realms()[strings.ToLower(req.Recipient.Host)]; !home {
+		r.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
+		return
+	}
+	to := req.To()
+	aor, _, domain, err := ParseAOR("sip:" + to.Address.User + "@" + to.Address.Host)
+	if err != nil || domain != strings.ToLower(req.Recipient.Host) {
+		r.refuse(tx, req, 400, "Bad Request (To is not an address of record of this domain)", "bad_to")
+		return
+	}
+	// Step 4: authenticate; step 5: the user may register this AOR only.
+	user, ok := r.authenticate(ctx, tx, req, domain)
+	if !ok {
+		return
+	}
+	if user.AOR != aor {
+		r.refuse(tx, req, 403, "Forbidden (credentials are for another address of record)", "aor_mismatch")
+		return
+	}
+	if user.Disabled {
+		r.refuse(tx, req, 403, "Forbidden (account disabled)", "disabled")
+		return
+	}
+	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
+	// Step 6: the Contact list.
+	contacts := req.GetHeaders("Contact")
+	defaultExp := r.cfg.DefaultExpires
+	if h := req.GetHeader("Expires"); h != nil {
+		n, err := strconv.ParseUint(strings.TrimSpace(h.Value()), 10, 32)
+		if err != nil {
+			r.refuse(tx, req, 400, "Bad Request (Expires)", "bad_expires")
+			return
+		}
+		defaultExp = time.Duration(n) * time.Second
+	}
+	now := time.Now()
+	for _, h := range contacts {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok {
+			r.refuse(tx, req, 400, "Bad Request (Contact)", "bad_contact")
+			return
+		}
+		if c.Address.Wildcard {
+			// "*" only alone and with Expires: 0 (§10.3 step 6).
+			if len(contacts) != 1 || req.GetHeader("Expires") == nil || defaultExp != 0 {
+				r.refuse(tx, req, 400, "Bad Request (Contact: * needs Expires: 0 and no other Contact)", "bad_wildcard")
+				return
+			}
+			if err := r.st.DeleteBindings(ctx, aor); err != nil {
+				r.fail(tx, req, err)
+				return
+			}
+			r.log.Info("unregistered all", "aor", aor)
+			r.ok(ctx, tx, req, aor)
+			return
+		}
+	}
+	type change struct {
+		contact string
+		expires time.Duration
+	}
+	changes := make([]change, 0, len(contacts))
+	for _, h := range contacts {
+		c := h.(*sip.ContactHeader)
+		exp := defaultExp
+		if v, ok := c.Params.Get("expires"); ok {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				r.refuse(tx, req, 400, "Bad Request (Contact expires)", "bad_expires")
+				return
+			}
+			exp = time.Duration(n) * time.Second
+		}
+		if exp > 0 && exp < r.cfg.MinExpires {
+			r.refuse(tx, req, 423, "Interval Too Brief", "interval_too_brief",
+				sip.NewHeader("Min-Expires", strconv.Itoa(int(r.cfg.MinExpires/time.Second))))
+			return
+		}
+		changes = append(changes, change{contact: c.Address.String(), expires: min(exp, r.cfg.MaxExpires)})
+	}
+	// Step 7: apply, refusing an out-of-order update of a binding from the
+	// same Call-ID.
+	current, err := r.st.Bindings(ctx, aor, now)
+	if err != nil {
+		r.fail(tx, req, err)
+		return
+	}
+	for _, ch := range changes {
+		if i := slices.IndexFunc(current, func(b store.Binding) bool { return b.Contact == ch.contact }); i >= 0 {
+			if b := current[i]; b.CallID == callID && cseq <= b.CSeq {
+				r.refuse(tx, req, 500, "Server Internal Error (CSeq out of order)", "cseq_out_of_order", sip.NewHeader("Retry-After", "5"))
+				return
+			}
+		}
+		if ch.expires == 0 {
+			err = r.st.DeleteBinding(ctx, aor, ch.contact)
+		} else {
+			err = r.st.PutBinding(ctx, store.Binding{AOR: aor, Contact: ch.contact, CallID: callID, CSeq: cseq,
+				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + req.Source()})
+		}
+		if err != nil {
+			r.fail(tx, req, err)
+			return
+		}
+	}
+	if len(changes) > 0 {
+		r.log.Info("registered", "aor", aor, "contacts", len(changes), "edge", peer.Name, "source", req.Source())
+	}
+	// Step 8: 200 with every current binding.
+	r.ok(ctx, tx, req, aor)
+}
+
+func (r *registrar) ok(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, aor string) {
+	now := time.Now()
+	bindings, err := r.st.Bindings(ctx, aor, now)
+	if err != nil {
+		r.fail(tx, req, err)
+		return
+	}
+	hdrs := []sip.Header{sip.NewHeader("Date", now.UTC().Format(time.RFC1123))}
+	for _, b := range bindings {
+		secs := int(math.Ceil(b.Expires.Sub(now).Seconds())) // the store keeps whole seconds
+		hdrs = append(hdrs, sip.NewHeader("Contact", fmt.Sprintf("<%s>;expires=%d", b.Contact, max(secs, 1))))
+	}
+	r.respond(tx, req, 200, "OK", hdrs...)
+}
+
+func (r *registrar) fail(tx sip.ServerTransaction, req *sip.Request, err error) {
+	r.log.Error("registrar store error", "error", err)
+	r.respond(tx, req, 500, "Server Internal Error", sip.NewHeader("Retry-After", "5"))
+}
+
+// sweep removes expired bindings until ctx ends.
+func (r *registrar) sweep(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if n, err := r.st.DeleteExpired(ctx, now); err != nil && ctx.Err() == nil {
+				r.log.Warn("binding cleanup failed", "error", err)
+			} else if n > 0 {
+				r.log.Info("expired bindings removed", "count", n)
+			}
+		}
+	}
+}

@@ -8,7 +8,7 @@ type metrics struct {
 	edges       prometheus.GaugeFunc
 	reloads     *prometheus.CounterVec
 
-	registerRefused *prometheus.CounterVec
+	requestsRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, edges func() float64) *metrics {
@@ -30,10 +30,10 @@ func newMetrics(reg prometheus.Registerer, edges func() float64) *metrics {
 			Help: "Configuration reloads, by result.",
 		}, []string{"result"}),
 	}
-	m.registerRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "portcullis_core_register_refused_total",
-		Help: "REGISTER requests refused, by reason.",
+	m.requestsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_core_requests_refused_total",
+		Help: "Requests from users refused by the registrar or the proxy, by reason.",
 	}, []string{"reason"})
-	reg.MustRegister(m.requests, m.mtlsRefused, m.edges, m.reloads, m.registerRefused)
+	reg.MustRegister(m.requests, m.mtlsRefused, m.edges, m.reloads, m.requestsRefused)
 	return m
 }

@@ -64,64 +64,70 @@ func (r *RegistrarConfig) realms() map[string][]string {
 	return m
 }
 
-// registrar serves REGISTER for the home domains (RFC 3261 §10.3).
-type registrar struct {
+// authenticator runs digest authentication for the home realms: 401 with
+// WWW-Authenticate for a registrar, 407 with Proxy-Authenticate for a proxy
+// (RFC 3261 §22.2, §22.3).
+type authenticator struct {
 	st      *store.Store
 	digest  *access.Digest
-	cfg     RegistrarConfig
 	log     *slog.Logger
 	refused func(reason string)
 }
 
-func newRegistrar(st *store.Store, cfg RegistrarConfig, log *slog.Logger, refused func(string)) *registrar {
-	return &registrar{st: st, digest: access.NewDigest(cfg.realms(), cfg.NonceLifetime), cfg: cfg, log: log, refused: refused}
-}
-
-func (r *registrar) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+func (a *authenticator) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
 	if err := tx.Respond(res); err != nil {
-		r.log.Warn("sending response failed", "status", code, "error", err)
+		a.log.Warn("sending response failed", "status", code, "error", err)
 	}
 }
 
-func (r *registrar) refuse(tx sip.ServerTransaction, req *sip.Request, code int, reason, why string, hdrs ...sip.Header) {
-	r.log.Info("register refused", "status", code, "why", why, "to", req.To().Address.String(), "source", req.Source())
-	r.refused(why)
-	r.respond(tx, req, code, reason, hdrs...)
+func (a *authenticator) refuse(tx sip.ServerTransaction, req *sip.Request, code int, reason, why string, hdrs ...sip.Header) {
+	a.log.Info("request refused", "method", req.Method, "status", code, "why", why, "to", req.To().Address.String(), "source", req.Source())
+	a.refused(why)
+	a.respond(tx, req, code, reason, hdrs...)
 }
 
-// challenge answers 401 with a challenge per allowed algorithm.
-func (r *registrar) challenge(tx sip.ServerTransaction, req *sip.Request, realm string, stale bool, why string) {
+// challenge answers 401 (or 407 for a proxy) with a challenge per allowed
+// algorithm.
+func (a *authenticator) challenge(tx sip.ServerTransaction, req *sip.Request, realm string, proxy, stale bool, why string) {
+	name, code, reason := "WWW-Authenticate", 401, "Unauthorized"
+	if proxy {
+		name, code, reason = "Proxy-Authenticate", 407, "Proxy Authentication Required"
+	}
 	var hdrs []sip.Header
-	for _, c := range r.digest.Challenges(realm, stale) {
-		hdrs = append(hdrs, sip.NewHeader("WWW-Authenticate", c))
+	for _, c := range a.digest.Challenges(realm, stale) {
+		hdrs = append(hdrs, sip.NewHeader(name, c))
 	}
 	if why == "" {
-		r.respond(tx, req, 401, "Unauthorized", hdrs...) // the usual first round: not a refusal
+		a.respond(tx, req, code, reason, hdrs...) // the usual first round: not a refusal
 		return
 	}
-	r.refuse(tx, req, 401, "Unauthorized", why, hdrs...)
+	a.refuse(tx, req, code, reason, why, hdrs...)
 }
 
 // authenticate returns the user whose credentials the request carries, or
 // answers the request and returns false.
-func (r *registrar) authenticate(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, realm string) (store.User, bool) {
-	h := req.GetHeader("Authorization")
+func (a *authenticator) authenticate(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, realm string, proxy bool) (store.User, bool) {
+	name := "Authorization"
+	if proxy {
+		name = "Proxy-Authorization"
+	}
+	h := req.GetHeader(name)
 	if h == nil {
-		r.challenge(tx, req, realm, false, "")
+		a.challenge(tx, req, realm, proxy, false, "")
 		return store.User{}, false
 	}
 	p, err := access.ParseDigest(h.Value())
 	if err != nil {
-		r.refuse(tx, req, 400, "Bad Request (malformed Authorization)", "malformed_authorization")
+		a.refuse(tx, req, 400, "Bad Request (malformed "+name+")", "malformed_authorization")
 		return store.User{}, false
 	}
 	var user store.User
-	err = r.digest.Verify(p, string(req.Method), func(username, realm, alg string) (string, error) {
-		u, err := r.st.UserByDigest(ctx, username, realm)
+	err = a.digest.Verify(p, string(req.Method), func(username, realm, alg string) (string, error) {
+		u, err := a.st.UserByDigest(ctx, username, realm)
 		if err != nil {
 			return "", err
 		}
@@ -133,15 +139,25 @@ func (r *registrar) authenticate(ctx context.Context, tx sip.ServerTransaction, 
 	})
 	switch {
 	case err == nil:
+		if user.Disabled {
+			a.refuse(tx, req, 403, "Forbidden (account disabled)", "disabled")
+			return store.User{}, false
+		}
 		return user, true
 	case errors.Is(err, access.ErrDigestStale):
-		r.challenge(tx, req, realm, true, "")
+		a.challenge(tx, req, realm, proxy, true, "")
 	case errors.Is(err, access.ErrDigestQOP):
-		r.refuse(tx, req, 400, `Bad Request (qop="auth" with nc and cnonce required)`, "bad_qop")
+		a.refuse(tx, req, 400, `Bad Request (qop="auth" with nc and cnonce required)`, "bad_qop")
 	default:
-		r.challenge(tx, req, realm, false, digestReason(err))
+		a.challenge(tx, req, realm, proxy, false, digestReason(err))
 	}
 	return store.User{}, false
+}
+
+// registrar serves REGISTER for the home domains (RFC 3261 §10.3).
+type registrar struct {
+	*authenticator
+	cfg RegistrarConfig
 }
 
 func digestReason(err error) string {
@@ -178,16 +194,12 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		return
 	}
 	// Step 4: authenticate; step 5: the user may register this AOR only.
-	user, ok := r.authenticate(ctx, tx, req, domain)
+	user, ok := r.authenticate(ctx, tx, req, domain, false)
 	if !ok {
 		return
 	}
 	if user.AOR != aor {
 		r.refuse(tx, req, 403, "Forbidden (credentials are for another address of record)", "aor_mismatch")
-		return
-	}
-	if user.Disabled {
-		r.refuse(tx, req, 403, "Forbidden (account disabled)", "disabled")
 		return
 	}
 	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo

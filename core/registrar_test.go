@@ -19,6 +19,7 @@ type sipUser struct {
 	t      *testing.T
 	ua     *sipgo.UserAgent
 	client *sipgo.Client
+	server *sipgo.Server
 	dest   string
 	callID string
 	cseq   uint32
@@ -34,8 +35,12 @@ func newSIPUser(t *testing.T, s *core.Server, roots *tls.Config) *sipUser {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { ua.Close() })
-	return &sipUser{t: t, ua: ua, client: cl, dest: s.UsersAddr(), callID: sip.GenerateTagN(16)}
+	return &sipUser{t: t, ua: ua, client: cl, server: srv, dest: s.UsersAddr(), callID: sip.GenerateTagN(16)}
 }
 
 // register sends a REGISTER for aor with the given Contact header values

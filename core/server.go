@@ -80,8 +80,14 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	if err != nil {
 		return nil, fmt.Errorf("sip.listen %s: %w", cfg.SIP.Listen, err)
 	}
-	reg := newRegistrar(s.store, cfg.Registrar, s.log.With("role", "registrar"), func(r string) { s.metrics.registerRefused.WithLabelValues(r).Inc() })
+	auth := &authenticator{st: s.store, digest: access.NewDigest(cfg.Registrar.realms(), cfg.Registrar.NonceLifetime),
+		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
+	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
+	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy")}
+	for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
+		s.sip.Handle(m, px.route)
+	}
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})
 	go func() { defer close(s.sweepDone); reg.sweep(sweepCtx, 10*time.Second) }()

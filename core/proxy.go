@@ -1,0 +1,183 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+	"portcullis/core/store"
+	"portcullis/internal/sipnode"
+)
+
+// proxy routes requests between users of the home domains (RFC 3261 §16).
+// This step handles out-of-dialog non-INVITE requests (MESSAGE, and OPTIONS
+// to a user); the INVITE transaction and in-dialog routing come next.
+type proxy struct {
+	*authenticator
+	node *sipnode.Node
+	log  *slog.Logger
+}
+
+// timerF bounds a non-INVITE client transaction (RFC 3261 §17.1.2.2).
+const timerF = 32 * time.Second
+
+func (p *proxy) route(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	if req.Method == sip.OPTIONS && req.Recipient.User == "" {
+		p.respond(tx, req, 200, "OK", sip.NewHeader("Allow", "OPTIONS, REGISTER, MESSAGE")) // to this server: keepalive
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timerF)
+	defer cancel()
+	// §16.3 step 3: Max-Forwards.
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
+		return
+	}
+	domain := strings.ToLower(req.Recipient.Host)
+	if _, home := p.digest.Realms()[domain]; !home {
+		p.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
+		return
+	}
+	// The sender is a user of a home domain: authenticate (§22.3).
+	from := req.From()
+	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
+	if _, home := p.digest.Realms()[fromDomain]; err != nil || !home {
+		p.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
+		return
+	}
+	user, ok := p.authenticate(ctx, tx, req, fromDomain, true)
+	if !ok {
+		return
+	}
+	if user.AOR != fromAOR {
+		p.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
+		return
+	}
+	// §16.5: the target set is every binding of the request-URI's AOR.
+	target, _, _, err := ParseAOR("sip:" + req.Recipient.User + "@" + domain)
+	if err != nil {
+		p.refuse(tx, req, 404, "Not Found", "bad_target")
+		return
+	}
+	if u, err := p.st.UserByAOR(ctx, target); err != nil || u.Disabled {
+		if err != nil && !errors.Is(err, store.ErrNoUser) {
+			p.log.Error("store error", "error", err)
+			p.respond(tx, req, 500, "Server Internal Error")
+			return
+		}
+		p.refuse(tx, req, 404, "Not Found", "unknown_target")
+		return
+	}
+	bindings, err := p.st.Bindings(ctx, target, time.Now())
+	if err != nil {
+		p.log.Error("store error", "error", err)
+		p.respond(tx, req, 500, "Server Internal Error")
+		return
+	}
+	if len(bindings) == 0 {
+		p.refuse(tx, req, 480, "Temporarily Unavailable", "no_binding")
+		return
+	}
+	res := p.fork(ctx, req, bindings)
+	if err := tx.Respond(res); err != nil {
+		p.log.Warn("forwarding response failed", "status", res.StatusCode, "error", err)
+	}
+	p.log.Debug("routed", "method", req.Method, "from", fromAOR, "to", target, "branches", len(bindings), "status", res.StatusCode)
+}
+
+// fork sends req to every binding at once (§16.6) and returns the response
+// to forward (§16.7): the first 2xx, else the best final response.
+func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Binding) *sip.Response {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan *sip.Response, len(bindings))
+	for _, b := range bindings {
+		out, err := branchRequest(req, b)
+		if err != nil {
+			p.log.Warn("unusable binding", "aor", b.AOR, "contact", b.Contact, "error", err)
+			results <- nil
+			continue
+		}
+		go func() { results <- p.send(ctx, out) }()
+	}
+	var best *sip.Response
+	for range bindings {
+		res := <-results
+		if res == nil {
+			continue
+		}
+		if res.IsSuccess() {
+			return p.upstream(res)
+		}
+		if best == nil || better(res, best) {
+			best = res
+		}
+	}
+	if best == nil {
+		return sip.NewResponseFromRequest(req, 408, "Request Timeout", nil)
+	}
+	return p.upstream(best)
+}
+
+// branchRequest is req retargeted to a binding: the Request-URI becomes the
+// registered contact and the request goes over the flow the user registered
+// from (their own connection: RFC 5626 §5.3), with Max-Forwards decremented
+// (§16.6 step 3) and our credentials removed.
+func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
+	var contact sip.Uri
+	if err := sip.ParseUri(b.Contact, &contact); err != nil {
+		return nil, err
+	}
+	_, addr, ok := strings.Cut(b.Source, ":")
+	if !ok {
+		return nil, errors.New("binding without a source flow")
+	}
+	out := req.Clone()
+	out.Recipient = contact
+	out.SetDestination(addr)
+	out.RemoveHeader("Proxy-Authorization")
+	if mf := out.MaxForwards(); mf != nil {
+		mf.Dec()
+	} else {
+		mf := sip.MaxForwardsHeader(70)
+		out.AppendHeader(&mf)
+	}
+	return out, nil
+}
+
+// send runs one client transaction and returns its final response, or nil
+// (no answer before ctx ends: the caller stops waiting on a first 2xx).
+func (p *proxy) send(ctx context.Context, out *sip.Request) *sip.Response {
+	res, err := p.node.Client.Do(ctx, out, sipgo.ClientRequestAddVia)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Info("branch failed", "target", out.Recipient.String(), "error", err)
+		}
+		return nil
+	}
+	return res
+}
+
+// upstream is a downstream response made ready to forward: our Via removed
+// (§16.7 step 3), leaving the request's own.
+func (p *proxy) upstream(res *sip.Response) *sip.Response {
+	out := res.Clone()
+	out.RemoveHeader("Via")
+	return out
+}
+
+// better says whether a is a better final response than b (§16.7 step 6):
+// a 6xx, else the lowest class.
+func better(a, b *sip.Response) bool {
+	ac, bc := a.StatusCode/100, b.StatusCode/100
+	if ac == 6 || bc == 6 {
+		return ac == 6 && bc != 6
+	}
+	return ac < bc
+}

@@ -15,80 +15,95 @@ import (
 	"portcullis/internal/sipnode"
 )
 
-// proxy routes requests between users of the home domains (RFC 3261 §16).
-// This step handles out-of-dialog non-INVITE requests (MESSAGE, and OPTIONS
-// to a user); the INVITE transaction and in-dialog routing come next.
+// proxy routes requests between users of the home domains (RFC 3261 §16):
+// out-of-dialog requests to every binding of the target (route, invite in
+// dialog.go), in-dialog requests along the Route we recorded (inDialog).
 type proxy struct {
 	*authenticator
-	node *sipnode.Node
-	log  *slog.Logger
+	node   *sipnode.Node
+	log    *slog.Logger
+	tokens *flowTokens
 }
 
 // timerF bounds a non-INVITE client transaction (RFC 3261 §17.1.2.2).
 const timerF = 32 * time.Second
 
-func (p *proxy) route(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	if req.Route() != nil {
+		p.inDialog(peer, req, tx)
+		return
+	}
 	if req.Method == sip.OPTIONS && req.Recipient.User == "" {
-		p.respond(tx, req, 200, "OK", sip.NewHeader("Allow", "OPTIONS, REGISTER, MESSAGE")) // to this server: keepalive
+		p.respond(tx, req, 200, "OK", sip.NewHeader("Allow", "OPTIONS, REGISTER, MESSAGE, INVITE, ACK, BYE, CANCEL, UPDATE, INFO")) // to this server: keepalive
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timerF)
 	defer cancel()
-	// §16.3 step 3: Max-Forwards.
-	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
-		p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
-		return
-	}
-	domain := strings.ToLower(req.Recipient.Host)
-	if _, home := p.digest.Realms()[domain]; !home {
-		p.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
-		return
-	}
-	// The sender is a user of a home domain: authenticate (§22.3).
-	from := req.From()
-	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
-	if _, home := p.digest.Realms()[fromDomain]; err != nil || !home {
-		p.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
-		return
-	}
-	user, ok := p.authenticate(ctx, tx, req, fromDomain, true)
+	target, bindings, ok := p.admit(ctx, req, tx)
 	if !ok {
-		return
-	}
-	if user.AOR != fromAOR {
-		p.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
-		return
-	}
-	// §16.5: the target set is every binding of the request-URI's AOR.
-	target, _, _, err := ParseAOR("sip:" + req.Recipient.User + "@" + domain)
-	if err != nil {
-		p.refuse(tx, req, 404, "Not Found", "bad_target")
-		return
-	}
-	if u, err := p.st.UserByAOR(ctx, target); err != nil || u.Disabled {
-		if err != nil && !errors.Is(err, store.ErrNoUser) {
-			p.log.Error("store error", "error", err)
-			p.respond(tx, req, 500, "Server Internal Error")
-			return
-		}
-		p.refuse(tx, req, 404, "Not Found", "unknown_target")
-		return
-	}
-	bindings, err := p.st.Bindings(ctx, target, time.Now())
-	if err != nil {
-		p.log.Error("store error", "error", err)
-		p.respond(tx, req, 500, "Server Internal Error")
-		return
-	}
-	if len(bindings) == 0 {
-		p.refuse(tx, req, 480, "Temporarily Unavailable", "no_binding")
 		return
 	}
 	res := p.fork(ctx, req, bindings)
 	if err := tx.Respond(res); err != nil {
 		p.log.Warn("forwarding response failed", "status", res.StatusCode, "error", err)
 	}
-	p.log.Debug("routed", "method", req.Method, "from", fromAOR, "to", target, "branches", len(bindings), "status", res.StatusCode)
+	p.log.Debug("routed", "method", req.Method, "to", target, "branches", len(bindings), "status", res.StatusCode)
+}
+
+// admit runs the checks every out-of-dialog request passes (§16.3) and
+// returns the target AOR and its bindings, or answers the request.
+func (p *proxy) admit(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) (string, []store.Binding, bool) {
+	// §16.3 step 3: Max-Forwards.
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
+		return "", nil, false
+	}
+	domain := strings.ToLower(req.Recipient.Host)
+	if _, home := p.digest.Realms()[domain]; !home {
+		p.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
+		return "", nil, false
+	}
+	// The sender is a user of a home domain: authenticate (§22.3).
+	from := req.From()
+	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
+	if _, home := p.digest.Realms()[fromDomain]; err != nil || !home {
+		p.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
+		return "", nil, false
+	}
+	user, ok := p.authenticate(ctx, tx, req, fromDomain, true)
+	if !ok {
+		return "", nil, false
+	}
+	if user.AOR != fromAOR {
+		p.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
+		return "", nil, false
+	}
+	// §16.5: the target set is every binding of the request-URI's AOR.
+	target, _, _, err := ParseAOR("sip:" + req.Recipient.User + "@" + domain)
+	if err != nil {
+		p.refuse(tx, req, 404, "Not Found", "bad_target")
+		return "", nil, false
+	}
+	if u, err := p.st.UserByAOR(ctx, target); err != nil || u.Disabled {
+		if err != nil && !errors.Is(err, store.ErrNoUser) {
+			p.log.Error("store error", "error", err)
+			p.respond(tx, req, 500, "Server Internal Error")
+			return "", nil, false
+		}
+		p.refuse(tx, req, 404, "Not Found", "unknown_target")
+		return "", nil, false
+	}
+	bindings, err := p.st.Bindings(ctx, target, time.Now())
+	if err != nil {
+		p.log.Error("store error", "error", err)
+		p.respond(tx, req, 500, "Server Internal Error")
+		return "", nil, false
+	}
+	if len(bindings) == 0 {
+		p.refuse(tx, req, 480, "Temporarily Unavailable", "no_binding")
+		return "", nil, false
+	}
+	return target, bindings, true
 }
 
 // fork sends req to every binding at once (§16.6) and returns the response
@@ -142,13 +157,25 @@ func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
 	out.Recipient = contact
 	out.SetDestination(addr)
 	out.RemoveHeader("Proxy-Authorization")
-	if mf := out.MaxForwards(); mf != nil {
-		mf.Dec()
-	} else {
-		mf := sip.MaxForwardsHeader(70)
-		out.AppendHeader(&mf)
-	}
+	decMaxForwards(out)
 	return out, nil
+}
+
+// decMaxForwards replaces Max-Forwards with one less (70 when absent) and
+// reports false when it was already 0 (§16.6 step 3). It replaces rather
+// than changes the header: sipgo's Clone shares header values between a
+// request and its clones, which other branches are sending.
+func decMaxForwards(r *sip.Request) bool {
+	next := sip.MaxForwardsHeader(70)
+	if mf := r.MaxForwards(); mf != nil {
+		if mf.Val() == 0 {
+			return false
+		}
+		next = sip.MaxForwardsHeader(mf.Val() - 1)
+		r.RemoveHeader("Max-Forwards")
+	}
+	r.AppendHeader(&next)
+	return true
 }
 
 // send runs one client transaction and returns its final response, or nil

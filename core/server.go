@@ -84,9 +84,13 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
 	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
-	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy")}
+	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: newFlowTokens()}
 	for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
 		s.sip.Handle(m, px.route)
+	}
+	s.sip.Handle(sip.INVITE, px.invite)
+	for _, m := range []sip.RequestMethod{sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.INFO} {
+		s.sip.Handle(m, px.inDialog)
 	}
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})

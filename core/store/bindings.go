@@ -65,3 +65,13 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 	}
 	return res.RowsAffected()
 }
+
+// BindingByContact finds the live binding registered with a contact URI.
+func (s *Store) BindingByContact(ctx context.Context, contact string, now time.Time) (Binding, error) {
+	var b Binding
+	var exp int64
+	err := s.db.QueryRowContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source FROM bindings
+		WHERE contact = ? AND expires_at > ? LIMIT 1`, contact, now.Unix()).Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source)
+	b.Expires = time.Unix(exp, 0)
+	return b, err
+}

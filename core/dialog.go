@@ -1,0 +1,299 @@
+package core
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+)
+
+// flowTokens sign the transport address of a caller's connection into the
+// user part of our Record-Route (after RFC 5626 §5.3), so that in-dialog
+// requests toward the caller go back over the connection the INVITE came on,
+// and only Routes we issued are honoured.
+type flowTokens struct{ key []byte }
+
+func newFlowTokens() *flowTokens {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return &flowTokens{key: k}
+}
+
+func (f *flowTokens) make(addr string) string {
+	mac := hmac.New(sha256.New, f.key)
+	mac.Write([]byte(addr))
+	return base64.RawURLEncoding.EncodeToString(append([]byte(addr+"|"), mac.Sum(nil)[:12]...))
+}
+
+func (f *flowTokens) open(tok string) (string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(b) < 13 {
+		return "", false
+	}
+	addr, sum := string(b[:len(b)-13]), b[len(b)-12:]
+	if b[len(b)-13] != '|' {
+		return "", false
+	}
+	mac := hmac.New(sha256.New, f.key)
+	mac.Write([]byte(addr))
+	if !hmac.Equal(mac.Sum(nil)[:12], sum) {
+		return "", false
+	}
+	if _, err := netip.ParseAddrPort(addr); err != nil {
+		return "", false
+	}
+	return addr, true
+}
+
+// recordRoute is our Record-Route for a dialog whose caller is at flow.
+func (p *proxy) recordRoute(flow string) *sip.RecordRouteHeader {
+	addr := p.node.UserAddr()
+	if addr == "" {
+		addr = p.node.Addr()
+	}
+	ap := netip.MustParseAddrPort(addr)
+	return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
+		UriParams: sip.HeaderParams{{K: "transport", V: "tls"}, {K: "lr", V: ""}}}}
+}
+
+// branch is one fork of an INVITE. Its fields are guarded by the call's
+// mutex.
+type branch struct {
+	out       *sip.Request
+	tx        sip.ClientTransaction
+	answered  bool // a provisional arrived: it may be cancelled now (§9.1)
+	cancelled bool // a CANCEL is wanted: sent at once, or on the first provisional
+}
+
+// invite forwards an INVITE to every binding of the target (§16.6) and
+// relays responses (§16.7): provisionals upstream, the first 2xx upstream
+// with every other branch cancelled, or the best final response once all
+// branches have ended. A CANCEL from the caller cancels every branch.
+func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	if req.To().Params.Has("tag") {
+		p.inDialog(peer, req, tx) // a re-INVITE
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // Timer C
+	defer cancel()
+	target, bindings, ok := p.admit(ctx, req, tx)
+	if !ok {
+		return
+	}
+	rr := p.recordRoute(req.Source())
+	var mu sync.Mutex
+	var branches []*branch
+	cancelled := false
+	cancelAll := func(except *branch) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, b := range branches {
+			if b == except || b.cancelled {
+				continue
+			}
+			b.cancelled = true
+			if b.answered {
+				go p.cancelBranch(b)
+			} // else follow sends it on the first provisional (§9.1)
+		}
+	}
+	tx.OnCancel(func(*sip.Request) {
+		mu.Lock()
+		cancelled = true
+		mu.Unlock()
+		p.log.Info("call cancelled by the caller", "to", target)
+		cancelAll(nil)
+	})
+	results := make(chan *sip.Response, len(bindings))
+	for _, b := range bindings {
+		out, err := branchRequest(req, b)
+		if err != nil {
+			results <- nil
+			continue
+		}
+		out.PrependHeader(rr.Clone())
+		// ctx only bounds dialling: the transaction lives by its own timers.
+		ctxTx, err := p.node.Client.TransactionRequest(ctx, out, sipgo.ClientRequestAddVia)
+		if err != nil {
+			p.log.Info("branch failed", "target", out.Recipient.String(), "error", err)
+			results <- nil
+			continue
+		}
+		br := &branch{out: out, tx: ctxTx}
+		mu.Lock()
+		branches = append(branches, br)
+		mu.Unlock()
+		go func() { results <- p.follow(br, tx, &mu, cancelAll) }()
+	}
+	var best *sip.Response
+	for range bindings {
+		res := <-results
+		if res == nil {
+			continue
+		}
+		if res.IsSuccess() {
+			return // forwarded by follow
+		}
+		if best == nil || better(res, best) {
+			best = res
+		}
+	}
+	mu.Lock()
+	wasCancelled := cancelled
+	mu.Unlock()
+	if wasCancelled {
+		return // the server transaction already answered 487
+	}
+	if best == nil {
+		p.respond(tx, req, 408, "Request Timeout")
+		return
+	}
+	if err := tx.Respond(p.upstream(best)); err != nil {
+		p.log.Warn("forwarding final response failed", "status", best.StatusCode, "error", err)
+	}
+}
+
+// follow relays one branch's responses until its final one, which it
+// returns. A 2xx is sent upstream at once and the other branches cancelled.
+func (p *proxy) follow(b *branch, up sip.ServerTransaction, mu *sync.Mutex, cancelAll func(except *branch)) *sip.Response {
+	defer b.tx.Terminate()
+	for {
+		select {
+		case res := <-b.tx.Responses():
+			if res.IsProvisional() {
+				mu.Lock()
+				first, wanted := !b.answered, b.cancelled
+				b.answered = true
+				mu.Unlock()
+				if first && wanted {
+					go p.cancelBranch(b)
+				}
+				if res.StatusCode > 100 && !wanted {
+					_ = up.Respond(p.upstream(res))
+				}
+				continue
+			}
+			if res.IsSuccess() {
+				if err := up.Respond(p.upstream(res)); err != nil {
+					p.log.Warn("forwarding 2xx failed", "error", err)
+				}
+				cancelAll(b)
+			}
+			return res
+		case <-b.tx.Done():
+			return nil
+		}
+	}
+}
+
+// cancelBranch sends CANCEL for a forked INVITE (§9.1): same Request-URI,
+// Call-ID, From, To, CSeq number and top Via as the branch.
+func (p *proxy) cancelBranch(b *branch) {
+	r := b.out
+	c := sip.NewRequest(sip.CANCEL, r.Recipient)
+	c.AppendHeader(r.Via().Clone())
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	sip.CopyHeaders("From", r, c)
+	sip.CopyHeaders("To", r, c)
+	sip.CopyHeaders("Call-ID", r, c)
+	cseq := &sip.CSeqHeader{SeqNo: r.CSeq().SeqNo, MethodName: sip.CANCEL}
+	c.AppendHeader(cseq)
+	c.SetDestination(r.Destination())
+	ctx, cancel := context.WithTimeout(context.Background(), timerF)
+	defer cancel()
+	p.log.Debug("cancelling branch", "target", r.Recipient.String(), "destination", r.Destination())
+	if _, err := p.node.Client.Do(ctx, c); err != nil {
+		p.log.Info("CANCEL of a branch failed", "target", r.Recipient.String(), "error", err)
+	}
+}
+
+// inDialog forwards a request inside a dialog we record-routed (§16.4:
+// loose routing). Our Route carries the caller's flow; the callee is found
+// by the contact it registered.
+func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	if req.Method == sip.ACK {
+		tx = nil // an ACK is never answered (§17.1.1.3)
+	}
+	route := req.Route()
+	if route == nil {
+		if tx != nil {
+			p.refuse(tx, req, 481, "Call/Transaction Does Not Exist", "no_route")
+		}
+		return
+	}
+	callerFlow, ours := p.tokens.open(route.Address.User)
+	if !ours {
+		if tx != nil {
+			p.refuse(tx, req, 403, "Forbidden (Route is not this proxy's)", "foreign_route")
+		}
+		return
+	}
+	out := req.Clone()
+	out.RemoveHeader("Route") // pop our Route (the top one)
+	if !decMaxForwards(out) {
+		if tx != nil {
+			p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
+		}
+		return
+	}
+	dest := callerFlow
+	if req.Source() == callerFlow {
+		// From the caller: to the callee's registered flow.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		flow, err := p.flowOf(ctx, req.Recipient.String())
+		cancel()
+		if err != nil {
+			if tx != nil {
+				p.refuse(tx, req, 404, "Not Found (no flow to this contact)", "no_flow")
+			}
+			return
+		}
+		dest = flow
+	}
+	out.SetDestination(dest)
+	if req.Method == sip.ACK {
+		if err := p.node.Client.WriteRequest(out, sipgo.ClientRequestAddVia); err != nil {
+			p.log.Info("forwarding ACK failed", "error", err)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timerF)
+	defer cancel()
+	res := p.send(ctx, out)
+	if res == nil {
+		p.respond(tx, req, 408, "Request Timeout")
+		return
+	}
+	if err := tx.Respond(p.upstream(res)); err != nil {
+		p.log.Warn("forwarding in-dialog response failed", "error", err)
+	}
+}
+
+// flowOf finds the flow a registered contact came from.
+func (p *proxy) flowOf(ctx context.Context, contact string) (string, error) {
+	var uri sip.Uri
+	if err := sip.ParseUri(contact, &uri); err != nil {
+		return "", err
+	}
+	b, err := p.st.BindingByContact(ctx, uri.String(), time.Now())
+	if err != nil {
+		return "", err
+	}
+	_, addr, ok := strings.Cut(b.Source, ":")
+	if !ok {
+		return "", errors.New("binding without a flow")
+	}
+	return addr, nil
+}

@@ -95,9 +95,11 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	var mu sync.Mutex
 	var branches []*branch
 	cancelled := false
+	over := false // answered or cancelled: branches created from now on are cancelled at birth
 	cancelAll := func(except *branch) {
 		mu.Lock()
 		defer mu.Unlock()
+		over = true
 		for _, b := range branches {
 			if b == except || b.cancelled {
 				continue
@@ -132,6 +134,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		}
 		br := &branch{out: out, tx: ctxTx}
 		mu.Lock()
+		br.cancelled = over // follow CANCELs it on its first provisional
 		branches = append(branches, br)
 		mu.Unlock()
 		go func() { results <- p.follow(br, tx, &mu, cancelAll) }()

@@ -89,6 +89,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		s.sip.Handle(m, px.route)
 	}
 	s.sip.Handle(sip.INVITE, px.invite)
+	mr := &mras{authenticator: auth, secret: secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
+	s.sip.Handle("SERVICE", mr.service)
 	for _, m := range []sip.RequestMethod{sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.INFO} {
 		s.sip.Handle(m, px.inDialog)
 	}

@@ -1,0 +1,105 @@
+package core_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/xml"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+	"portcullis/core"
+)
+
+func (u *sipUser) service(body, contentType string) *sip.Response {
+	u.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	aor := sip.Uri{Scheme: "sip", User: "alice", Host: "example.test"}
+	target := aor
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest("SERVICE", target)
+	req.SetDestination(u.dest)
+	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: aor})
+	req.AppendHeader(sip.NewHeader("Content-Type", contentType))
+	req.SetBody([]byte(body))
+	res, err := u.client.Do(ctx, req)
+	if err == nil && res.StatusCode == 407 {
+		res, err = u.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "alice", Password: alicePW})
+	}
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return res
+}
+
+func TestMRASService(t *testing.T) {
+	s, pki, secret := startCore(t)
+	if err := core.AddUser(context.Background(), s.Store(), "sip:alice@example.test", alicePW); err != nil {
+		t.Fatal(err)
+	}
+	roots := &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12}
+	u := newSIPUser(t, s, roots)
+	res := u.service(`<request requestID="42" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="7"><identity>sip:alice@example.test</identity><location>internet</location><duration>60</duration></credentialsRequest></request>`,
+		"application/msrtc-media-relay-auth+xml")
+	if res.StatusCode != 200 {
+		t.Fatalf("SERVICE: %d %s", res.StatusCode, res.Reason)
+	}
+	var got struct {
+		RequestID string `xml:"requestID,attr"`
+		Cred      struct {
+			ID          string `xml:"credentialsRequestID,attr"`
+			Credentials struct {
+				Username string `xml:"username"`
+				Password string `xml:"password"`
+				Duration int    `xml:"duration"`
+			} `xml:"credentials"`
+			Relays []struct {
+				HostName string `xml:"hostName"`
+				UDPPort  int    `xml:"udpPort"`
+			} `xml:"mediaRelayList>mediaRelay"`
+		} `xml:"credentialsResponse"`
+	}
+	if err := xml.Unmarshal(res.Body(), &got); err != nil {
+		t.Fatalf("%v\n%s", err, res.Body())
+	}
+	c := got.Cred.Credentials
+	user, err := access.ParseTURNUsername(c.Username, time.Now())
+	if err != nil || user != "sip:alice@example.test" || c.Password != access.TURNPassword(secret, c.Username) || c.Duration != 60 ||
+		got.RequestID != "42" || got.Cred.ID != "7" || len(got.Cred.Relays) != 1 || got.Cred.Relays[0].UDPPort != 3478 {
+		t.Fatalf("answer %+v (%v)\n%s", got, err, res.Body())
+	}
+	for _, tc := range []struct {
+		body, ct string
+		want     int
+	}{
+		{strings.Replace(string(mustBody()), "sip:alice@example.test</identity>", "sip:bob@example.test</identity>", 1), "application/msrtc-media-relay-auth+xml", 403},
+		{"<request", "application/msrtc-media-relay-auth+xml", 400},
+		{string(mustBody()), "text/plain", 415},
+	} {
+		if res := newSIPUser(t, s, roots).service(tc.body, tc.ct); res.StatusCode != tc.want {
+			t.Errorf("%q as %s: %d, want %d", tc.body[:min(len(tc.body), 40)], tc.ct, res.StatusCode, tc.want)
+		}
+	}
+}
+
+func mustBody() []byte {
+	return []byte(`<request requestID="1" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="1"><identity>sip:alice@example.test</identity><location>internet</location><duration>480</duration></credentialsRequest></request>`)
+}
+
+func FuzzParseMRAS(f *testing.F) {
+	f.Add(mustBody())
+	f.Add([]byte(`<request xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest/></request>`))
+	f.Add([]byte(`<!DOCTYPE x [<!ENTITY a "aaaa">]><request>&a;</request>`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := core.ParseMRAS(b)
+		if err == nil && r.Cred.Identity == "" {
+			t.Fatal("accepted without an identity")
+		}
+	})
+}

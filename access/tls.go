@@ -69,6 +69,21 @@ func LoadMaterial(f TLSFiles) (*Material, error) {
 	return &Material{Roots: pool, Cert: pair, Leaf: pair.Leaf}, nil
 }
 
+// LoadServerPair loads a public certificate and key (no CA): the material of
+// a listener that faces the internet.
+func LoadServerPair(certFile, keyFile string) (*Material, error) {
+	for _, p := range []string{certFile, keyFile} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s / %s: %w", certFile, keyFile, err)
+	}
+	return &Material{Roots: x509.NewCertPool(), Cert: pair, Leaf: pair.Leaf}, nil
+}
+
 func missingHint(err error, file, cmd string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("%s: file does not exist; create it with `%s`", file, cmd)

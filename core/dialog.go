@@ -2,10 +2,6 @@ package core
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"net/netip"
 	"strings"
@@ -18,44 +14,6 @@ import (
 	"portcullis/access"
 )
 
-// flowTokens sign the transport address of a caller's connection into the
-// user part of our Record-Route (after RFC 5626 §5.3), so that in-dialog
-// requests toward the caller go back over the connection the INVITE came on,
-// and only Routes we issued are honoured.
-type flowTokens struct{ key []byte }
-
-func newFlowTokens() *flowTokens {
-	k := make([]byte, 32)
-	_, _ = rand.Read(k)
-	return &flowTokens{key: k}
-}
-
-func (f *flowTokens) make(addr string) string {
-	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte(addr))
-	return base64.RawURLEncoding.EncodeToString(append([]byte(addr+"|"), mac.Sum(nil)[:12]...))
-}
-
-func (f *flowTokens) open(tok string) (string, bool) {
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) < 13 {
-		return "", false
-	}
-	addr, sum := string(b[:len(b)-13]), b[len(b)-12:]
-	if b[len(b)-13] != '|' {
-		return "", false
-	}
-	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte(addr))
-	if !hmac.Equal(mac.Sum(nil)[:12], sum) {
-		return "", false
-	}
-	if _, err := netip.ParseAddrPort(addr); err != nil {
-		return "", false
-	}
-	return addr, true
-}
-
 // recordRoute is our Record-Route for a dialog whose caller is at flow.
 func (p *proxy) recordRoute(flow string) *sip.RecordRouteHeader {
 	addr := p.node.UserAddr()
@@ -63,7 +21,7 @@ func (p *proxy) recordRoute(flow string) *sip.RecordRouteHeader {
 		addr = p.node.Addr()
 	}
 	ap := netip.MustParseAddrPort(addr)
-	return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
+	return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.Make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
 		UriParams: sip.HeaderParams{{K: "transport", V: "tls"}, {K: "lr", V: ""}}}}
 }
 
@@ -236,7 +194,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		}
 		return
 	}
-	callerFlow, ours := p.tokens.open(route.Address.User)
+	callerFlow, ours := p.tokens.Open(route.Address.User)
 	if !ours {
 		if tx != nil {
 			p.refuse(tx, req, 403, "Forbidden (Route is not this proxy's)", "foreign_route")

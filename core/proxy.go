@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,7 +24,7 @@ type proxy struct {
 	*authenticator
 	node   *sipnode.Node
 	log    *slog.Logger
-	tokens *flowTokens
+	tokens *sipnode.FlowTokens
 }
 
 // timerF bounds a non-INVITE client transaction (RFC 3261 §17.1.2.2).
@@ -155,8 +157,24 @@ func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
 	}
 	out := req.Clone()
 	out.Recipient = contact
-	out.SetDestination(addr)
 	out.RemoveHeader("Proxy-Authorization")
+	if b.Path != "" {
+		// Registered through an edge: route through it (RFC 3327 §5.3).
+		var routes []sip.Header
+		for _, hop := range strings.Split(b.Path, ",") {
+			h := &sip.RouteHeader{}
+			var params sip.HeaderParams
+			if _, err := sip.ParseAddressValue(strings.TrimSpace(hop), &h.Address, &params); err != nil {
+				return nil, err
+			}
+			routes = append(routes, h)
+		}
+		out.PrependHeader(routes...)
+		top := routes[0].(*sip.RouteHeader).Address
+		out.SetDestination(net.JoinHostPort(top.Host, strconv.Itoa(top.Port)))
+	} else {
+		out.SetDestination(addr)
+	}
 	decMaxForwards(out)
 	return out, nil
 }
@@ -208,3 +226,6 @@ func better(a, b *sip.Response) bool {
 	}
 	return ac < bc
 }
+
+// TrustHeader is the edge's trust header ([MS-SIPRE]): only edges set it.
+const TrustHeader = "ms-edge-proxy-message-trust"

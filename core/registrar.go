@@ -203,6 +203,16 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		return
 	}
 	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
+	// A Path (RFC 3327) is honoured only from a trusted edge: a user cannot
+	// choose the route to themselves.
+	var path string
+	if peer.Name != "" {
+		var hops []string
+		for _, h := range req.GetHeaders("Path") {
+			hops = append(hops, h.Value())
+		}
+		path = strings.Join(hops, ",")
+	}
 	// Step 6: the Contact list.
 	contacts := req.GetHeaders("Contact")
 	defaultExp := r.cfg.DefaultExpires
@@ -277,7 +287,7 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 			err = r.st.DeleteBinding(ctx, aor, ch.contact)
 		} else {
 			err = r.st.PutBinding(ctx, store.Binding{AOR: aor, Contact: ch.contact, CallID: callID, CSeq: cseq,
-				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + req.Source()})
+				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + req.Source(), Path: path})
 		}
 		if err != nil {
 			r.fail(tx, req, err)

@@ -70,6 +70,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		Hostname:         cfg.SIP.Hostname,
 		Listen:           cfg.SIP.Listen,
 		UserListen:       cfg.SIP.UsersListen,
+		ClientTLS:        access.ClientConfig(material, ""), // to edges' internal listeners (a Path or Record-Route leads there)
+		StripFromUsers:   []string{TrustHeader},
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.SIP.HandshakeTimeout,
@@ -84,7 +86,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
 	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
-	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: newFlowTokens()}
+	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens()}
 	for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
 		s.sip.Handle(m, px.route)
 	}

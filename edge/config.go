@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"time"
 
 	"portcullis/access"
@@ -27,6 +28,8 @@ type Config struct {
 	// presents itself to the core).
 	TLS  access.TLSFiles `yaml:"tls"`
 	Core LinkConfig      `yaml:"core"`
+	// External is the Access Edge: the TLS listener remote users reach.
+	External ExternalConfig `yaml:"external"`
 	// TURN is the A/V Edge: the STUN/TURN media relay.
 	TURN relay.Config `yaml:"turn"`
 }
@@ -38,6 +41,34 @@ type InternalConfig struct {
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	// TrustedCores names the core certificates allowed to connect.
 	TrustedCores []string `yaml:"trusted_cores"`
+}
+
+// ExternalConfig is the `external` section (the Access Edge).
+type ExternalConfig struct {
+	// Listen is the internet-facing SIP TLS listener; empty: none.
+	Listen      string `yaml:"listen"`
+	TLSCertFile string `yaml:"tls_cert_file"` // the public certificate
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// HomeDomains are the domains this edge serves; a request from outside
+	// for any other is refused 403 (no open relay).
+	HomeDomains []string `yaml:"home_domains"`
+	// AllowedMethods may come from outside; others get 405.
+	AllowedMethods []string `yaml:"allowed_methods"`
+}
+
+// Validate checks the section (nothing when there is no listener).
+func (c *ExternalConfig) Validate(v *config.V) {
+	if c.Listen == "" {
+		return
+	}
+	v.CheckHostPort("listen", c.Listen, true)
+	v.CheckNotEmpty("tls_cert_file", c.TLSCertFile)
+	v.CheckNotEmpty("tls_key_file", c.TLSKeyFile)
+	v.Check(len(c.HomeDomains) > 0, "home_domains", "must list at least one home domain")
+	v.Check(len(c.AllowedMethods) > 0, "allowed_methods", "must list at least one method")
+	for i, m := range c.AllowedMethods {
+		v.Check(m != "" && strings.ToUpper(m) == m, "allowed_methods["+config.Itoa(i)+"]", "must be an upper-case SIP method, got %q", m)
+	}
 }
 
 // LinkConfig is the `core` section: where the core is and how the edge keeps
@@ -61,6 +92,8 @@ func DefaultConfig() Config {
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
 		Internal: InternalConfig{HandshakeTimeout: 10 * time.Second},
 		TURN:     relay.DefaultConfig(),
+		External: ExternalConfig{AllowedMethods: []string{"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "MESSAGE",
+			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK"}},
 		Core: LinkConfig{
 			KeepaliveInterval: 15 * time.Second,
 			KeepaliveTimeout:  5 * time.Second,
@@ -79,6 +112,7 @@ func (c *Config) Validate(v *config.V) {
 	c.TLS.Validate(v.In("tls"))
 	c.Core.Validate(v.In("core"))
 	c.TURN.Validate(v.In("turn"))
+	c.External.Validate(v.In("external"))
 }
 
 // Validate checks the internal section.
@@ -106,6 +140,11 @@ func (c *LinkConfig) Validate(v *config.V) {
 func (c *Config) Resolve(base string) {
 	c.TLS.Resolve(base)
 	c.TURN.Resolve(base)
+	for _, p := range []*string{&c.External.TLSCertFile, &c.External.TLSKeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
 }
 
 // Preflight checks what only the machine can tell: the certificate files,
@@ -113,6 +152,11 @@ func (c *Config) Resolve(base string) {
 func Preflight(c Config) error {
 	if _, err := access.LoadMaterial(c.TLS); err != nil {
 		return err
+	}
+	if c.External.Listen != "" {
+		if _, err := access.LoadServerPair(c.External.TLSCertFile, c.External.TLSKeyFile); err != nil {
+			return fmt.Errorf("external: %w", err)
+		}
 	}
 	if !c.TURN.Enabled {
 		return nil
@@ -157,6 +201,9 @@ func restartOnly(old, new Config) []string {
 	}
 	if !reflect.DeepEqual(old.TURN, new.TURN) {
 		keys = append(keys, "turn")
+	}
+	if !reflect.DeepEqual(old.External, new.External) {
+		keys = append(keys, "external")
 	}
 	return keys
 }

@@ -13,15 +13,16 @@ type Binding struct {
 	CSeq    uint32
 	Expires time.Time
 	Source  string // where the REGISTER came from (transport address)
+	Path    string // Path header values (RFC 3327), comma-separated; "" when direct
 }
 
 // PutBinding adds or refreshes a binding.
 func (s *Store) PutBinding(ctx context.Context, b Binding) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (aor, contact, call_id, cseq, expires_at, source)
-		VALUES (?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO bindings (aor, contact, call_id, cseq, expires_at, source, path)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (aor, contact) DO UPDATE SET call_id = excluded.call_id, cseq = excluded.cseq,
-			expires_at = excluded.expires_at, source = excluded.source`,
-		b.AOR, b.Contact, b.CallID, b.CSeq, b.Expires.Unix(), b.Source)
+			expires_at = excluded.expires_at, source = excluded.source, path = excluded.path`,
+		b.AOR, b.Contact, b.CallID, b.CSeq, b.Expires.Unix(), b.Source, b.Path)
 	return err
 }
 
@@ -38,7 +39,7 @@ func (s *Store) DeleteBindings(ctx context.Context, aor string) error {
 
 // Bindings lists an AOR's bindings that have not expired at now.
 func (s *Store) Bindings(ctx context.Context, aor string, now time.Time) ([]Binding, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source FROM bindings
+	rows, err := s.db.QueryContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source, path FROM bindings
 		WHERE aor = ? AND expires_at > ? ORDER BY contact`, aor, now.Unix())
 	if err != nil {
 		return nil, err
@@ -48,7 +49,7 @@ func (s *Store) Bindings(ctx context.Context, aor string, now time.Time) ([]Bind
 	for rows.Next() {
 		var b Binding
 		var exp int64
-		if err := rows.Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source); err != nil {
+		if err := rows.Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source, &b.Path); err != nil {
 			return nil, err
 		}
 		b.Expires = time.Unix(exp, 0)
@@ -70,8 +71,8 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 func (s *Store) BindingByContact(ctx context.Context, contact string, now time.Time) (Binding, error) {
 	var b Binding
 	var exp int64
-	err := s.db.QueryRowContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source FROM bindings
-		WHERE contact = ? AND expires_at > ? LIMIT 1`, contact, now.Unix()).Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source)
+	err := s.db.QueryRowContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source, path FROM bindings
+		WHERE contact = ? AND expires_at > ? LIMIT 1`, contact, now.Unix()).Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source, &b.Path)
 	b.Expires = time.Unix(exp, 0)
 	return b, err
 }

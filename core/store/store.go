@@ -124,6 +124,8 @@ var migrations = []string{
 		PRIMARY KEY (aor, contact)
 	);
 	CREATE INDEX bindings_expiry ON bindings (expires_at)`,
+	// Path (RFC 3327): the route to a user registered through an edge.
+	3: `ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT ''`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

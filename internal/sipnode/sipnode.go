@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,13 +32,19 @@ type Config struct {
 	Listen   string // MTLS listener address
 	// UserListen, if set, is a plain TLS listener for users' clients, who
 	// authenticate with digest; their requests carry an anonymous peer.
-	UserListen       string
+	UserListen string
+	// UserMaterial is the user listener's certificate (default: Material),
+	// e.g. the edge's public certificate.
+	UserMaterial     *access.Material
 	Material         *access.Material
 	Allow            *access.AllowList
 	HandshakeTimeout time.Duration
 	// ClientTLS is used when this node dials out (nil: it never dials).
 	ClientTLS *tls.Config
 	Log       *slog.Logger
+	// StripFromUsers are headers removed from requests that arrive on the
+	// user listener (users may not set them, e.g. the edge trust header).
+	StripFromUsers []string
 	// OnRequest is called for each request admitted, with its method.
 	OnRequest func(method string)
 	// OnRefused is called for each refused MTLS connection, with the reason.
@@ -110,8 +117,12 @@ func New(cfg Config) (*Node, error) {
 		n.listener = ln
 	}
 	if cfg.UserListen != "" {
+		m := cfg.UserMaterial
+		if m == nil {
+			m = cfg.Material
+		}
 		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
-			Material: cfg.Material, HandshakeTimeout: cfg.HandshakeTimeout, Log: log, OnRefused: cfg.OnRefused,
+			Material: m, HandshakeTimeout: cfg.HandshakeTimeout, Log: log, OnRefused: cfg.OnRefused,
 		})
 		if err != nil {
 			if n.listener != nil {
@@ -210,6 +221,13 @@ func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 			return
 		}
 		defer n.leave()
+		if peer.Name == "" {
+			for _, name := range n.cfg.StripFromUsers {
+				if RemoveAll(req, name) > 0 {
+					n.log.Info("header from a user removed", "header", name, "source", req.Source())
+				}
+			}
+		}
 		h(peer, req, tx)
 	}
 }
@@ -313,4 +331,27 @@ type minLevel struct {
 
 func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+// RemoveAll removes every header called name, whatever its letter case
+// (sipgo's RemoveHeader matches the exact spelling, and header names are
+// case-insensitive: RFC 3261 §7.3.1). It reports how many it removed.
+func RemoveAll(m interface {
+	Headers() []sip.Header
+	RemoveHeader(string) bool
+}, name string) int {
+	n := 0
+	for {
+		found := ""
+		for _, h := range m.Headers() {
+			if strings.EqualFold(h.Name(), name) {
+				found = h.Name()
+				break
+			}
+		}
+		if found == "" || !m.RemoveHeader(found) {
+			return n
+		}
+		n++
+	}
 }

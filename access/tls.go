@@ -14,6 +14,10 @@ import (
 	"portcullis/internal/config"
 )
 
+// TrustHeader is the edge's trust header ([MS-SIPRE]): only an edge sets it
+// on what it forwards inward; a copy from anyone else is removed.
+const TrustHeader = "ms-edge-proxy-message-trust"
+
 // TLSFiles is the config section naming a node's internal PKI material.
 type TLSFiles struct {
 	CAFile   string `yaml:"ca_file"`

@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"portcullis/access"
+	"portcullis/internal/sipnode"
 )
 
 // recordRoute is our Record-Route for a dialog whose caller is at flow.
@@ -203,7 +204,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 	}
 	out := req.Clone()
 	out.RemoveHeader("Route") // pop our Route (the top one)
-	if !decMaxForwards(out) {
+	if !sipnode.DecMaxForwards(out) {
 		if tx != nil {
 			p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
 		}

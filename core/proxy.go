@@ -175,25 +175,8 @@ func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
 	} else {
 		out.SetDestination(addr)
 	}
-	decMaxForwards(out)
+	sipnode.DecMaxForwards(out)
 	return out, nil
-}
-
-// decMaxForwards replaces Max-Forwards with one less (70 when absent) and
-// reports false when it was already 0 (§16.6 step 3). It replaces rather
-// than changes the header: sipgo's Clone shares header values between a
-// request and its clones, which other branches are sending.
-func decMaxForwards(r *sip.Request) bool {
-	next := sip.MaxForwardsHeader(70)
-	if mf := r.MaxForwards(); mf != nil {
-		if mf.Val() == 0 {
-			return false
-		}
-		next = sip.MaxForwardsHeader(mf.Val() - 1)
-		r.RemoveHeader("Max-Forwards")
-	}
-	r.AppendHeader(&next)
-	return true
 }
 
 // send runs one client transaction and returns its final response, or nil
@@ -226,6 +209,3 @@ func better(a, b *sip.Response) bool {
 	}
 	return ac < bc
 }
-
-// TrustHeader is the edge's trust header ([MS-SIPRE]): only edges set it.
-const TrustHeader = "ms-edge-proxy-message-trust"

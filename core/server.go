@@ -71,7 +71,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		Listen:           cfg.SIP.Listen,
 		UserListen:       cfg.SIP.UsersListen,
 		ClientTLS:        access.ClientConfig(material, ""), // to edges' internal listeners (a Path or Record-Route leads there)
-		StripFromUsers:   []string{TrustHeader},
+		StripFromUsers:   []string{access.TrustHeader},
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.SIP.HandshakeTimeout,

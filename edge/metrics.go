@@ -9,6 +9,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	mtlsRefused *prometheus.CounterVec
 	reloads     *prometheus.CounterVec
+	refused     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,6 +39,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Configuration reloads, by result.",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.linkUp, m.linkDowns, m.keepalives, m.requests, m.mtlsRefused, m.reloads)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_edge_requests_refused_total",
+		Help: "Requests the Access Edge refused, by reason.",
+	}, []string{"reason"})
+	reg.MustRegister(m.linkUp, m.linkDowns, m.keepalives, m.requests, m.mtlsRefused, m.reloads, m.refused)
 	return m
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/emiago/sipgo/sip"
 	"log/slog"
 	"strings"
 	"sync"
@@ -51,10 +52,18 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
+	var public *access.Material
+	if cfg.External.Listen != "" {
+		if public, err = access.LoadServerPair(cfg.External.TLSCertFile, cfg.External.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("external: %w", err)
+		}
+	}
 	s.sip, err = sipnode.New(sipnode.Config{
 		Name:             "portcullis-edge",
 		Hostname:         cfg.Internal.Hostname,
 		Listen:           cfg.Internal.Listen,
+		UserListen:       cfg.External.Listen,
+		UserMaterial:     public,
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.Internal.HandshakeTimeout,
@@ -65,6 +74,15 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("internal.listen %s: %w", cfg.Internal.Listen, err)
+	}
+	if cfg.External.Listen != "" {
+		ae := &accessEdge{node: s.sip, cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
+			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"),
+			refused: func(r string) { s.metrics.refused.WithLabelValues(r).Inc() }}
+		for _, m := range cfg.External.AllowedMethods {
+			s.sip.Handle(sip.RequestMethod(m), ae.handle)
+		}
+		s.sip.Server.OnNoRoute(func(req *sip.Request, tx sip.ServerTransaction) { ae.methodNotAllowed(req, tx) })
 	}
 	s.link, err = newLink(s.sip, cfg.Core, s.log.With("link", "core"), linkEvents{
 		onUp:   func() { s.metrics.linkUp.Set(1) },
@@ -92,7 +110,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		defer s.linkDone.Done()
 		s.link.run(ctx)
 	}()
-	s.log.Info("edge listening", "sip_internal", s.sip.Addr(), "metrics", s.ops.Addr(), "core", cfg.Core.Address)
+	s.log.Info("edge listening", "sip_internal", s.sip.Addr(), "sip_external", s.sip.UserAddr(), "metrics", s.ops.Addr(), "core", cfg.Core.Address)
 	return s, nil
 }
 
@@ -133,6 +151,9 @@ func (s *Server) Reload(cfg Config) error {
 
 // ReloadRejected counts a reload that failed validation.
 func (s *Server) ReloadRejected() { s.metrics.reloads.WithLabelValues("rejected").Inc() }
+
+// ExternalAddr is the Access Edge's listener address ("" when off).
+func (s *Server) ExternalAddr() string { return s.sip.UserAddr() }
 
 // Addr returns the internal SIP and metrics listener addresses.
 func (s *Server) Addr() (sipAddr, metricsAddr string) { return s.sip.Addr(), s.ops.Addr() }

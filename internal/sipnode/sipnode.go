@@ -355,3 +355,20 @@ func RemoveAll(m interface {
 		n++
 	}
 }
+
+// DecMaxForwards replaces Max-Forwards with one less (70 when absent) and
+// reports false when it was already 0 (§16.6 step 3). It replaces rather
+// than changes the header: sipgo's Clone shares header values between a
+// request and its clones, which other branches are sending.
+func DecMaxForwards(r *sip.Request) bool {
+	next := sip.MaxForwardsHeader(70)
+	if mf := r.MaxForwards(); mf != nil {
+		if mf.Val() == 0 {
+			return false
+		}
+		next = sip.MaxForwardsHeader(mf.Val() - 1)
+		r.RemoveHeader("Max-Forwards")
+	}
+	r.AppendHeader(&next)
+	return true
+}

@@ -1,0 +1,122 @@
+package edge_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+	"portcullis/access/accesstest"
+	"portcullis/core"
+	"portcullis/edge"
+	"portcullis/internal/siptest"
+)
+
+const pw = "correct horse battery"
+
+// startAccess starts a core (users listener, registrar for example.test,
+// users alice and bob) and an edge with an Access Edge in front of it.
+func (e *env) startAccess() (*core.Server, *edge.Server) {
+	e.t.Helper()
+	cc := e.coreConfig("127.0.0.1:0", "edge1.internal")
+	cc.SIP.UsersListen = "127.0.0.1:0"
+	c := e.startCore(cc)
+	for _, aor := range []string{"sip:alice@example.test", "sip:bob@example.test"} {
+		if err := core.AddUser(context.Background(), c.Store(), aor, pw); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	coreAddr, _ := c.Addr()
+	public := e.pki.Issue(e.t, access.IssueRequest{Name: "sip.example.test", SANs: []string{"sip.example.test", "127.0.0.1"}, Usage: access.UsageServer})
+	ec := edge.DefaultConfig()
+	ec.Metrics.Listen, ec.Internal.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	ec.Internal.Hostname = "edge1.internal"
+	ec.Internal.TrustedCores = []string{"core1.internal"}
+	ec.TLS = e.nodeFiles("edge1.internal")
+	ec.Core = edge.LinkConfig{Address: coreAddr, ServerName: "core1.internal", KeepaliveInterval: 100 * time.Millisecond,
+		KeepaliveTimeout: 500 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond}
+	ec.External.Listen = "127.0.0.1:0"
+	ec.External.TLSCertFile, ec.External.TLSKeyFile = public.CertFile, public.KeyFile
+	ec.External.HomeDomains = []string{"example.test"}
+	ed, err := edge.Start(ec, deps(e.t, "edge"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ed.Close(); c.Close() })
+	_, edgeOps := ed.Addr()
+	waitReadyz(e.t, edgeOps, 200)
+	return c, ed
+}
+
+func TestAccessEdgeRemoteUserIM(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remote := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	inside := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+
+	// The remote user registers through the edge: the core challenges.
+	if res := remote.Register("sip:alice@example.test", "alice", "", "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 401 {
+		t.Fatalf("unauthenticated REGISTER through the edge: %d (the edge must not authenticate, the core challenges)", res.StatusCode)
+	}
+	if res := remote.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the edge: %d %s", res.StatusCode, res.Reason)
+	}
+	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("inside REGISTER: %d", res.StatusCode)
+	}
+
+	// Remote → inside, with a forged trust header that must not get in.
+	forged := sip.NewHeader("MS-Edge-Proxy-Message-Trust", "ms-source-type=AuthorizedServer")
+	if res := remote.Message("sip:alice@example.test", "alice", pw, "sip:bob@example.test", "hello from outside", forged); res.StatusCode != 200 {
+		t.Fatalf("IM in: %d %s", res.StatusCode, res.Reason)
+	}
+	got := inside.WaitMessages(1, 5*time.Second)
+	if len(got) != 1 || string(got[0].Body()) != "hello from outside" {
+		t.Fatalf("bob got %d", len(got))
+	}
+	var trust []string
+	for _, h := range got[0].Headers() {
+		if strings.EqualFold(h.Name(), access.TrustHeader) {
+			trust = append(trust, h.Value())
+		}
+	}
+	if len(trust) != 1 || !strings.HasPrefix(trust[0], "ms-source-type=InternetUser") {
+		t.Fatalf("trust headers at bob: %q", trust)
+	}
+
+	// Inside → remote: through the core, the Path, the edge and alice's own connection.
+	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "hello from inside"); res.StatusCode != 200 {
+		t.Fatalf("IM out: %d %s", res.StatusCode, res.Reason)
+	}
+	out := remote.WaitMessages(1, 5*time.Second)
+	if len(out) != 1 || string(out[0].Body()) != "hello from inside" {
+		t.Fatalf("alice got %d", len(out))
+	}
+	// Topology hiding: alice sees only the edge's Via, no internal hop.
+	if vias := out[0].GetHeaders("Via"); len(vias) != 1 {
+		t.Fatalf("alice sees %d Vias: %v", len(vias), vias)
+	}
+	for _, h := range out[0].Headers() {
+		if strings.EqualFold(h.Name(), access.TrustHeader) {
+			t.Fatal("the trust header left the edge")
+		}
+	}
+
+	// No open relay; a method off the allow list.
+	if res := remote.Message("sip:alice@example.test", "alice", pw, "sip:someone@elsewhere.test", "x"); res.StatusCode != 403 {
+		t.Fatalf("foreign domain: %d", res.StatusCode)
+	}
+	if res := remote.Request("PUBLISH", "sip:alice@example.test", "sip:alice@example.test"); res.StatusCode != 405 || res.GetHeader("Allow") == nil {
+		t.Fatalf("PUBLISH: %d", res.StatusCode)
+	}
+}
+
+func accessRoots(t *testing.T, e *env) *x509.CertPool {
+	return accesstest.Material(t, e.nodeFiles("probe.internal")).Roots
+}

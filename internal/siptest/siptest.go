@@ -1,0 +1,142 @@
+// Package siptest is a SIP user agent for tests: it registers, sends IMs
+// and collects the ones it receives, over TLS, answering digest challenges.
+package siptest
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// UA is one user agent connected to a server (Dest) over TLS.
+type UA struct {
+	T      testing.TB
+	UA     *sipgo.UserAgent
+	Client *sipgo.Client
+	Server *sipgo.Server
+	Dest   string
+	callID string
+	cseq   uint32
+
+	mu       sync.Mutex
+	Received []*sip.Request // MESSAGEs received (answered 200)
+}
+
+// New makes a UA that sends to dest with tls (RootCAs and ServerName set).
+func New(t testing.TB, dest string, conf *tls.Config) *UA {
+	t.Helper()
+	quiet := slog.New(slog.DiscardHandler)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgenTLSConfig(conf), sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &UA{T: t, UA: ua, Client: cl, Server: srv, Dest: dest, callID: sip.GenerateTagN(16)}
+	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
+		u.mu.Lock()
+		u.Received = append(u.Received, req)
+		u.mu.Unlock()
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	t.Cleanup(func() { ua.Close() })
+	return u
+}
+
+func uri(t testing.TB, s string) sip.Uri {
+	var u sip.Uri
+	if err := sip.ParseUri(s, &u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// do sends req, answering a 401/407 with username and password (if given).
+func (u *UA) do(req *sip.Request, username, password string) *sip.Response {
+	u.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := u.Client.Do(ctx, req)
+	if err != nil {
+		u.T.Fatal(err)
+	}
+	if (res.StatusCode == 401 || res.StatusCode == 407) && password != "" {
+		if res, err = u.Client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: username, Password: password}); err != nil {
+			u.T.Fatal(err)
+		}
+	}
+	return res
+}
+
+// Register registers contacts for aor (none: a query).
+func (u *UA) Register(aor, username, password string, contacts ...string) *sip.Response {
+	u.T.Helper()
+	a := uri(u.T, aor)
+	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: a.Host, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
+	req.SetDestination(u.Dest)
+	req.AppendHeader(&sip.ToHeader{Address: a})
+	req.AppendHeader(&sip.FromHeader{Address: a, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	callID := sip.CallIDHeader(u.callID)
+	req.AppendHeader(&callID)
+	u.cseq += 2
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: u.cseq, MethodName: sip.REGISTER})
+	for _, c := range contacts {
+		req.AppendHeader(sip.NewHeader("Contact", c))
+	}
+	return u.do(req, username, password)
+}
+
+// Message sends an IM from `from` to `to`, with extra headers.
+func (u *UA) Message(from, username, password, to, text string, extra ...sip.Header) *sip.Response {
+	u.T.Helper()
+	target := uri(u.T, to)
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest(sip.MESSAGE, target)
+	req.SetDestination(u.Dest)
+	req.AppendHeader(&sip.FromHeader{Address: uri(u.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: uri(u.T, to)})
+	req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
+	req.SetBody([]byte(text))
+	return u.do(req, username, password)
+}
+
+// Request sends any out-of-dialog request to `to` (no body).
+func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
+	u.T.Helper()
+	target := uri(u.T, to)
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest(method, target)
+	req.SetDestination(u.Dest)
+	req.AppendHeader(&sip.FromHeader{Address: uri(u.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: uri(u.T, to)})
+	return u.do(req, "", "")
+}
+
+// WaitMessages waits up to d for n received MESSAGEs and returns them.
+func (u *UA) WaitMessages(n int, d time.Duration) []*sip.Request {
+	deadline := time.Now().Add(d)
+	for {
+		u.mu.Lock()
+		got := append([]*sip.Request(nil), u.Received...)
+		u.mu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

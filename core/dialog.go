@@ -15,10 +15,12 @@ import (
 	"portcullis/internal/sipnode"
 )
 
-// recordRoute is our Record-Route for a dialog whose caller is at flow.
-func (p *proxy) recordRoute(flow string) *sip.RecordRouteHeader {
+// recordRoute is our Record-Route for a dialog whose caller is at flow: on
+// the listener the caller reached us on (the users' one, or the MTLS one
+// when the caller came through an edge).
+func (p *proxy) recordRoute(flow string, viaEdge bool) *sip.RecordRouteHeader {
 	addr := p.node.UserAddr()
-	if addr == "" {
+	if addr == "" || viaEdge {
 		addr = p.node.Addr()
 	}
 	ap := netip.MustParseAddrPort(addr)
@@ -40,6 +42,7 @@ type branch struct {
 // with every other branch cancelled, or the best final response once all
 // branches have ended. A CANCEL from the caller cancels every branch.
 func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	viaEdge := peer.Name != ""
 	if req.To().Params.Has("tag") {
 		p.inDialog(peer, req, tx) // a re-INVITE
 		return
@@ -50,7 +53,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	if !ok {
 		return
 	}
-	rr := p.recordRoute(req.Source())
+	rr := p.recordRoute(req.Source(), viaEdge)
 	var mu sync.Mutex
 	var branches []*branch
 	cancelled := false
@@ -159,25 +162,12 @@ func (p *proxy) follow(b *branch, up sip.ServerTransaction, mu *sync.Mutex, canc
 	}
 }
 
-// cancelBranch sends CANCEL for a forked INVITE (§9.1): same Request-URI,
-// Call-ID, From, To, CSeq number and top Via as the branch.
+// cancelBranch sends CANCEL for a forked INVITE (§9.1).
 func (p *proxy) cancelBranch(b *branch) {
-	r := b.out
-	c := sip.NewRequest(sip.CANCEL, r.Recipient)
-	c.AppendHeader(r.Via().Clone())
-	mf := sip.MaxForwardsHeader(70)
-	c.AppendHeader(&mf)
-	sip.CopyHeaders("From", r, c)
-	sip.CopyHeaders("To", r, c)
-	sip.CopyHeaders("Call-ID", r, c)
-	cseq := &sip.CSeqHeader{SeqNo: r.CSeq().SeqNo, MethodName: sip.CANCEL}
-	c.AppendHeader(cseq)
-	c.SetDestination(r.Destination())
 	ctx, cancel := context.WithTimeout(context.Background(), timerF)
 	defer cancel()
-	p.log.Debug("cancelling branch", "target", r.Recipient.String(), "destination", r.Destination())
-	if _, err := p.node.Client.Do(ctx, c); err != nil {
-		p.log.Info("CANCEL of a branch failed", "target", r.Recipient.String(), "error", err)
+	if _, err := p.node.Client.Do(ctx, sipnode.CancelRequest(b.out)); err != nil {
+		p.log.Info("CANCEL of a branch failed", "target", b.out.Recipient.String(), "error", err)
 	}
 }
 

@@ -6,12 +6,15 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"net/netip"
+	"strings"
 )
 
-// FlowTokens sign the transport address of a caller's connection into the
-// user part of our Record-Route (after RFC 5626 §5.3), so that in-dialog
-// requests toward the caller go back over the connection the INVITE came on,
-// and only Routes we issued are honoured.
+// FlowTokens seal small values into signed tokens usable as the user part of
+// a SIP URI: the transport address of a connection (a flow, after RFC 5626
+// §5.3), so that requests along a Record-Route or Path go back over the
+// connection the dialog or registration came on; or a route set, which an
+// edge hides from the outside and restores on the way in. Only tokens this
+// node made open.
 type FlowTokens struct{ key []byte }
 
 // NewFlowTokens makes a signer with a fresh key (tokens do not outlive the
@@ -22,30 +25,62 @@ func NewFlowTokens() *FlowTokens {
 	return &FlowTokens{key: k}
 }
 
-// Make signs addr into a token usable as a SIP URI user part.
-func (f *FlowTokens) Make(addr string) string {
+const (
+	kindFlow   = 'F'
+	kindRoutes = 'R'
+)
+
+func (f *FlowTokens) seal(kind byte, payload string) string {
 	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte(addr))
-	return base64.RawURLEncoding.EncodeToString(append([]byte(addr+"|"), mac.Sum(nil)[:12]...))
+	mac.Write([]byte{kind})
+	mac.Write([]byte(payload))
+	b := append([]byte{kind}, payload...)
+	return base64.RawURLEncoding.EncodeToString(append(b, mac.Sum(nil)[:12]...))
 }
 
-// Open returns the address a token was made for, if we made it.
-func (f *FlowTokens) Open(tok string) (string, bool) {
+func (f *FlowTokens) unseal(kind byte, tok string) (string, bool) {
 	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(b) < 13 {
+	if err != nil || len(b) < 13 || b[0] != kind {
 		return "", false
 	}
-	addr, sum := string(b[:len(b)-13]), b[len(b)-12:]
-	if b[len(b)-13] != '|' {
-		return "", false
-	}
+	payload, sum := b[1:len(b)-12], b[len(b)-12:]
 	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte(addr))
+	mac.Write([]byte{kind})
+	mac.Write(payload)
 	if !hmac.Equal(mac.Sum(nil)[:12], sum) {
+		return "", false
+	}
+	return string(payload), true
+}
+
+// Make seals a flow (a transport address).
+func (f *FlowTokens) Make(addr string) string { return f.seal(kindFlow, addr) }
+
+// Open returns the flow a token was made for, if we made it.
+func (f *FlowTokens) Open(tok string) (string, bool) {
+	addr, ok := f.unseal(kindFlow, tok)
+	if !ok {
 		return "", false
 	}
 	if _, err := netip.ParseAddrPort(addr); err != nil {
 		return "", false
 	}
 	return addr, true
+}
+
+// MakeRoutes seals a route set (URIs in the order a request follows them).
+func (f *FlowTokens) MakeRoutes(uris []string) string {
+	return f.seal(kindRoutes, strings.Join(uris, "\n"))
+}
+
+// OpenRoutes returns the route set a token was made for, if we made it.
+func (f *FlowTokens) OpenRoutes(tok string) ([]string, bool) {
+	s, ok := f.unseal(kindRoutes, tok)
+	if !ok {
+		return nil, false
+	}
+	if s == "" {
+		return nil, true
+	}
+	return strings.Split(s, "\n"), true
 }

@@ -372,3 +372,21 @@ func DecMaxForwards(r *sip.Request) bool {
 	r.AppendHeader(&next)
 	return true
 }
+
+// CancelRequest is the CANCEL for a request we sent (RFC 3261 §9.1): same
+// Request-URI, Call-ID, From, To, CSeq number, Route and top Via, sent to
+// the same place.
+func CancelRequest(r *sip.Request) *sip.Request {
+	c := sip.NewRequest(sip.CANCEL, r.Recipient)
+	c.AppendHeader(r.Via().Clone())
+	sip.CopyHeaders("Route", r, c)
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	sip.CopyHeaders("From", r, c)
+	sip.CopyHeaders("To", r, c)
+	sip.CopyHeaders("Call-ID", r, c)
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: r.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetDestination(r.Destination())
+	c.SetTransport(r.Transport())
+	return c
+}

@@ -3,7 +3,9 @@ package core
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -201,7 +203,11 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		return
 	}
 	dest := callerFlow
-	if req.Source() == callerFlow {
+	if next := out.Route(); next != nil {
+		// §16.12: another hop recorded the dialog (an edge, toward a remote
+		// user): it comes next.
+		dest = net.JoinHostPort(next.Address.Host, strconv.Itoa(next.Address.Port))
+	} else if req.Source() == callerFlow {
 		// From the caller: to the callee's registered flow.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		flow, err := p.flowOf(ctx, req.Recipient.String())

@@ -3,7 +3,9 @@ package edge
 import (
 	"context"
 	"log/slog"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,9 +69,8 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 	if n := sipnode.RemoveAll(req, access.TrustHeader); n > 0 {
 		a.log.Warn("trust header from outside removed", "count", n, "source", req.Source())
 	}
-	if req.Route() != nil {
-		// Dialogs through the edge (Record-Route rewriting) are the next step.
-		a.refuse(tx, req, 501, "Not Implemented (in-dialog requests through the edge)", "in_dialog_not_yet")
+	if route := req.Route(); route != nil {
+		a.inDialogFromOutside(req, route, tx)
 		return
 	}
 	if !slices.Contains(a.cfg.HomeDomains, strings.ToLower(req.Recipient.Host)) {
@@ -82,14 +83,95 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	out.AppendHeader(sip.NewHeader(access.TrustHeader, "ms-source-type=InternetUser;ms-ep-fqdn="+a.hostname))
-	if req.Method == sip.REGISTER {
+	var fix func(*sip.Response)
+	switch req.Method {
+	case sip.REGISTER:
 		// RFC 3327: requests for this binding come back through us, and the
 		// token says over which connection.
 		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(req.Source()))+">"))
+	case sip.INVITE, sip.SUBSCRIBE:
+		// Requests of this dialog from inside come back through our internal
+		// listener to the caller's connection; what the caller sees of the
+		// route set is one URI of ours (hideRoutes).
+		out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(req.Source()))))
+		fix = a.hideRoutes
 	}
 	out.SetDestination(a.coreAddr)
 	out.SetTransport("TLS")
-	a.forward(req, out, tx, false)
+	a.forward(req, out, tx, false, fix)
+}
+
+// inDialogFromOutside forwards a request that follows the route we gave a
+// remote user: our external URI is replaced by the internal route set it
+// stands for.
+func (a *accessEdge) inDialogFromOutside(req *sip.Request, route *sip.RouteHeader, tx sip.ServerTransaction) {
+	routes, ok := a.tokens.OpenRoutes(route.Address.User)
+	if !ok {
+		a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
+		return
+	}
+	out := req.Clone()
+	out.RemoveHeader("Route")
+	var hdrs []sip.Header
+	for _, r := range routes {
+		var u sip.Uri
+		if err := sip.ParseUri(r, &u); err != nil {
+			a.refuse(tx, req, 400, "Bad Request", "bad_route")
+			return
+		}
+		hdrs = append(hdrs, &sip.RouteHeader{Address: u})
+	}
+	out.PrependHeader(hdrs...)
+	if !sipnode.DecMaxForwards(out) {
+		a.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
+		return
+	}
+	out.AppendHeader(sip.NewHeader(access.TrustHeader, "ms-source-type=InternetUser;ms-ep-fqdn="+a.hostname))
+	out.SetDestination(a.coreAddr) // the only inside hop an edge talks to
+	out.SetTransport("TLS")
+	a.forward(req, out, tx, false, nil)
+}
+
+func (a *accessEdge) recordRoute(uri string) *sip.RecordRouteHeader {
+	var u sip.Uri
+	_ = sip.ParseUri(uri, &u)
+	return &sip.RecordRouteHeader{Address: u}
+}
+
+// externalURI is a loose-routing URI of our external listener: what remote
+// users see of a dialog's route set.
+func (a *accessEdge) externalURI(user string) string {
+	return "sip:" + user + "@" + a.node.UserAddr() + ";transport=tls;lr"
+}
+
+// ours reports whether a route URI is our internal one.
+func (a *accessEdge) ours(u sip.Uri) bool {
+	_, ok := a.tokens.Open(u.User)
+	return ok && net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) == a.node.Addr()
+}
+
+// hideRoutes rewrites the Record-Route of a response going out to a remote
+// caller: the internal hops (those above ours) become one URI of our
+// external listener that carries them, in the order the caller's requests
+// will follow them (§12.1.2: a UAC reverses the Record-Route).
+func (a *accessEdge) hideRoutes(res *sip.Response) {
+	rrs := res.GetHeaders("Record-Route")
+	if len(rrs) == 0 {
+		return
+	}
+	var inside []string
+	for _, h := range rrs {
+		rr, ok := h.(*sip.RecordRouteHeader)
+		if !ok {
+			continue
+		}
+		if a.ours(rr.Address) {
+			break
+		}
+		inside = append([]string{rr.Address.String()}, inside...)
+	}
+	sipnode.RemoveAll(res, "Record-Route")
+	res.AppendHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
 }
 
 // internalURI is a loose-routing URI of our internal listener with user.
@@ -118,15 +200,42 @@ func (a *accessEdge) fromCore(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	sipnode.RemoveAll(out, "Via") // topology hiding: only our Via leaves
 	sipnode.RemoveAll(out, access.TrustHeader)
+	var fix func(*sip.Response)
+	if req.IsInvite() || req.Method == sip.SUBSCRIBE {
+		// The remote callee sees one route of ours standing for the internal
+		// ones (in the order a UAS follows them: §12.1.1); what comes back
+		// inside gets them restored, with ours to the callee's connection.
+		var inside []string
+		var kept []sip.Header
+		for _, h := range req.GetHeaders("Record-Route") {
+			if rr, ok := h.(*sip.RecordRouteHeader); ok {
+				inside = append(inside, rr.Address.String())
+				kept = append(kept, sip.HeaderClone(rr))
+			}
+		}
+		if len(inside) > 0 {
+			sipnode.RemoveAll(out, "Record-Route")
+			out.PrependHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
+			internal := a.recordRoute(a.internalURI(a.tokens.Make(flow)))
+			fix = func(res *sip.Response) {
+				sipnode.RemoveAll(res, "Record-Route")
+				res.AppendHeader(internal)
+				for _, h := range kept {
+					res.AppendHeader(h)
+				}
+			}
+		}
+	}
 	out.SetDestination(flow)
 	out.SetTransport("TLS")
-	a.forward(req, out, tx, true)
+	a.forward(req, out, tx, true, fix)
 }
 
 // forward runs a client transaction for out and relays its responses to
 // the server transaction of req. When hide is set, the responses are
-// rebuilt on req's own Vias (the ones removed from out).
-func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hide bool) {
+// rebuilt on req's own Vias (the ones removed from out); fix, if set,
+// rewrites each response relayed. A CANCEL of req is passed on (§16.10).
+func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hide bool, fix func(*sip.Response)) {
 	timeout := timerF
 	if req.IsInvite() {
 		timeout = timerC
@@ -146,6 +255,19 @@ func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hi
 		return
 	}
 	defer ctx2.Terminate()
+	cancelled := make(chan struct{})
+	if req.IsInvite() {
+		tx.OnCancel(func(*sip.Request) {
+			close(cancelled)
+			go func() {
+				cctx, cc := context.WithTimeout(context.Background(), timerF)
+				defer cc()
+				if _, err := a.node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
+					a.log.Info("passing CANCEL on failed", "error", err)
+				}
+			}()
+		})
+	}
 	for {
 		select {
 		case res := <-ctx2.Responses():
@@ -157,8 +279,16 @@ func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hi
 			if hide {
 				up = restore(req, res)
 			}
-			if err := tx.Respond(up); err != nil {
-				a.log.Warn("relaying response failed", "status", res.StatusCode, "error", err)
+			if fix != nil {
+				fix(up)
+			}
+			select {
+			case <-cancelled:
+				// the server transaction already answered 487
+			default:
+				if err := tx.Respond(up); err != nil {
+					a.log.Warn("relaying response failed", "status", res.StatusCode, "error", err)
+				}
 			}
 			if !res.IsProvisional() {
 				return

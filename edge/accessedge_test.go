@@ -120,3 +120,72 @@ func TestAccessEdgeRemoteUserIM(t *testing.T) {
 func accessRoots(t *testing.T, e *env) *x509.CertPool {
 	return accesstest.Material(t, e.nodeFiles("probe.internal")).Roots
 }
+
+func TestAccessEdgeCalls(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remoteUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	insideUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	alice := siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
+	bob := siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
+	if res := remoteUA.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("alice: %d", res.StatusCode)
+	}
+	if res := insideUA.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("bob: %d", res.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+
+	// A remote user calls an internal one through the edge and hangs up.
+	sess, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	if err != nil || sess.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call in: %v", err)
+	}
+	rrs := sess.InviteResponse.GetHeaders("Record-Route")
+	if len(rrs) != 1 || !strings.Contains(rrs[0].Value(), ed.ExternalAddr()) {
+		t.Fatalf("the remote caller sees the route set %v (want the edge's external URI only)", rrs)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "bob gets the ACK", func() bool { return bob.Acks.Load() == 1 })
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE from the remote caller: %v", err)
+	}
+	siptest.Eventually(t, "bob gets the BYE", func() bool { return bob.Byes.Load() == 1 })
+
+	// An internal user calls the remote one; the remote callee hangs up.
+	sess2, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
+	if err != nil || sess2.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call out: %v", err)
+	}
+	inv := alice.LastInvite.Load()
+	if vias := inv.GetHeaders("Via"); len(vias) != 1 {
+		t.Fatalf("the remote callee sees %d Vias", len(vias))
+	}
+	if rr := inv.GetHeaders("Record-Route"); len(rr) != 1 || !strings.Contains(rr[0].Value(), ed.ExternalAddr()) {
+		t.Fatalf("the remote callee sees the route set %v", rr)
+	}
+	if err := sess2.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "alice gets the ACK", func() bool { return alice.Acks.Load() == 1 })
+	if err := alice.Incoming().Bye(ctx); err != nil {
+		t.Fatalf("BYE from the remote callee: %v", err)
+	}
+	siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 2 })
+
+	// The remote caller cancels while it rings: the ringing stops inside.
+	bob.Answer = false
+	rctx, rcancel := context.WithCancel(ctx)
+	go func() {
+		siptest.Eventually(t, "bob rings", func() bool { return bob.Invites.Load() == 2 })
+		rcancel()
+	}()
+	if _, err := alice.Call(rctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test"); err == nil {
+		t.Fatal("a cancelled call was answered")
+	}
+	siptest.Eventually(t, "bob's ringing is cancelled", func() bool { return bob.Cancels.Load() == 1 })
+}

@@ -1,0 +1,127 @@
+package siptest
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// SDP is a minimal G.711 offer or answer.
+const SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+// Phone answers calls on a UA (or only rings) and places calls, keeping
+// each dialog by Call-ID so that in-dialog requests find theirs.
+type Phone struct {
+	*UA
+	Dialog  *sipgo.DialogUA
+	Answer  bool
+	Invites atomic.Int32
+	Acks    atomic.Int32
+	Byes    atomic.Int32
+	Cancels atomic.Int32
+
+	mu         sync.Mutex
+	incoming   map[string]*sipgo.DialogServerSession
+	outgoing   map[string]*sipgo.DialogClientSession
+	LastInvite atomic.Pointer[sip.Request]
+}
+
+// NewPhone serves calls on u with contact (sip:user@host:port;transport=tls).
+func NewPhone(u *UA, contact string, answer bool) *Phone {
+	p := &Phone{UA: u, Answer: answer, Dialog: &sipgo.DialogUA{Client: u.Client, ContactHDR: sip.ContactHeader{Address: uri(u.T, contact)}},
+		incoming: map[string]*sipgo.DialogServerSession{}, outgoing: map[string]*sipgo.DialogClientSession{}}
+	u.Server.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.Invites.Add(1)
+		p.LastInvite.Store(req)
+		sess, err := p.Dialog.ReadInvite(req, tx)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.incoming[req.CallID().Value()] = sess
+		p.mu.Unlock()
+		_ = sess.Respond(180, "Ringing", nil)
+		if !p.Answer {
+			<-tx.Done()
+			p.Cancels.Add(1)
+			return
+		}
+		_ = sess.RespondSDP([]byte(SDP))
+		<-tx.Done()
+	})
+	u.Server.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.Acks.Add(1)
+		if s := p.in(req); s != nil {
+			_ = s.ReadAck(req, tx)
+		}
+	})
+	u.Server.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.Byes.Add(1)
+		if s := p.in(req); s != nil {
+			_ = s.ReadBye(req, tx)
+			return
+		}
+		p.mu.Lock()
+		c := p.outgoing[req.CallID().Value()]
+		p.mu.Unlock()
+		if c != nil {
+			_ = c.ReadBye(req, tx)
+			return
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+	})
+	return p
+}
+
+func (p *Phone) in(req *sip.Request) *sipgo.DialogServerSession {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.incoming[req.CallID().Value()]
+}
+
+// Incoming is the dialog of the last call this phone answered.
+func (p *Phone) Incoming() *sipgo.DialogServerSession {
+	if r := p.LastInvite.Load(); r != nil {
+		return p.in(r)
+	}
+	return nil
+}
+
+// Call invites `to` and waits for the answer, authenticating as user.
+func (p *Phone) Call(ctx context.Context, from, user, password, to string) (*sipgo.DialogClientSession, error) {
+	target := uri(p.T, to)
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest(sip.INVITE, target)
+	req.SetDestination(p.Dest)
+	req.AppendHeader(&sip.FromHeader{Address: uri(p.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: uri(p.T, to)})
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(SDP))
+	sess, err := p.Dialog.WriteInvite(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.outgoing[req.CallID().Value()] = sess
+	p.mu.Unlock()
+	return sess, sess.WaitAnswer(ctx, sipgo.AnswerOptions{Username: user, Password: password})
+}
+
+// Eventually waits up to 5 s for ok.
+func Eventually(t interface {
+	Helper()
+	Fatalf(string, ...any)
+}, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

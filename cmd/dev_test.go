@@ -48,6 +48,7 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 		"core https-api":           "127.0.0.1:20443",
 		"core sip-tls-users":       "127.0.0.1:25063",
 		"edge sip-mtls-internal":   "127.0.0.1:15062",
+		"edge sip-tls-external":    "127.0.0.1:15061",
 		"edge http-metrics-health": "127.0.0.1:19100",
 		"edge turn-udp":            "127.0.0.1:13478",
 		"edge turn-tcp":            "127.0.0.1:13478",

@@ -143,6 +143,7 @@ func Run(ctx context.Context, o Options) error {
 		{Role: "core", Protocol: "https-api", Address: coreSrv.HTTPSAddr()},
 		{Role: "core", Protocol: "sip-tls-users", Address: coreSrv.UsersAddr()},
 		{Role: "edge", Protocol: "sip-mtls-internal", Address: edgeSIP},
+		{Role: "edge", Protocol: "sip-tls-external", Address: edgeSrv.ExternalAddr()},
 		{Role: "edge", Protocol: "http-metrics-health", Address: edgeOps},
 	}}
 	if r := edgeSrv.Relay(); r != nil {

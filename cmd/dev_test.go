@@ -5,8 +5,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -79,6 +81,7 @@ func TestDevModeStartsWritesEndpointsAndRefusesSecondInstance(t *testing.T) {
 	}
 
 	turnThroughDev(t, data)
+	imThroughDev(t, data)
 
 	// A second instance on the same folder is refused before touching it.
 	code, _, errOut := run(t, "portcullis", "dev", "--data", data)
@@ -199,4 +202,59 @@ func relayRoundTrip(t *testing.T, user, pass string) {
 	if n, _, err := rc.ReadFrom(buf); err != nil || string(buf[:n]) != "ping" {
 		t.Fatalf("relay round trip: %q %v", buf[:n], err)
 	}
+}
+
+// imThroughDev is the README tour: bob listens inside, alice sends an IM
+// from outside through the edge, with the dev users' passwords.
+func imThroughDev(t *testing.T, data string) {
+	t.Helper()
+	users, err := os.ReadFile(filepath.Join(data, "dev-users.txt"))
+	if err != nil || strings.Count(string(users), "@example.test ") != 3 {
+		t.Fatalf("dev-users.txt: %q %v", users, err)
+	}
+	if st, _ := os.Stat(filepath.Join(data, "dev-users.txt")); st.Mode().Perm() != 0o600 {
+		t.Fatalf("dev-users.txt mode %v", st.Mode())
+	}
+	listen := exec.Command(filepath.Join(bin, "portcullis"), "client", "listen", "--data", data, "--internal", "--user", "sip:bob@example.test")
+	var out syncBuffer
+	listen.Stdout = &out
+	if err := listen.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = listen.Process.Signal(syscall.SIGTERM); _ = listen.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "listening as") {
+		if time.Now().After(deadline) {
+			t.Fatalf("listener never started: %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // its REGISTER
+	code, stdout, errOut := run(t, "portcullis", "client", "im", "--data", data, "--user", "sip:alice@example.test", "--to", "sip:bob@example.test", "hello from outside")
+	if code != 0 || !strings.Contains(stdout, "200 OK") {
+		t.Fatalf("client im: %d %s %s", code, stdout, errOut)
+	}
+	for !strings.Contains(out.String(), "sip:alice@example.test: hello from outside") {
+		if time.Now().After(deadline) {
+			t.Fatalf("bob never printed the IM: %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -35,6 +35,8 @@ commands:
   user add|passwd sip:u@d (--config core.yaml | --data DIR) [--password-file F]
   user disable|enable|delete sip:u@d (--config core.yaml | --data DIR)
   user list (--config core.yaml | --data DIR)
+  client register|listen --user sip:u@d (--server H:P --ca F --password-file F | --data DIR [--internal])
+  client im --user sip:u@d --to sip:v@d "text" (...same connection flags)
 
 Run 'portcullis <command> -h' for a command's flags.
 `
@@ -66,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return turnCred(args[1:], stdout, stderr)
 	case "user":
 		return user(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "client":
+		return client(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -3,6 +3,10 @@
 package devmode
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"portcullis/core/store"
 	"time"
 
 	"portcullis/access"
@@ -131,6 +136,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	id, err := coreSrv.Store().DeploymentID(ctx)
 	if err != nil {
+		edgeSrv.Close()
+		coreSrv.Close()
+		return err
+	}
+	if err := seedUsers(ctx, coreSrv, dir, o.Log); err != nil {
 		edgeSrv.Close()
 		coreSrv.Close()
 		return err
@@ -280,4 +290,66 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// UsersFile lists the dev users and their passwords (dev mode only).
+const UsersFile = "dev-users.txt"
+
+var devUsers = []string{"sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test"}
+
+// seedUsers creates the demo users with random passwords the first time,
+// writes them to DIR/dev-users.txt (0600) and prints them once.
+func seedUsers(ctx context.Context, c *core.Server, dir string, log *slog.Logger) error {
+	file := filepath.Join(dir, UsersFile)
+	if _, err := os.Stat(file); err == nil {
+		return nil
+	}
+	var b strings.Builder
+	for _, aor := range devUsers {
+		pw := randomPassword()
+		err := core.AddUser(ctx, c.Store(), aor, pw)
+		if errors.Is(err, store.ErrUserExists) {
+			err = core.SetPassword(ctx, c.Store(), aor, pw)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %s\n", aor, pw)
+	}
+	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "dev users (kept in %s):\n%s", file, b.String())
+	log.Info("dev users created", "file", file, "users", devUsers)
+	return nil
+}
+
+func randomPassword() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// UserPassword reads a dev user's password from DIR/dev-users.txt.
+func UserPassword(dir, aor string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, UsersFile))
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if u, pw, ok := strings.Cut(line, " "); ok && u == aor {
+			return pw, nil
+		}
+	}
+	return "", fmt.Errorf("%s is not in %s", aor, filepath.Join(dir, UsersFile))
+}
+
+// ReadEndpoints reads DIR/endpoints.json (while dev mode runs).
+func ReadEndpoints(dir string) (Endpoints, error) {
+	var ep Endpoints
+	data, err := os.ReadFile(filepath.Join(dir, EndpointsFile))
+	if err != nil {
+		return ep, fmt.Errorf("%w (is `portcullis dev --data %s` running?)", err, dir)
+	}
+	return ep, json.Unmarshal(data, &ep)
 }

@@ -1,0 +1,172 @@
+// Package sipclient is the SIP user agent behind `portcullis client`: it
+// connects over TLS, registers, sends IMs and receives them, answering
+// digest challenges with the user's password.
+package sipclient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Options say where and as whom to connect.
+type Options struct {
+	Server     string // host:port of the edge (or the core's users listener)
+	ServerName string // name the server's certificate must carry ("" → host of Server)
+	CAFile     string
+	AOR        string // sip:alice@example.test
+	Password   string
+}
+
+// Client is a connected user agent.
+type Client struct {
+	o      Options
+	aor    sip.Uri
+	ua     *sipgo.UserAgent
+	cl     *sipgo.Client
+	srv    *sipgo.Server
+	callID string
+	cseq   uint32
+}
+
+// New prepares a client (the connection is made on the first request).
+func New(o Options) (*Client, error) {
+	var aor sip.Uri
+	if err := sip.ParseUri(o.AOR, &aor); err != nil || aor.User == "" {
+		return nil, fmt.Errorf("user %q: must be sip:user@domain", o.AOR)
+	}
+	pem, err := os.ReadFile(o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s: no certificate", o.CAFile)
+	}
+	host, _, err := net.SplitHostPort(o.Server)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", o.Server, err)
+	}
+	name := o.ServerName
+	if name == "" {
+		name = host
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("portcullis-client"),
+		sipgo.WithUserAgenTLSConfig(&tls.Config{RootCAs: roots, ServerName: name, MinVersion: tls.VersionTLS12}),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
+	if err != nil {
+		return nil, err
+	}
+	cl, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(quiet))
+	if err != nil {
+		ua.Close()
+		return nil, err
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	if err != nil {
+		ua.Close()
+		return nil, err
+	}
+	return &Client{o: o, aor: aor, ua: ua, cl: cl, srv: srv, callID: sip.GenerateTagN(16)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.ua.Close() }
+
+func (c *Client) do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
+	res, err := c.cl.Do(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if res.StatusCode == 401 || res.StatusCode == 407 {
+		res, err = c.cl.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: c.aor.User, Password: c.o.Password})
+	}
+	return res, err
+}
+
+// ErrRefused wraps a final response that is not a success.
+var ErrRefused = errors.New("refused")
+
+func check(res *sip.Response, err error) (*sip.Response, error) {
+	if err != nil {
+		return nil, err
+	}
+	if !res.IsSuccess() {
+		return res, fmt.Errorf("%w: %d %s", ErrRefused, res.StatusCode, res.Reason)
+	}
+	return res, nil
+}
+
+// Register binds contact (a sip URI of this client) for expires; 0 removes it.
+func (c *Client) Register(ctx context.Context, contact string, expires time.Duration) (*sip.Response, error) {
+	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: c.aor.Host, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
+	req.SetDestination(c.o.Server)
+	req.AppendHeader(&sip.ToHeader{Address: c.aor})
+	req.AppendHeader(&sip.FromHeader{Address: c.aor, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	callID := sip.CallIDHeader(c.callID)
+	req.AppendHeader(&callID)
+	c.cseq += 2 // a challenge answer uses the next number
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: c.cseq, MethodName: sip.REGISTER})
+	req.AppendHeader(sip.NewHeader("Contact", "<"+contact+">;expires="+strconv.Itoa(int(expires/time.Second))))
+	return check(c.do(ctx, req))
+}
+
+// Message sends text to `to`.
+func (c *Client) Message(ctx context.Context, to, text string) (*sip.Response, error) {
+	var target sip.Uri
+	if err := sip.ParseUri(to, &target); err != nil || target.User == "" {
+		return nil, fmt.Errorf("recipient %q: must be sip:user@domain", to)
+	}
+	toHdr := target
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest(sip.MESSAGE, target)
+	req.SetDestination(c.o.Server)
+	req.AppendHeader(&sip.FromHeader{Address: c.aor, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: toHdr})
+	req.AppendHeader(sip.NewHeader("Content-Type", "text/plain;charset=UTF-8"))
+	req.SetBody([]byte(text))
+	return check(c.do(ctx, req))
+}
+
+// IM is a received instant message.
+type IM struct {
+	From, Text string
+}
+
+// Listen registers and delivers incoming IMs to f until ctx ends,
+// refreshing the registration before it expires, then unregisters.
+func (c *Client) Listen(ctx context.Context, f func(IM)) error {
+	c.srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		f(IM{From: req.From().Address.String(), Text: string(req.Body())})
+	})
+	contact := "sip:" + c.aor.User + "@" + c.o.Server + ";transport=tls"
+	const expires = 10 * time.Minute
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := c.Register(rctx, contact, expires)
+		cancel()
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, _ = c.Register(uctx, contact, 0)
+			return nil
+		case <-time.After(expires - time.Minute):
+		}
+	}
+}

@@ -21,6 +21,7 @@ const (
 	ReasonBadCertificate  = "bad_certificate"
 	ReasonHandshakeFailed = "handshake_failed"
 	ReasonTimeout         = "handshake_timeout"
+	ReasonConnectionCap   = "connection_cap"
 )
 
 // PeerRefusedError says why a peer's certificate was not accepted.

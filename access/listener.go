@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -30,6 +31,13 @@ type ListenerConfig struct {
 	Allow            *AllowList
 	HandshakeTimeout time.Duration // default 10s
 	Log              *slog.Logger
+	// MaxConnsPerAddr and MaxConns cap the connections open (handshakes
+	// included) from one source address and in all; 0: no cap.
+	MaxConnsPerAddr int
+	MaxConns        int
+	// IdleTimeout closes a connection that sends nothing for this long
+	// (slow-read and idle connections cannot pile up); 0: none.
+	IdleTimeout time.Duration
 	// OnRefused is called once per refused connection with the reason.
 	OnRefused func(reason string)
 	// OnAccepted is called once per verified connection.
@@ -49,6 +57,8 @@ type Listener struct {
 
 	mu    sync.Mutex
 	peers map[string]*PeerIdentity
+	open  map[netip.Addr]int // connections per source address, handshakes included
+	nOpen int
 
 	ctx       context.Context // ended by Close; bounds every handshake
 	cancel    context.CancelFunc
@@ -79,6 +89,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 		tls:   ServerConfig(cfg.Material),
 		conns: make(chan net.Conn),
 		peers: map[string]*PeerIdentity{},
+		open:  map[netip.Addr]int{},
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
@@ -106,9 +117,49 @@ func (l *Listener) acceptLoop() {
 			}
 			continue
 		}
+		if !l.admit(raw) {
+			continue
+		}
 		l.wg.Add(1)
 		go l.handshake(raw)
 	}
+}
+
+// admit counts a new connection against the caps, or refuses it.
+func (l *Listener) admit(raw net.Conn) bool {
+	src := sourceAddr(raw)
+	l.mu.Lock()
+	over := (l.cfg.MaxConns > 0 && l.nOpen >= l.cfg.MaxConns) || (l.cfg.MaxConnsPerAddr > 0 && l.open[src] >= l.cfg.MaxConnsPerAddr)
+	if !over {
+		l.open[src]++
+		l.nOpen++
+	}
+	l.mu.Unlock()
+	if over {
+		raw.Close()
+		l.cfg.Log.Warn("connection refused", "remote", raw.RemoteAddr().String(), "reason", ReasonConnectionCap)
+		if l.cfg.OnRefused != nil {
+			l.cfg.OnRefused(ReasonConnectionCap)
+		}
+	}
+	return !over
+}
+
+func (l *Listener) release(raw net.Conn) {
+	src := sourceAddr(raw)
+	l.mu.Lock()
+	if l.open[src]--; l.open[src] <= 0 {
+		delete(l.open, src)
+	}
+	l.nOpen--
+	l.mu.Unlock()
+}
+
+func sourceAddr(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (l *Listener) handshake(raw net.Conn) {
@@ -135,6 +186,7 @@ func (l *Listener) handshake(raw net.Conn) {
 		err = &PeerRefusedError{Reason: ReasonNoCertificate} // never admit an unverified peer
 	}
 	if err != nil {
+		l.release(raw)
 		l.refuse(raw, remote, err, ctxErr)
 		return
 	}
@@ -148,7 +200,7 @@ func (l *Listener) handshake(raw net.Conn) {
 	if l.cfg.Allow != nil {
 		l.cfg.Log.Info("mtls peer accepted", "remote", remote, "name", id.Name)
 	}
-	c := &trackedConn{Conn: conn, l: l, remote: remote}
+	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout}
 	select {
 	case l.conns <- c:
 	case <-l.ctx.Done():
@@ -219,7 +271,17 @@ type trackedConn struct {
 	net.Conn
 	l      *Listener
 	remote string
+	raw    net.Conn
+	idle   time.Duration
 	once   sync.Once
+}
+
+// Read applies the idle timeout: each read must bring data within it.
+func (c *trackedConn) Read(b []byte) (int, error) {
+	if c.idle > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	return c.Conn.Read(b)
 }
 
 func (c *trackedConn) Close() error {
@@ -227,6 +289,7 @@ func (c *trackedConn) Close() error {
 		c.l.mu.Lock()
 		delete(c.l.peers, c.remote)
 		c.l.mu.Unlock()
+		c.l.release(c.raw)
 	})
 	return c.Conn.Close()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"portcullis/access"
 	"portcullis/internal/sipnode"
+	"portcullis/policy"
 )
 
 // accessEdge is the Access Edge role: remote users' requests go to the
@@ -24,10 +26,13 @@ import (
 // what goes inside, and refuses domains it does not serve (no open relay).
 type accessEdge struct {
 	node     *sipnode.Node
+	internal string // our internal listener's address (in Path and Record-Route)
+	external string // our external listener's address (what remote users see)
 	cfg      ExternalConfig
 	hostname string // the edge's internal name, in the trust header
 	coreAddr string
 	tokens   *sipnode.FlowTokens
+	rate     *policy.SourceLimiter // requests per source address
 	log      *slog.Logger
 	refused  func(reason string)
 }
@@ -66,6 +71,14 @@ func (a *accessEdge) methodNotAllowed(req *sip.Request, tx sip.ServerTransaction
 
 // fromOutside forwards a remote user's request to the core.
 func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
+	if code, reason, why := a.sane(req); code != 0 {
+		a.refuse(tx, req, code, reason, why)
+		return
+	}
+	if src, err := netip.ParseAddrPort(req.Source()); err == nil && !a.rate.Allow(src.Addr()) {
+		a.refuse(tx, req, 503, "Service Unavailable (rate)", "rate_limited", sip.NewHeader("Retry-After", "5"))
+		return
+	}
 	if n := sipnode.RemoveAll(req, access.TrustHeader); n > 0 {
 		a.log.Warn("trust header from outside removed", "count", n, "source", req.Source())
 	}
@@ -99,6 +112,29 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 	out.SetDestination(a.coreAddr)
 	out.SetTransport("TLS")
 	a.forward(req, out, tx, false, fix)
+}
+
+// sane runs the checks every request from outside passes first (RFC 3261
+// §16.3, §8.2): it returns 0, or the status, reason phrase and log reason.
+func (a *accessEdge) sane(req *sip.Request) (int, string, string) {
+	if s := strings.ToLower(req.Recipient.Scheme); s != "sip" && s != "sips" {
+		return 416, "Unsupported URI Scheme", "uri_scheme"
+	}
+	for _, h := range []string{"To", "From", "Call-ID", "CSeq", "Via"} {
+		if req.GetHeader(h) == nil {
+			return 400, "Bad Request (missing " + h + ")", "missing_header"
+		}
+	}
+	if cseq := req.CSeq(); cseq == nil || cseq.MethodName != req.Method {
+		return 400, "Bad Request (CSeq method does not match)", "cseq_method"
+	}
+	if req.From().Address.Host == "" || req.To().Address.Host == "" {
+		return 400, "Bad Request (From and To must be SIP URIs)", "bad_address"
+	}
+	if max := a.cfg.Limits.MaxMessageBytes; max > 0 && len(req.Body()) > max {
+		return 413, "Request Entity Too Large", "too_large"
+	}
+	return 0, "", ""
 }
 
 // inDialogFromOutside forwards a request that follows the route we gave a
@@ -141,13 +177,13 @@ func (a *accessEdge) recordRoute(uri string) *sip.RecordRouteHeader {
 // externalURI is a loose-routing URI of our external listener: what remote
 // users see of a dialog's route set.
 func (a *accessEdge) externalURI(user string) string {
-	return "sip:" + user + "@" + a.node.UserAddr() + ";transport=tls;lr"
+	return "sip:" + user + "@" + a.external + ";transport=tls;lr"
 }
 
 // ours reports whether a route URI is our internal one.
 func (a *accessEdge) ours(u sip.Uri) bool {
 	_, ok := a.tokens.Open(u.User)
-	return ok && net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) == a.node.Addr()
+	return ok && net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) == a.internal
 }
 
 // hideRoutes rewrites the Record-Route of a response going out to a remote
@@ -176,7 +212,7 @@ func (a *accessEdge) hideRoutes(res *sip.Response) {
 
 // internalURI is a loose-routing URI of our internal listener with user.
 func (a *accessEdge) internalURI(user string) string {
-	return "sip:" + user + "@" + a.node.Addr() + ";transport=tls;lr"
+	return "sip:" + user + "@" + a.internal + ";transport=tls;lr"
 }
 
 // fromCore sends a request of the core's to a remote user over the flow

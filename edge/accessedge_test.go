@@ -1,9 +1,13 @@
 package edge_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +25,7 @@ const pw = "correct horse battery"
 
 // startAccess starts a core (users listener, registrar for example.test,
 // users alice and bob) and an edge with an Access Edge in front of it.
-func (e *env) startAccess() (*core.Server, *edge.Server) {
+func (e *env) startAccess(tune ...func(*edge.Config)) (*core.Server, *edge.Server) {
 	e.t.Helper()
 	cc := e.coreConfig("127.0.0.1:0", "edge1.internal")
 	cc.SIP.UsersListen = "127.0.0.1:0"
@@ -43,6 +47,9 @@ func (e *env) startAccess() (*core.Server, *edge.Server) {
 	ec.External.Listen = "127.0.0.1:0"
 	ec.External.TLSCertFile, ec.External.TLSKeyFile = public.CertFile, public.KeyFile
 	ec.External.HomeDomains = []string{"example.test"}
+	for _, f := range tune {
+		f(&ec)
+	}
 	ed, err := edge.Start(ec, deps(e.t, "edge"))
 	if err != nil {
 		e.t.Fatal(err)
@@ -188,4 +195,143 @@ func TestAccessEdgeCalls(t *testing.T) {
 		t.Fatal("a cancelled call was answered")
 	}
 	siptest.Eventually(t, "bob's ringing is cancelled", func() bool { return bob.Cancels.Load() == 1 })
+}
+
+// rawConn is a TLS connection to the edge's external listener for bad input.
+type rawConn struct {
+	t *testing.T
+	c *tls.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string, roots *x509.CertPool) *rawConn {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+// send writes a request built from a template and returns the status code
+// of the answer (0: the connection ended, -1: no answer in time).
+func (r *rawConn) send(reqLine, extra, body string) int {
+	r.t.Helper()
+	branch := "z9hG4bK-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	msg := reqLine + "\r\nVia: SIP/2.0/TLS 198.51.100.7:5061;branch=" + branch + "\r\nMax-Forwards: 70\r\n" +
+		"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\nCall-ID: " + branch + "\r\n" + extra +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	_ = r.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.c.Write([]byte(msg)); err != nil {
+		return 0
+	}
+	for {
+		line, err := r.r.ReadString('\n')
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				return -1
+			}
+			return 0
+		}
+		if code, ok := strings.CutPrefix(line, "SIP/2.0 "); ok {
+			n, _ := strconv.Atoi(code[:3])
+			// drain the rest of the response
+			for {
+				l, err := r.r.ReadString('\n')
+				if err != nil || l == "\r\n" {
+					break
+				}
+				if cl, ok := strings.CutPrefix(strings.ToLower(l), "content-length: "); ok {
+					if m, _ := strconv.Atoi(strings.TrimSpace(cl)); m > 0 {
+						_, _ = io.CopyN(io.Discard, r.r, int64(m))
+					}
+				}
+			}
+			if n == 100 {
+				continue
+			}
+			return n
+		}
+	}
+}
+
+func TestAccessEdgeHardening(t *testing.T) {
+	e := newEnv(t)
+	_, ed := e.startAccess(func(c *edge.Config) {
+		c.External.Limits.RequestsPerSecond, c.External.Limits.Burst = 1000, 1000
+		c.External.Limits.ConnectionsPerAddress = 3
+		c.External.Limits.IdleTimeout = 500 * time.Millisecond
+	})
+	roots := accessRoots(t, e)
+	r := dialRaw(t, ed.ExternalAddr(), roots)
+	ok := "OPTIONS sip:example.test SIP/2.0"
+	for _, tc := range []struct {
+		name, line, extra, body string
+		want                    int
+	}{
+		{"valid keepalive OPTIONS", ok, "CSeq: 1 OPTIONS\r\n", "", 200},
+		{"tel URI", "OPTIONS tel:+15551234 SIP/2.0", "CSeq: 2 OPTIONS\r\n", "", 416},
+		{"CSeq method mismatch", ok, "CSeq: 3 INVITE\r\n", "", 400},
+		{"Max-Forwards exhausted", "MESSAGE sip:bob@example.test SIP/2.0", "CSeq: 4 MESSAGE\r\nMax-Forwards: 0\r\n", "", 483},
+		{"oversized", "MESSAGE sip:bob@example.test SIP/2.0", "CSeq: 5 MESSAGE\r\nContent-Type: text/plain\r\n", strings.Repeat("x", 70<<10), 413},
+		{"foreign domain", "MESSAGE sip:x@elsewhere.test SIP/2.0", "CSeq: 6 MESSAGE\r\n", "", 403},
+		{"still alive after all that", ok, "CSeq: 7 OPTIONS\r\n", "", 200},
+	} {
+		if got := r.send(tc.line, tc.extra, tc.body); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// Junk on the stream: the connection is closed, cleanly.
+	junk := dialRaw(t, ed.ExternalAddr(), roots)
+	_ = junk.c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = junk.c.Write([]byte("\x00\x01 this is not SIP\r\n\r\n"))
+	if _, err := junk.r.ReadByte(); err == nil {
+		t.Error("junk answered instead of closing")
+	}
+
+	// Idle connections are closed.
+	idle := dialRaw(t, ed.ExternalAddr(), roots)
+	_ = idle.c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := idle.r.ReadByte(); err == nil || isTimeout(err) {
+		t.Errorf("idle connection not closed by the edge: %v", err)
+	}
+
+	// At most 3 connections from one address.
+	var conns []*tls.Conn
+	for i := 0; i < 3; i++ {
+		c, err := tls.Dial("tcp", ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test"})
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	if c, err := tls.Dial("tcp", ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test"}); err == nil {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Error("a fourth connection from one address was kept")
+		}
+		c.Close()
+	}
+}
+
+func TestAccessEdgeRateLimit(t *testing.T) {
+	e := newEnv(t)
+	_, ed := e.startAccess(func(c *edge.Config) { c.External.Limits.RequestsPerSecond, c.External.Limits.Burst = 1, 3 })
+	r := dialRaw(t, ed.ExternalAddr(), accessRoots(t, e))
+	limited := 0
+	for i := 0; i < 10; i++ {
+		if r.send("OPTIONS sip:example.test SIP/2.0", "CSeq: "+strconv.Itoa(i+1)+" OPTIONS\r\n", "") == 503 {
+			limited++
+		}
+	}
+	if limited < 6 {
+		t.Fatalf("%d of 10 requests limited at 1/s with a burst of 3", limited)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

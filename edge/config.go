@@ -53,7 +53,25 @@ type ExternalConfig struct {
 	// for any other is refused 403 (no open relay).
 	HomeDomains []string `yaml:"home_domains"`
 	// AllowedMethods may come from outside; others get 405.
-	AllowedMethods []string `yaml:"allowed_methods"`
+	AllowedMethods []string     `yaml:"allowed_methods"`
+	Limits         LimitsConfig `yaml:"limits"`
+}
+
+// LimitsConfig hardens the external listener.
+type LimitsConfig struct {
+	// MaxMessageBytes: larger requests get 413; more than twice this closes
+	// the connection (a stream cannot be resynchronised).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// RequestsPerSecond and Burst per source address; excess gets 503.
+	RequestsPerSecond float64 `yaml:"requests_per_second"`
+	Burst             int     `yaml:"burst"`
+	// Connections open at once, per source address and in all.
+	ConnectionsPerAddress int `yaml:"connections_per_address"`
+	MaxConnections        int `yaml:"max_connections"`
+	// HandshakeTimeout bounds the TLS handshake; IdleTimeout closes a
+	// connection silent that long (clients keep alive with CRLF or REGISTER).
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`
 }
 
 // Validate checks the section (nothing when there is no listener).
@@ -69,6 +87,14 @@ func (c *ExternalConfig) Validate(v *config.V) {
 	for i, m := range c.AllowedMethods {
 		v.Check(m != "" && strings.ToUpper(m) == m, "allowed_methods["+config.Itoa(i)+"]", "must be an upper-case SIP method, got %q", m)
 	}
+	l, lv := c.Limits, v.In("limits")
+	lv.Check(l.MaxMessageBytes >= 4096 && l.MaxMessageBytes <= 1<<20, "max_message_bytes", "must be 4096 to 1048576, got %d", l.MaxMessageBytes)
+	lv.Check(l.RequestsPerSecond > 0, "requests_per_second", "must be positive")
+	lv.Check(l.Burst >= 1, "burst", "must be at least 1")
+	lv.Check(l.ConnectionsPerAddress >= 1, "connections_per_address", "must be at least 1")
+	lv.Check(l.MaxConnections >= l.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
+	lv.Check(l.HandshakeTimeout > 0 && l.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m")
+	lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s")
 }
 
 // LinkConfig is the `core` section: where the core is and how the edge keeps
@@ -93,7 +119,9 @@ func DefaultConfig() Config {
 		Internal: InternalConfig{HandshakeTimeout: 10 * time.Second},
 		TURN:     relay.DefaultConfig(),
 		External: ExternalConfig{AllowedMethods: []string{"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "MESSAGE",
-			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK"}},
+			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK"},
+			Limits: LimitsConfig{MaxMessageBytes: 64 << 10, RequestsPerSecond: 20, Burst: 40, ConnectionsPerAddress: 20,
+				MaxConnections: 10000, HandshakeTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}},
 		Core: LinkConfig{
 			KeepaliveInterval: 15 * time.Second,
 			KeepaliveTimeout:  5 * time.Second,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/emiago/sipgo/sip"
+	"golang.org/x/time/rate"
 	"log/slog"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
 	"portcullis/internal/sipnode"
+	"portcullis/policy"
 	"portcullis/relay"
 )
 
@@ -59,11 +61,14 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		}
 	}
 	s.sip, err = sipnode.New(sipnode.Config{
-		Name:             "portcullis-edge",
-		Hostname:         cfg.Internal.Hostname,
-		Listen:           cfg.Internal.Listen,
-		UserListen:       cfg.External.Listen,
-		UserMaterial:     public,
+		Name:         "portcullis-edge",
+		Hostname:     cfg.Internal.Hostname,
+		Listen:       cfg.Internal.Listen,
+		UserListen:   cfg.External.Listen,
+		UserMaterial: public,
+		UserLimits: sipnode.Limits{HandshakeTimeout: cfg.External.Limits.HandshakeTimeout, MaxConnsPerAddr: cfg.External.Limits.ConnectionsPerAddress,
+			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout},
+		MaxMessage:       cfg.External.Limits.MaxMessageBytes,
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.Internal.HandshakeTimeout,
@@ -76,8 +81,9 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		return nil, fmt.Errorf("internal.listen %s: %w", cfg.Internal.Listen, err)
 	}
 	if cfg.External.Listen != "" {
-		ae := &accessEdge{node: s.sip, cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
+		ae := &accessEdge{node: s.sip, internal: s.sip.Addr(), external: s.sip.UserAddr(), cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
 			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"),
+			rate:    policy.NewSourceLimiter(rate.Limit(cfg.External.Limits.RequestsPerSecond), cfg.External.Limits.Burst),
 			refused: func(r string) { s.metrics.refused.WithLabelValues(r).Inc() }}
 		for _, m := range cfg.External.AllowedMethods {
 			s.sip.Handle(sip.RequestMethod(m), ae.handle)

@@ -35,7 +35,13 @@ type Config struct {
 	UserListen string
 	// UserMaterial is the user listener's certificate (default: Material),
 	// e.g. the edge's public certificate.
-	UserMaterial     *access.Material
+	UserMaterial *access.Material
+	// UserLimits cap the user listener's connections.
+	UserLimits Limits
+	// MaxMessage, if set, lets messages up to twice its size be parsed (so
+	// that the handler can answer 413 above it); larger ones close the
+	// connection. Default: sipgo's 65535.
+	MaxMessage       int
 	Material         *access.Material
 	Allow            *access.AllowList
 	HandshakeTimeout time.Duration
@@ -49,6 +55,14 @@ type Config struct {
 	OnRequest func(method string)
 	// OnRefused is called for each refused MTLS connection, with the reason.
 	OnRefused func(reason string)
+}
+
+// Limits are connection limits of a listener.
+type Limits struct {
+	HandshakeTimeout time.Duration // default: the node's
+	MaxConnsPerAddr  int
+	MaxConns         int
+	IdleTimeout      time.Duration
 }
 
 // Node is a running SIP endpoint.
@@ -80,6 +94,11 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.ClientTLS != nil {
 		opts = append(opts, sipgo.WithUserAgenTLSConfig(cfg.ClientTLS))
+	}
+	if cfg.MaxMessage > 0 {
+		p := sip.NewParser()
+		p.MaxMessageLength = 2 * cfg.MaxMessage
+		opts = append(opts, sipgo.WithUserAgentParser(p))
 	}
 	ua, err := sipgo.NewUA(opts...)
 	if err != nil {
@@ -121,8 +140,13 @@ func New(cfg Config) (*Node, error) {
 		if m == nil {
 			m = cfg.Material
 		}
+		hs := cfg.UserLimits.HandshakeTimeout
+		if hs == 0 {
+			hs = cfg.HandshakeTimeout
+		}
 		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
-			Material: m, HandshakeTimeout: cfg.HandshakeTimeout, Log: log, OnRefused: cfg.OnRefused,
+			Material: m, HandshakeTimeout: hs, Log: log, OnRefused: cfg.OnRefused,
+			MaxConnsPerAddr: cfg.UserLimits.MaxConnsPerAddr, MaxConns: cfg.UserLimits.MaxConns, IdleTimeout: cfg.UserLimits.IdleTimeout,
 		})
 		if err != nil {
 			if n.listener != nil {

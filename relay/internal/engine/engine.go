@@ -75,7 +75,7 @@ type Engine struct {
 	draining atomic.Bool
 	closing  atomic.Bool
 
-	unauth *sourceLimiter
+	unauth *policy.SourceLimiter
 	totals Totals // of allocations that have ended
 }
 
@@ -113,7 +113,7 @@ func New(cfg Config) *Engine {
 		tcpRel:  map[tuple]struct{}{},
 		users:   map[string]*user{},
 		groups:  map[netip.AddrPort]*Group{},
-		unauth:  newSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
+		unauth:  policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
 	}
 }
 
@@ -217,7 +217,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		if h.method == methodAllocate {
 			e.cfg.Events.AllocationFailed("unauthorized")
 		}
-		if !udp || e.unauth.allow(client.Addr()) {
+		if !udp || e.unauth.Allow(client.Addr()) {
 			e.answer(b, h, nil, reply, stun.CodeUnauthorized, stun.NewRealm(e.cfg.Realm), nonce)
 		} else {
 			e.cfg.Events.Unauth401Dropped()
@@ -339,36 +339,4 @@ func (l *lifetime) GetFrom(m *stun.Message) error {
 
 func methodName(m uint16) string {
 	return stun.Method(m).String()
-}
-
-// sourceLimiter bounds 401 answers per source address. Its state is per
-// source, never per request, and capped in size.
-type sourceLimiter struct {
-	mu    sync.Mutex
-	limit rate.Limit
-	burst int
-	m     map[netip.Addr]*rate.Limiter
-}
-
-const maxTrackedSources = 65536
-
-func newSourceLimiter(limit rate.Limit, burst int) *sourceLimiter {
-	return &sourceLimiter{limit: limit, burst: burst, m: map[netip.Addr]*rate.Limiter{}}
-}
-
-func (s *sourceLimiter) allow(a netip.Addr) bool {
-	if s.limit == rate.Inf {
-		return true
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.m[a]
-	if l == nil {
-		if len(s.m) >= maxTrackedSources {
-			clear(s.m) // a flood from many sources: start over rather than grow
-		}
-		l = rate.NewLimiter(s.limit, s.burst)
-		s.m[a] = l
-	}
-	return l.Allow()
 }

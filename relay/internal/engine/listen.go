@@ -192,7 +192,7 @@ func (e *Engine) outgoing(p []byte, addr net.Addr, udp bool) bool {
 	if h.method == methodAllocate && code != 401 {
 		e.cfg.Events.AllocationFailed(allocFailure(code))
 	}
-	if code == 401 && udp && !e.unauth.allow(addrPort(addr).Addr()) {
+	if code == 401 && udp && !e.unauth.Allow(addrPort(addr).Addr()) {
 		e.cfg.Events.Unauth401Dropped()
 		return false
 	}

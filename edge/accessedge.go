@@ -82,9 +82,19 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 	if n := sipnode.RemoveAll(req, access.TrustHeader); n > 0 {
 		a.log.Warn("trust header from outside removed", "count", n, "source", req.Source())
 	}
-	if route := req.Route(); route != nil {
-		a.inDialogFromOutside(req, route, tx)
-		return
+	// §16.4: a Route naming this proxy (a client's outbound proxy) is
+	// removed; a route set we issued means the request is in a dialog; any
+	// other Route is refused (no relaying where a client points).
+	for route := req.Route(); route != nil; route = req.Route() {
+		if _, ok := a.tokens.OpenRoutes(route.Address.User); ok {
+			a.inDialogFromOutside(req, route, tx)
+			return
+		}
+		if !a.namesUs(route.Address) {
+			a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
+			return
+		}
+		req.RemoveHeader("Route")
 	}
 	if !slices.Contains(a.cfg.HomeDomains, strings.ToLower(req.Recipient.Host)) {
 		a.refuse(tx, req, 403, "Forbidden (not a domain served here)", "foreign_domain")
@@ -178,6 +188,19 @@ func (a *accessEdge) recordRoute(uri string) *sip.RecordRouteHeader {
 // users see of a dialog's route set.
 func (a *accessEdge) externalURI(user string) string {
 	return "sip:" + user + "@" + a.external + ";transport=tls;lr"
+}
+
+// namesUs reports whether a URI names our external listener (by address,
+// or by the public name in its certificate).
+func (a *accessEdge) namesUs(u sip.Uri) bool {
+	port := u.Port
+	if port == 0 {
+		port = 5061
+	}
+	if net.JoinHostPort(u.Host, strconv.Itoa(port)) == a.external {
+		return true
+	}
+	return a.cfg.PublicName != "" && strings.EqualFold(u.Host, a.cfg.PublicName) && (u.Port == 0 || strings.HasSuffix(a.external, ":"+strconv.Itoa(u.Port)))
 }
 
 // ours reports whether a route URI is our internal one.

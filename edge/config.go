@@ -49,6 +49,9 @@ type ExternalConfig struct {
 	Listen      string `yaml:"listen"`
 	TLSCertFile string `yaml:"tls_cert_file"` // the public certificate
 	TLSKeyFile  string `yaml:"tls_key_file"`
+	// PublicName is the name in the public certificate that clients use as
+	// their outbound proxy (a Route naming it is this edge's own).
+	PublicName string `yaml:"public_name"`
 	// HomeDomains are the domains this edge serves; a request from outside
 	// for any other is refused 403 (no open relay).
 	HomeDomains []string `yaml:"home_domains"`

@@ -16,11 +16,11 @@ need_go_tool() { # name module@version
 }
 
 # Debian packages the suite needs, as "command:package" pairs: real peers
-# no one here wrote. Later capabilities add theirs (sip-tester, baresip,
-# kamailio).
+# no one here wrote. Later capabilities add theirs (sip-tester, kamailio).
 DEB_NEEDS=(
 	"git:git"
 	"turnutils_uclient:coturn"
+	"baresip:baresip"
 )
 
 missing=()

@@ -90,7 +90,7 @@ func New(cfg Config) (*Node, error) {
 	opts := []sipgo.UserAgentOption{
 		sipgo.WithUserAgent(cfg.Name),
 		sipgo.WithUserAgentHostname(cfg.Hostname),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(log.With("layer", "sip-transport"))),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(libraryLogger(log).With("layer", "sip-transport"))),
 	}
 	if cfg.ClientTLS != nil {
 		opts = append(opts, sipgo.WithUserAgenTLSConfig(cfg.ClientTLS))
@@ -104,12 +104,12 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log.With("layer", "sip-server")))
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(libraryLogger(log).With("layer", "sip-server")))
 	if err != nil {
 		ua.Close()
 		return nil, err
 	}
-	cli, err := sipgo.NewClient(ua, sipgo.WithClientLogger(log.With("layer", "sip-client")), sipgo.WithClientHostname(cfg.Hostname))
+	cli, err := sipgo.NewClient(ua, sipgo.WithClientLogger(libraryLogger(log).With("layer", "sip-client")), sipgo.WithClientHostname(cfg.Hostname))
 	if err != nil {
 		ua.Close()
 		return nil, err
@@ -345,7 +345,7 @@ func (n *Node) Close() error {
 // global default logger) to log at warn level and above. Binaries call it
 // once at start; library code never does.
 func RouteLibraryLogs(log *slog.Logger) {
-	sip.SetDefaultLogger(slog.New(minLevel{log.Handler(), slog.LevelWarn}).With("layer", "sipgo"))
+	sip.SetDefaultLogger(slog.New(minLevel{redacted{log.Handler()}, slog.LevelWarn}).With("layer", "sipgo"))
 }
 
 type minLevel struct {

@@ -16,11 +16,13 @@ need_go_tool() { # name module@version
 }
 
 # Debian packages the suite needs, as "command:package" pairs: real peers
-# no one here wrote. Later capabilities add theirs (sip-tester, kamailio).
+# no one here wrote (kamailio comes with federation).
 DEB_NEEDS=(
 	"git:git"
 	"turnutils_uclient:coturn"
 	"baresip:baresip"
+	"sipp:sip-tester"
+	"stunnel:stunnel4"
 )
 
 missing=()

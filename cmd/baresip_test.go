@@ -2,7 +2,6 @@ package cmd_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,37 +21,14 @@ func TestBaresipRegistersThroughEdgeAndReceivesIM(t *testing.T) {
 	if err != nil {
 		t.Fatal("baresip not found: run `make test` (it installs the Debian package baresip)")
 	}
-	cfg, err := os.ReadFile("../configs/dev.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dev, data, pws := devMD5(t)
+	alicePW := pws["sip:alice@example.test"]
 	dir := t.TempDir()
-	devCfg := filepath.Join(dir, "dev-md5.yaml")
-	write(t, devCfg, strings.Replace(string(cfg), "algorithms: [SHA-256, MD5]", "algorithms: [MD5]", 1))
-	data := filepath.Join(dir, "data")
-	dev := start(t, "portcullis", "dev", "--data", data, "--config", devCfg)
-	dev.waitLog("portcullis dev ready")
-	pw, err := os.ReadFile(filepath.Join(data, "dev-users.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var alicePW string
-	for _, line := range strings.Split(string(pw), "\n") {
-		if v, ok := strings.CutPrefix(line, "sip:alice@example.test "); ok {
-			alicePW = v
-		}
-	}
-
 	bs := filepath.Join(dir, "baresip")
 	if err := os.MkdirAll(bs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := freeTCPPort(t)
 	write(t, filepath.Join(bs, "config"), "poll_method epoll\nsip_listen 127.0.0.1:"+strconv.Itoa(port)+"\nsip_cafile "+filepath.Join(data, "pki", "ca.crt")+
 		"\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n")
 	write(t, filepath.Join(bs, "accounts"), `<sip:alice@example.test;transport=tls>;auth_pass=`+alicePW+`;outbound="sip:127.0.0.1:15061;transport=tls";regint=600`+"\n")

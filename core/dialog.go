@@ -103,18 +103,9 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		mu.Unlock()
 		go func() { results <- p.follow(br, tx, &mu, cancelAll) }()
 	}
-	var best *sip.Response
-	for range bindings {
-		res := <-results
-		if res == nil {
-			continue
-		}
-		if res.IsSuccess() {
-			return // forwarded by follow
-		}
-		if best == nil || better(res, best) {
-			best = res
-		}
+	success, best := collect(results, len(bindings))
+	if success != nil {
+		return // forwarded by follow
 	}
 	mu.Lock()
 	wasCancelled := cancelled

@@ -2,7 +2,6 @@ package core_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/xml"
 	"strings"
 	"testing"
@@ -13,39 +12,39 @@ import (
 
 	"portcullis/access"
 	"portcullis/core"
+	"portcullis/internal/siptest"
 )
 
-func (u *sipUser) service(body, contentType string) *sip.Response {
-	u.t.Helper()
+func service(t *testing.T, u *siptest.UA, body, contentType string) *sip.Response {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	aor := sip.Uri{Scheme: "sip", User: "alice", Host: "example.test"}
 	target := aor
 	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
 	req := sip.NewRequest("SERVICE", target)
-	req.SetDestination(u.dest)
+	req.SetDestination(u.Dest)
 	req.AppendHeader(&sip.FromHeader{Address: aor, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
 	req.AppendHeader(&sip.ToHeader{Address: aor})
 	req.AppendHeader(sip.NewHeader("Content-Type", contentType))
 	req.SetBody([]byte(body))
-	res, err := u.client.Do(ctx, req)
+	res, err := u.Client.Do(ctx, req)
 	if err == nil && res.StatusCode == 407 {
-		res, err = u.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "alice", Password: alicePW})
+		res, err = u.Client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "alice", Password: alicePW})
 	}
 	if err != nil {
-		u.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return res
 }
 
 func TestMRASService(t *testing.T) {
-	s, pki, secret := startCore(t)
-	if err := core.AddUser(context.Background(), s.Store(), "sip:alice@example.test", alicePW); err != nil {
+	s, roots := users(t, "sip:alice@example.test")
+	secret, err := access.LoadTURNSecret(s.Config().TURN.SecretFile)
+	if err != nil {
 		t.Fatal(err)
 	}
-	roots := &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12}
-	u := newSIPUser(t, s, roots)
-	res := u.service(`<request requestID="42" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="7"><identity>sip:alice@example.test</identity><location>internet</location><duration>60</duration></credentialsRequest></request>`,
+	res := service(t, siptest.New(t, s.UsersAddr(), roots), `<request requestID="42" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="7"><identity>sip:alice@example.test</identity><location>internet</location><duration>60</duration></credentialsRequest></request>`,
 		"application/msrtc-media-relay-auth+xml")
 	if res.StatusCode != 200 {
 		t.Fatalf("SERVICE: %d %s", res.StatusCode, res.Reason)
@@ -82,7 +81,7 @@ func TestMRASService(t *testing.T) {
 		{"<request", "application/msrtc-media-relay-auth+xml", 400},
 		{string(mustBody()), "text/plain", 415},
 	} {
-		if res := newSIPUser(t, s, roots).service(tc.body, tc.ct); res.StatusCode != tc.want {
+		if res := service(t, siptest.New(t, s.UsersAddr(), roots), tc.body, tc.ct); res.StatusCode != tc.want {
 			t.Errorf("%q as %s: %d, want %d", tc.body[:min(len(tc.body), 40)], tc.ct, res.StatusCode, tc.want)
 		}
 	}

@@ -123,23 +123,33 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 		}
 		go func() { results <- p.send(ctx, out) }()
 	}
-	var best *sip.Response
-	for range bindings {
-		res := <-results
-		if res == nil {
-			continue
-		}
-		if res.IsSuccess() {
-			return p.upstream(res)
-		}
-		if best == nil || better(res, best) {
-			best = res
-		}
+	success, best := collect(results, len(bindings))
+	if success != nil {
+		return p.upstream(success)
 	}
 	if best == nil {
 		return sip.NewResponseFromRequest(req, 408, "Request Timeout", nil)
 	}
 	return p.upstream(best)
+}
+
+// collect reads n branch results (nil: a branch without a final response)
+// and returns the first 2xx (at once, §16.7 step 5) or else the best final
+// response (step 6).
+func collect(results <-chan *sip.Response, n int) (success, best *sip.Response) {
+	for range n {
+		res := <-results
+		if res == nil {
+			continue
+		}
+		if res.IsSuccess() {
+			return res, nil
+		}
+		if best == nil || better(res, best) {
+			best = res
+		}
+	}
+	return nil, best
 }
 
 // branchRequest is req retargeted to a binding: the Request-URI becomes the

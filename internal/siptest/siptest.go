@@ -83,6 +83,14 @@ func (u *UA) do(req *sip.Request, username, password string) *sip.Response {
 // Register registers contacts for aor (none: a query).
 func (u *UA) Register(aor, username, password string, contacts ...string) *sip.Response {
 	u.T.Helper()
+	res, _ := u.RegisterWith(aor, username, password, contacts)
+	return res
+}
+
+// RegisterWith is Register with extra headers; it also returns the last
+// request sent (the authenticated one, after a challenge).
+func (u *UA) RegisterWith(aor, username, password string, contacts []string, extra ...sip.Header) (*sip.Response, *sip.Request) {
+	u.T.Helper()
 	a := uri(u.T, aor)
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: a.Host, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
 	req.SetDestination(u.Dest)
@@ -90,12 +98,15 @@ func (u *UA) Register(aor, username, password string, contacts ...string) *sip.R
 	req.AppendHeader(&sip.FromHeader{Address: a, Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
 	callID := sip.CallIDHeader(u.callID)
 	req.AppendHeader(&callID)
-	u.cseq += 2
+	u.cseq += 2 // a challenge answer uses the next number
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: u.cseq, MethodName: sip.REGISTER})
 	for _, c := range contacts {
 		req.AppendHeader(sip.NewHeader("Contact", c))
 	}
-	return u.do(req, username, password)
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
+	return u.do(req, username, password), req
 }
 
 // Message sends an IM from `from` to `to`, with extra headers.

@@ -110,7 +110,11 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 	switch req.Method {
 	case sip.REGISTER:
 		// RFC 3327: requests for this binding come back through us, and the
-		// token says over which connection.
+		// token says over which connection. A Path from outside is not
+		// honoured: nothing from outside shapes a route inside.
+		if n := sipnode.RemoveAll(out, "Path"); n > 0 {
+			a.log.Warn("Path from outside removed", "count", n, "source", req.Source())
+		}
 		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(req.Source()))+">"))
 	case sip.INVITE, sip.SUBSCRIBE:
 		// Requests of this dialog from inside come back through our internal

@@ -71,8 +71,14 @@ func TestAccessEdgeRemoteUserIM(t *testing.T) {
 	if res := remote.Register("sip:alice@example.test", "alice", "", "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 401 {
 		t.Fatalf("unauthenticated REGISTER through the edge: %d (the edge must not authenticate, the core challenges)", res.StatusCode)
 	}
-	if res := remote.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+	res, _ := remote.RegisterWith("sip:alice@example.test", "alice", pw, []string{"<sip:alice@198.51.100.7:5061;transport=tls>"},
+		sip.NewHeader("Path", "<sip:evil@203.0.113.99:5061;lr>"))
+	if res.StatusCode != 200 {
 		t.Fatalf("REGISTER through the edge: %d %s", res.StatusCode, res.Reason)
+	}
+	bs, err := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now())
+	if err != nil || len(bs) != 1 || strings.Contains(bs[0].Path, "evil") || strings.Count(bs[0].Path, "sip:") != 1 {
+		t.Fatalf("stored Path %+v %v: want only the edge's", bs, err)
 	}
 	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("inside REGISTER: %d", res.StatusCode)

@@ -121,7 +121,8 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 		// listener to the caller's connection; what the caller sees of the
 		// route set is one URI of ours (hideRoutes).
 		out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(req.Source()))))
-		fix = a.hideRoutes
+		caller := req.Source()
+		fix = func(res *sip.Response) { a.hideRoutes(res, caller) }
 	}
 	out.SetDestination(a.coreAddr)
 	out.SetTransport("TLS")
@@ -207,17 +208,18 @@ func (a *accessEdge) namesUs(u sip.Uri) bool {
 	return a.cfg.PublicName != "" && strings.EqualFold(u.Host, a.cfg.PublicName) && (u.Port == 0 || strings.HasSuffix(a.external, ":"+strconv.Itoa(u.Port)))
 }
 
-// ours reports whether a route URI is our internal one.
-func (a *accessEdge) ours(u sip.Uri) bool {
-	_, ok := a.tokens.Open(u.User)
-	return ok && net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) == a.internal
+// ours reports whether a route URI is the internal one we made for flow
+// (the edge can appear more than once in a route set: both parties remote).
+func (a *accessEdge) ours(u sip.Uri, flow string) bool {
+	f, ok := a.tokens.Open(u.User)
+	return ok && f == flow && net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) == a.internal
 }
 
 // hideRoutes rewrites the Record-Route of a response going out to a remote
-// caller: the internal hops (those above ours) become one URI of our
-// external listener that carries them, in the order the caller's requests
-// will follow them (§12.1.2: a UAC reverses the Record-Route).
-func (a *accessEdge) hideRoutes(res *sip.Response) {
+// caller at flow: the hops above our entry for that caller become one URI
+// of our external listener that carries them, in the order the caller's
+// requests will follow them (§12.1.2: a UAC reverses the Record-Route).
+func (a *accessEdge) hideRoutes(res *sip.Response, flow string) {
 	rrs := res.GetHeaders("Record-Route")
 	if len(rrs) == 0 {
 		return
@@ -228,7 +230,7 @@ func (a *accessEdge) hideRoutes(res *sip.Response) {
 		if !ok {
 			continue
 		}
-		if a.ours(rr.Address) {
+		if a.ours(rr.Address, flow) {
 			break
 		}
 		inside = append([]string{rr.Address.String()}, inside...)

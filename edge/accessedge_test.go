@@ -30,7 +30,7 @@ func (e *env) startAccess(tune ...func(*edge.Config)) (*core.Server, *edge.Serve
 	cc := e.coreConfig("127.0.0.1:0", "edge1.internal")
 	cc.SIP.UsersListen = "127.0.0.1:0"
 	c := e.startCore(cc)
-	for _, aor := range []string{"sip:alice@example.test", "sip:bob@example.test"} {
+	for _, aor := range []string{"sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test"} {
 		if err := core.AddUser(context.Background(), c.Store(), aor, pw); err != nil {
 			e.t.Fatal(err)
 		}
@@ -189,6 +189,25 @@ func TestAccessEdgeCalls(t *testing.T) {
 		t.Fatalf("BYE from the remote callee: %v", err)
 	}
 	siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 2 })
+
+	// Both parties remote: the edge is on the route set twice.
+	carolUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	carol := siptest.NewPhone(carolUA, "sip:carol@198.51.100.8:5061;transport=tls", true)
+	if res := carolUA.Register("sip:carol@example.test", "carol", pw, "<sip:carol@198.51.100.8:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("carol: %d", res.StatusCode)
+	}
+	sess3, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:carol@example.test")
+	if err != nil || sess3.InviteResponse.StatusCode != 200 {
+		t.Fatalf("remote to remote: %v", err)
+	}
+	if err := sess3.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "carol gets the ACK", func() bool { return carol.Acks.Load() == 1 })
+	if err := sess3.Bye(ctx); err != nil {
+		t.Fatalf("BYE remote to remote: %v", err)
+	}
+	siptest.Eventually(t, "carol gets the BYE", func() bool { return carol.Byes.Load() == 1 })
 
 	// The remote caller cancels while it rings: the ringing stops inside.
 	bob.Answer = false

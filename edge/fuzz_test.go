@@ -39,7 +39,7 @@ func FuzzAccessEdgeHeaders(f *testing.F) {
 				_, _ = a.tokens.Open(r.Address.User)
 			}
 		case *sip.Response:
-			a.hideRoutes(m)
+			a.hideRoutes(m, "198.51.100.7:5061")
 		}
 	})
 }

@@ -1,0 +1,495 @@
+// Command siploadgen drives a SIP TLS proxy (the Access Edge, or Kamailio)
+// with MESSAGE transactions or INVITE/200/ACK/BYE calls from a caller to a
+// registered callee, at stepped rates for bounded times, and reports the
+// completed rate, failures and response time percentiles per step. It also
+// measures TLS connections per second and the server's memory per idle TLS
+// connection (from /proc).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+)
+
+type opts struct {
+	server, name, ca, domain string
+	caller, callerPW         string
+	callee, calleePW         string
+	mode                     string
+	rates                    []int
+	step                     time.Duration
+	workers                  int
+	pids                     []int
+	label                    string
+	conns                    int
+}
+
+// Step is one rate step's result.
+type Step struct {
+	Label      string  `json:"label"`
+	Mode       string  `json:"mode"`
+	Offered    int     `json:"offered_per_sec"`
+	Completed  float64 `json:"completed_per_sec"`
+	FailedPct  float64 `json:"failed_pct"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	ServerCPUs float64 `json:"server_cpu_seconds"`
+}
+
+func main() {
+	var o opts
+	var rates, pids string
+	flag.StringVar(&o.server, "server", "", "proxy TLS address host:port")
+	flag.StringVar(&o.name, "server-name", "", "name in the proxy's certificate")
+	flag.StringVar(&o.ca, "ca", "", "CA file")
+	flag.StringVar(&o.domain, "domain", "example.test", "SIP domain")
+	flag.StringVar(&o.caller, "caller", "alice", "caller user")
+	flag.StringVar(&o.callerPW, "caller-password", "", "caller password")
+	flag.StringVar(&o.callee, "callee", "bob", "callee user")
+	flag.StringVar(&o.calleePW, "callee-password", "", "callee password")
+	flag.StringVar(&o.mode, "mode", "message", "message | call | connect | idle")
+	flag.StringVar(&rates, "rates", "200,400,800", "offered rates per second, one step each")
+	flag.DurationVar(&o.step, "step", 5*time.Second, "time per step (bounded)")
+	flag.IntVar(&o.workers, "workers", 32, "caller connections")
+	flag.StringVar(&pids, "pids", "", "server pids (comma-separated) for CPU and memory")
+	flag.StringVar(&o.label, "label", "server", "name in the report")
+	flag.IntVar(&o.conns, "conns", 500, "idle TLS connections (idle mode)")
+	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(r)); err == nil && n > 0 && n <= 100000 {
+			o.rates = append(o.rates, n)
+		}
+	}
+	for _, p := range strings.Split(pids, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
+			o.pids = append(o.pids, n)
+		}
+	}
+	if o.server == "" || o.ca == "" || o.step <= 0 || o.step > time.Minute || o.workers < 1 || o.workers > 1000 || o.conns > 5000 {
+		fail(errors.New("need -server and -ca; 0 < -step <= 1m; 1 <= -workers <= 1000; -conns <= 5000"))
+	}
+	sip.SetDefaultLogger(slog.New(slog.DiscardHandler)) // a tool: sipgo's package logger is ours to silence
+	tlsConf, err := tlsConfig(o)
+	if err != nil {
+		fail(err)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	switch o.mode {
+	case "connect":
+		_ = enc.Encode(connectRate(o, tlsConf))
+	case "idle":
+		_ = enc.Encode(idleMemory(o, tlsConf))
+	case "message", "call":
+		steps, err := load(o, tlsConf)
+		if err != nil {
+			fail(err)
+		}
+		for _, s := range steps {
+			_ = enc.Encode(s)
+		}
+	default:
+		fail(fmt.Errorf("unknown mode %q", o.mode))
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "siploadgen:", err)
+	os.Exit(1)
+}
+
+func tlsConfig(o opts) (*tls.Config, error) {
+	pem, err := os.ReadFile(o.ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	name := o.name
+	if name == "" {
+		name, _, _ = net.SplitHostPort(o.server)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12}, nil
+}
+
+func newUA(conf *tls.Config) (*sipgo.UserAgent, *sipgo.Client, *sipgo.Server) {
+	quiet := slog.New(slog.DiscardHandler)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgenTLSConfig(conf), sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
+	if err != nil {
+		fail(err)
+	}
+	cl, _ := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(quiet))
+	srv, _ := sipgo.NewServer(ua, sipgo.WithServerLogger(quiet))
+	return ua, cl, srv
+}
+
+// authed sends requests with preemptive credentials: the first challenge
+// is kept and each later request answers it with the next nonce count (one
+// round trip per transaction, on both servers alike).
+type authed struct {
+	cl         *sipgo.Client
+	user, pass string
+	mu         sync.Mutex
+	chal       *digest.Challenge
+	header     string // Authorization or Proxy-Authorization
+	nc         int
+}
+
+func (a *authed) apply(req *sip.Request) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.chal == nil {
+		return
+	}
+	a.nc++
+	cred, err := digest.Digest(a.chal, digest.Options{Method: string(req.Method), URI: req.Recipient.Addr(), Username: a.user, Password: a.pass, Count: a.nc})
+	if err == nil {
+		req.RemoveHeader(a.header)
+		req.AppendHeader(sip.NewHeader(a.header, cred.String()))
+	}
+}
+
+func (a *authed) learn(res *sip.Response) bool {
+	name, hdr := "WWW-Authenticate", "Authorization"
+	if res.StatusCode == 407 {
+		name, hdr = "Proxy-Authenticate", "Proxy-Authorization"
+	}
+	h := res.GetHeader(name)
+	if h == nil {
+		return false
+	}
+	ch, err := digest.ParseChallenge(h.Value())
+	if err != nil {
+		return false
+	}
+	a.mu.Lock()
+	a.chal, a.header, a.nc = ch, hdr, 0
+	a.mu.Unlock()
+	return true
+}
+
+// do runs one transaction, answering one challenge.
+func (a *authed) do(ctx context.Context, build func() *sip.Request) (*sip.Response, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		req := build()
+		a.apply(req)
+		res, err := a.cl.Do(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		if (res.StatusCode == 401 || res.StatusCode == 407) && a.learn(res) {
+			continue
+		}
+		return res, nil
+	}
+	return nil, errors.New("challenged twice")
+}
+
+func uri(s string) sip.Uri {
+	var u sip.Uri
+	_ = sip.ParseUri(s, &u)
+	return u
+}
+
+func request(o opts, method sip.RequestMethod, from, to string) *sip.Request {
+	target := uri(to)
+	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	req := sip.NewRequest(method, target)
+	req.SetDestination(o.server)
+	req.AppendHeader(&sip.FromHeader{Address: uri(from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+	req.AppendHeader(&sip.ToHeader{Address: uri(to)})
+	return req
+}
+
+const sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+// callee registers and answers MESSAGE and INVITE at once.
+func callee(o opts, conf *tls.Config) (*sipgo.UserAgent, error) {
+	ua, cl, srv := newUA(conf)
+	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	contact := sip.ContactHeader{Address: uri("sip:" + o.callee + "@127.0.0.1:5999;transport=tls")}
+	dua := &sipgo.DialogUA{Client: cl, ContactHDR: contact}
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		sess, err := dua.ReadInvite(req, tx)
+		if err != nil {
+			return
+		}
+		_ = sess.RespondSDP([]byte(sdp))
+		<-tx.Done()
+	})
+	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {})
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	a := &authed{cl: cl, user: o.callee, pass: o.calleePW}
+	aor := "sip:" + o.callee + "@" + o.domain
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := a.do(ctx, func() *sip.Request {
+		req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: o.domain, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
+		req.SetDestination(o.server)
+		req.AppendHeader(&sip.ToHeader{Address: uri(aor)})
+		req.AppendHeader(&sip.FromHeader{Address: uri(aor), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
+		req.AppendHeader(sip.NewHeader("Contact", "<"+contact.Address.String()+">;expires=3600"))
+		return req
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.StatusCode != 200 {
+		return nil, fmt.Errorf("callee REGISTER: %d %s", res.StatusCode, res.Reason)
+	}
+	return ua, nil
+}
+
+type worker struct {
+	a   *authed
+	dua *sipgo.DialogUA
+}
+
+func load(o opts, conf *tls.Config) ([]Step, error) {
+	cu, err := callee(o, conf)
+	if err != nil {
+		return nil, err
+	}
+	defer cu.Close()
+	from, to := "sip:"+o.caller+"@"+o.domain, "sip:"+o.callee+"@"+o.domain
+	workers := make([]*worker, o.workers)
+	for i := range workers {
+		ua, cl, _ := newUA(conf)
+		defer ua.Close()
+		workers[i] = &worker{a: &authed{cl: cl, user: o.caller, pass: o.callerPW},
+			dua: &sipgo.DialogUA{Client: cl, ContactHDR: sip.ContactHeader{Address: uri("sip:" + o.caller + "@127.0.0.1:6000;transport=tls")}}}
+	}
+	one := func(ctx context.Context, w *worker) error {
+		if o.mode == "message" {
+			res, err := w.a.do(ctx, func() *sip.Request {
+				r := request(o, sip.MESSAGE, from, to)
+				r.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
+				r.SetBody([]byte("load"))
+				return r
+			})
+			if err != nil {
+				return err
+			}
+			if res.StatusCode != 200 {
+				return fmt.Errorf("%d", res.StatusCode)
+			}
+			return nil
+		}
+		for attempt := 0; attempt < 2; attempt++ {
+			req := request(o, sip.INVITE, from, to)
+			req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+			req.SetBody([]byte(sdp))
+			w.a.apply(req)
+			sess, err := w.dua.WriteInvite(ctx, req)
+			if err != nil {
+				return err
+			}
+			err = sess.WaitAnswer(ctx, sipgo.AnswerOptions{})
+			var de *sipgo.ErrDialogResponse
+			if errors.As(err, &de) && (de.Res.StatusCode == 407 || de.Res.StatusCode == 401) && w.a.learn(de.Res) {
+				sess.Close()
+				continue
+			}
+			if err != nil {
+				sess.Close()
+				return err
+			}
+			if err := sess.Ack(ctx); err != nil {
+				return err
+			}
+			err = sess.Bye(ctx)
+			sess.Close()
+			return err
+		}
+		return errors.New("challenged twice")
+	}
+	// Warm up: every worker authenticates once.
+	for _, w := range workers {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := one(ctx, w)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	var steps []Step
+	for _, rate := range o.rates {
+		steps = append(steps, runStep(o, rate, workers, one))
+	}
+	return steps, nil
+}
+
+func runStep(o opts, rate int, workers []*worker, one func(context.Context, *worker) error) Step {
+	free := make(chan *worker, len(workers))
+	for _, w := range workers {
+		free <- w
+	}
+	var ok, failed atomic.Int64
+	var mu sync.Mutex
+	var lat []float64
+	cpu0 := cpuSeconds(o.pids)
+	start := time.Now()
+	deadline := start.Add(o.step)
+	interval := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	for next := start; next.Before(deadline); next = next.Add(interval) {
+		time.Sleep(time.Until(next))
+		var w *worker
+		select {
+		case w = <-free:
+		default:
+			failed.Add(1) // every connection busy: the offered request is lost
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { free <- w }()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			t0 := time.Now()
+			if err := one(ctx, w); err != nil {
+				failed.Add(1)
+				return
+			}
+			ok.Add(1)
+			mu.Lock()
+			lat = append(lat, float64(time.Since(t0).Microseconds())/1000)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	s := Step{Label: o.label, Mode: o.mode, Offered: rate, Completed: float64(ok.Load()) / elapsed.Seconds(), ServerCPUs: cpuSeconds(o.pids) - cpu0}
+	if total := ok.Load() + failed.Load(); total > 0 {
+		s.FailedPct = 100 * float64(failed.Load()) / float64(total)
+	}
+	sort.Float64s(lat)
+	if len(lat) > 0 {
+		s.P50ms, s.P99ms = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	return s
+}
+
+// connectRate opens TLS connections (handshake, close) for one step.
+func connectRate(o opts, conf *tls.Config) map[string]any {
+	var n, failed atomic.Int64
+	deadline := time.Now().Add(o.step)
+	var wg sync.WaitGroup
+	for range o.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", o.server, conf)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				c.Close()
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return map[string]any{"label": o.label, "mode": "connect", "tls_connections_per_sec": float64(n.Load()) / o.step.Seconds(), "failed": failed.Load()}
+}
+
+// idleMemory opens conns idle TLS connections and reads the servers' RSS
+// before and after.
+func idleMemory(o opts, conf *tls.Config) map[string]any {
+	before := rssKB(o.pids)
+	var conns []*tls.Conn
+	for range o.conns {
+		c, err := tls.Dial("tcp", o.server, conf)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(time.Second)
+	after := rssKB(o.pids)
+	for _, c := range conns {
+		c.Close()
+	}
+	return map[string]any{"label": o.label, "mode": "idle", "connections": len(conns), "kib_per_idle_tls_connection": float64(after-before) / float64(max(len(conns), 1))}
+}
+
+func rssKB(pids []int) int64 {
+	var total int64
+	for _, pid := range procTree(pids) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
+}
+
+func cpuSeconds(pids []int) float64 {
+	var total float64
+	for _, pid := range procTree(pids) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		u, _ := strconv.ParseFloat(f[11], 64)
+		k, _ := strconv.ParseFloat(f[12], 64)
+		total += (u + k) / 100
+	}
+	return total
+}
+
+// procTree is pids and their children (Kamailio forks worker processes).
+func procTree(pids []int) []int {
+	out := append([]int(nil), pids...)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		ppid, _ := strconv.Atoi(f[1])
+		for _, p := range pids {
+			if ppid == p {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}

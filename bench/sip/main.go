@@ -14,8 +14,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -40,6 +42,7 @@ type opts struct {
 	pids                     []int
 	label                    string
 	conns                    int
+	metrics                  string
 }
 
 // Step is one rate step's result.
@@ -52,6 +55,8 @@ type Step struct {
 	P50ms      float64 `json:"p50_ms"`
 	P99ms      float64 `json:"p99_ms"`
 	ServerCPUs float64 `json:"server_cpu_seconds"`
+	// Errors counts failures by cause (a few of each kind).
+	Errors map[string]int `json:"errors,omitempty"`
 }
 
 func main() {
@@ -72,6 +77,7 @@ func main() {
 	flag.StringVar(&pids, "pids", "", "server pids (comma-separated) for CPU and memory")
 	flag.StringVar(&o.label, "label", "server", "name in the report")
 	flag.IntVar(&o.conns, "conns", 500, "idle TLS connections (idle mode)")
+	flag.StringVar(&o.metrics, "metrics", "", "the server's Prometheus /metrics URL (Go servers: heap and stack per idle connection)")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {
 		if n, err := strconv.Atoi(strings.TrimSpace(r)); err == nil && n > 0 && n <= 100000 {
@@ -156,6 +162,12 @@ func (a *authed) apply(req *sip.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.chal == nil {
+		return
+	}
+	if a.nc >= 200 {
+		// A fresh nonce now and then, as a client would: Kamailio keeps nonce
+		// counts in a byte and refuses counts past 255.
+		a.chal = nil
 		return
 	}
 	a.nc++
@@ -348,6 +360,15 @@ func runStep(o opts, rate int, workers []*worker, one func(context.Context, *wor
 	var ok, failed atomic.Int64
 	var mu sync.Mutex
 	var lat []float64
+	errs := map[string]int{}
+	note := func(e string) {
+		mu.Lock()
+		if len(e) > 80 {
+			e = e[:80]
+		}
+		errs[e]++
+		mu.Unlock()
+	}
 	cpu0 := cpuSeconds(o.pids)
 	start := time.Now()
 	deadline := start.Add(o.step)
@@ -360,6 +381,7 @@ func runStep(o opts, rate int, workers []*worker, one func(context.Context, *wor
 		case w = <-free:
 		default:
 			failed.Add(1) // every connection busy: the offered request is lost
+			note("all connections busy")
 			continue
 		}
 		wg.Add(1)
@@ -371,6 +393,7 @@ func runStep(o opts, rate int, workers []*worker, one func(context.Context, *wor
 			t0 := time.Now()
 			if err := one(ctx, w); err != nil {
 				failed.Add(1)
+				note(err.Error())
 				return
 			}
 			ok.Add(1)
@@ -379,9 +402,8 @@ func runStep(o opts, rate int, workers []*worker, one func(context.Context, *wor
 			mu.Unlock()
 		}()
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	s := Step{Label: o.label, Mode: o.mode, Offered: rate, Completed: float64(ok.Load()) / elapsed.Seconds(), ServerCPUs: cpuSeconds(o.pids) - cpu0}
+	wg.Wait() // transactions still open finish (or time out) before counting
+	s := Step{Label: o.label, Mode: o.mode, Offered: rate, Completed: float64(ok.Load()) / o.step.Seconds(), ServerCPUs: cpuSeconds(o.pids) - cpu0, Errors: errs}
 	if total := ok.Load() + failed.Load(); total > 0 {
 		s.FailedPct = 100 * float64(failed.Load()) / float64(total)
 	}
@@ -417,9 +439,11 @@ func connectRate(o opts, conf *tls.Config) map[string]any {
 }
 
 // idleMemory opens conns idle TLS connections and reads the servers' RSS
-// before and after.
+// before and after, and for a Go server its heap and stack in use (from
+// /metrics: exact, where RSS moves with the runtime's returns to the OS).
 func idleMemory(o opts, conf *tls.Config) map[string]any {
 	before := rssKB(o.pids)
+	goBefore := goMemory(o.metrics)
 	var conns []*tls.Conn
 	for range o.conns {
 		c, err := tls.Dial("tcp", o.server, conf)
@@ -430,10 +454,39 @@ func idleMemory(o opts, conf *tls.Config) map[string]any {
 	}
 	time.Sleep(time.Second)
 	after := rssKB(o.pids)
+	goAfter := goMemory(o.metrics)
 	for _, c := range conns {
 		c.Close()
 	}
-	return map[string]any{"label": o.label, "mode": "idle", "connections": len(conns), "kib_per_idle_tls_connection": float64(after-before) / float64(max(len(conns), 1))}
+	n := float64(max(len(conns), 1))
+	out := map[string]any{"label": o.label, "mode": "idle", "connections": len(conns), "rss_kib_per_idle_tls_connection": float64(after-before) / n}
+	if o.metrics != "" {
+		out["go_heap_stack_kib_per_idle_tls_connection"] = (goAfter - goBefore) / 1024 / n
+	}
+	return out
+}
+
+// goMemory is go_memstats_heap_inuse_bytes + go_memstats_stack_inuse_bytes.
+func goMemory(url string) float64 {
+	if url == "" {
+		return 0
+	}
+	res, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	var total float64
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				total += f
+			}
+		}
+	}
+	return total
 }
 
 func rssKB(pids []int) int64 {

@@ -5,6 +5,8 @@ import (
 	"time"
 )
 
+const bindingColumns = `aor, contact, call_id, cseq, expires_at, source, path`
+
 // Binding is one registered contact of an address of record (RFC 3261 §10).
 type Binding struct {
 	AOR     string
@@ -39,8 +41,7 @@ func (s *Store) DeleteBindings(ctx context.Context, aor string) error {
 
 // Bindings lists an AOR's bindings that have not expired at now.
 func (s *Store) Bindings(ctx context.Context, aor string, now time.Time) ([]Binding, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT aor, contact, call_id, cseq, expires_at, source, path FROM bindings
-		WHERE aor = ? AND expires_at > ? ORDER BY contact`, aor, now.Unix())
+	rows, err := s.bindings.QueryContext(ctx, aor, now.Unix())
 	if err != nil {
 		return nil, err
 	}

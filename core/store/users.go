@@ -83,7 +83,7 @@ func scanUser(row interface{ Scan(...any) error }) (User, error) {
 
 // UserByDigest finds a user by digest username and realm.
 func (s *Store) UserByDigest(ctx context.Context, username, realm string) (User, error) {
-	u, err := scanUser(s.db.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE username = ? AND realm = ?`, username, realm))
+	u, err := scanUser(s.userByDigest.QueryRowContext(ctx, username, realm))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%s@%s: %w", username, realm, ErrNoUser)
 	}
@@ -92,7 +92,7 @@ func (s *Store) UserByDigest(ctx context.Context, username, realm string) (User,
 
 // UserByAOR finds a user by address of record.
 func (s *Store) UserByAOR(ctx context.Context, aor string) (User, error) {
-	u, err := scanUser(s.db.QueryRowContext(ctx, `SELECT `+userColumns+` FROM users WHERE aor = ?`, aor))
+	u, err := scanUser(s.userByAOR.QueryRowContext(ctx, aor))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%s: %w", aor, ErrNoUser)
 	}

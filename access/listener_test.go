@@ -1,7 +1,6 @@
 package access_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -16,32 +15,16 @@ import (
 
 	"portcullis/access"
 	"portcullis/access/accesstest"
+	"portcullis/internal/testlog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // serve starts an MTLS listener admitting "edge1.internal" that echoes one
 // line back on each accepted connection.
-func serve(t *testing.T, p *accesstest.PKI) (*access.Listener, *syncBuf, *sync.Map) {
+func serve(t *testing.T, p *accesstest.PKI) (*access.Listener, *testlog.Buffer, *sync.Map) {
 	t.Helper()
-	logs := &syncBuf{}
+	logs := &testlog.Buffer{}
 	refused := &sync.Map{}
 	server := accesstest.Material(t, p.Node(t, "core1.internal"))
 	ln, err := access.Listen("tcp", "127.0.0.1:0", access.ListenerConfig{

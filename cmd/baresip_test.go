@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"portcullis/internal/testlog"
 )
 
 // baresip (Debian package, installed by `make test`), a SIP client no one
@@ -37,7 +39,7 @@ func TestBaresipRegistersThroughEdgeAndReceivesIM(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bare, "-s", "-f", bs)
 	cmd.Dir = bs
-	var out syncBuffer
+	var out testlog.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

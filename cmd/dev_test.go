@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/pion/turn/v5"
 
 	"portcullis/access"
+	"portcullis/internal/testlog"
 )
 
 // Dev mode on the built-in configuration: the real dev ports.
@@ -216,7 +216,7 @@ func imThroughDev(t *testing.T, data string) {
 		t.Fatalf("dev-users.txt mode %v", st.Mode())
 	}
 	listen := exec.Command(filepath.Join(bin, "portcullis"), "client", "listen", "--data", data, "--internal", "--user", "sip:bob@example.test")
-	var out syncBuffer
+	var out testlog.Buffer
 	listen.Stdout = &out
 	if err := listen.Start(); err != nil {
 		t.Fatal(err)
@@ -240,21 +240,4 @@ func imThroughDev(t *testing.T, data string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"portcullis/internal/testlog"
 )
 
 func freeTCPPort(t *testing.T) int {
@@ -84,7 +86,7 @@ func TestSippThroughStunnel(t *testing.T) {
 
 	// bob listens inside, to receive sipp's MESSAGE.
 	listen := exec.Command(filepath.Join(bin, "portcullis"), "client", "listen", "--data", data, "--internal", "--user", "sip:bob@example.test")
-	var heard syncBuffer
+	var heard testlog.Buffer
 	listen.Stdout = &heard
 	if err := listen.Start(); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"portcullis/core"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/internal/testlog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -44,7 +45,7 @@ func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
 	c.SIP.UsersListen = "127.0.0.1:0"
 	c.Registrar.Domains = []core.DomainConfig{{Domain: "example.test", Algorithms: []string{"SHA-256", "MD5"}}}
 	c.Registrar.MinExpires = 2 * time.Second
-	s, err := core.Start(context.Background(), c, lifecycle.Deps{Log: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: ops.NewRegistry()})
+	s, err := core.Start(context.Background(), c, lifecycle.Deps{Log: slog.New(slog.NewTextHandler(testlog.Writer(t, ""), &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: ops.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,12 +129,4 @@ func TestTURNCredentialEndpoint(t *testing.T) {
 
 func accesstestRoots(t *testing.T, p *accesstest.PKI) *x509.CertPool {
 	return accesstest.Material(t, p.Node(t, "client-"+strings.ReplaceAll(t.Name(), "/", "-"))).Roots
-}
-
-// testLog shows the core's log in the test's output (printed on failure).
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }

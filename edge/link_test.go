@@ -21,6 +21,7 @@ import (
 	"portcullis/edge"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/internal/testlog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -43,20 +44,10 @@ func newEnv(t *testing.T) *env {
 
 func deps(t *testing.T, name string) lifecycle.Deps {
 	return lifecycle.Deps{
-		Log:      slog.New(slog.NewJSONHandler(testWriter{t, name}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:      slog.New(slog.NewJSONHandler(testlog.Writer(t, name), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Level:    new(slog.LevelVar),
 		Registry: ops.NewRegistry(),
 	}
-}
-
-type testWriter struct {
-	t    *testing.T
-	name string
-}
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s: %s", w.name, strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 func (e *env) coreConfig(listen string, trusted ...string) core.Config {

@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -12,7 +11,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,6 +22,7 @@ import (
 	"portcullis/access/accesstest"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/internal/testlog"
 	"portcullis/relay"
 )
 
@@ -36,24 +35,7 @@ type env struct {
 	udp    string
 	tcp    string
 	tls    string
-	logs   *syncBuf
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *testlog.Buffer
 }
 
 // testConfig is a relay on loopback that may reach 127.0.0.1 (only).
@@ -94,7 +76,7 @@ func ipv6Loopback() bool {
 
 func start(t testing.TB, c relay.Config) *env {
 	t.Helper()
-	logs := &syncBuf{}
+	logs := &testlog.Buffer{}
 	reg := ops.NewRegistry()
 	srv, err := relay.Start(c, lifecycle.Deps{Log: slog.New(slog.NewJSONHandler(logs, nil)), Registry: reg})
 	if err != nil {

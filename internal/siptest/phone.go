@@ -93,12 +93,7 @@ func (p *Phone) Incoming() *sipgo.DialogServerSession {
 
 // Call invites `to` and waits for the answer, authenticating as user.
 func (p *Phone) Call(ctx context.Context, from, user, password, to string) (*sipgo.DialogClientSession, error) {
-	target := uri(p.T, to)
-	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
-	req := sip.NewRequest(sip.INVITE, target)
-	req.SetDestination(p.Dest)
-	req.AppendHeader(&sip.FromHeader{Address: uri(p.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
-	req.AppendHeader(&sip.ToHeader{Address: uri(p.T, to)})
+	req := p.newRequest(sip.INVITE, from, to)
 	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	req.SetBody([]byte(SDP))
 	sess, err := p.Dialog.WriteInvite(ctx, req)

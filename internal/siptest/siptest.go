@@ -112,12 +112,7 @@ func (u *UA) RegisterWith(aor, username, password string, contacts []string, ext
 // Message sends an IM from `from` to `to`, with extra headers.
 func (u *UA) Message(from, username, password, to, text string, extra ...sip.Header) *sip.Response {
 	u.T.Helper()
-	target := uri(u.T, to)
-	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
-	req := sip.NewRequest(sip.MESSAGE, target)
-	req.SetDestination(u.Dest)
-	req.AppendHeader(&sip.FromHeader{Address: uri(u.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
-	req.AppendHeader(&sip.ToHeader{Address: uri(u.T, to)})
+	req := u.newRequest(sip.MESSAGE, from, to)
 	req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
 	for _, h := range extra {
 		req.AppendHeader(h)
@@ -129,13 +124,20 @@ func (u *UA) Message(from, username, password, to, text string, extra ...sip.Hea
 // Request sends any out-of-dialog request to `to` (no body).
 func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
 	u.T.Helper()
+	return u.do(u.newRequest(method, from, to), "", "")
+}
+
+// newRequest is an out-of-dialog request from `from` to `to` over TLS,
+// addressed to the UA's server.
+func (u *UA) newRequest(method sip.RequestMethod, from, to string) *sip.Request {
+	u.T.Helper()
 	target := uri(u.T, to)
 	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
 	req := sip.NewRequest(method, target)
 	req.SetDestination(u.Dest)
 	req.AppendHeader(&sip.FromHeader{Address: uri(u.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
 	req.AppendHeader(&sip.ToHeader{Address: uri(u.T, to)})
-	return u.do(req, "", "")
+	return req
 }
 
 // WaitMessages waits up to d for n received MESSAGEs and returns them.

@@ -25,23 +25,47 @@ func (s *Store) PutBinding(ctx context.Context, b Binding) error {
 		ON CONFLICT (aor, contact) DO UPDATE SET call_id = excluded.call_id, cseq = excluded.cseq,
 			expires_at = excluded.expires_at, source = excluded.source, path = excluded.path`,
 		b.AOR, b.Contact, b.CallID, b.CSeq, b.Expires.Unix(), b.Source, b.Path)
+	s.cache.dropBindings(b.AOR)
 	return err
 }
 
 // DeleteBinding removes one binding; DeleteBindings removes all of an AOR's.
 func (s *Store) DeleteBinding(ctx context.Context, aor, contact string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE aor = ? AND contact = ?`, aor, contact)
+	s.cache.dropBindings(aor)
 	return err
 }
 
 func (s *Store) DeleteBindings(ctx context.Context, aor string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE aor = ?`, aor)
+	s.cache.dropBindings(aor)
 	return err
 }
 
 // Bindings lists an AOR's bindings that have not expired at now.
 func (s *Store) Bindings(ctx context.Context, aor string, now time.Time) ([]Binding, error) {
-	rows, err := s.bindings.QueryContext(ctx, aor, now.Unix())
+	s.checkExternal(ctx)
+	if bs, ok := s.cache.liveBindings(aor, now); ok {
+		return bs, nil
+	}
+	gen := s.cache.generation()
+	all, err := s.allBindings(ctx, aor)
+	if err != nil {
+		return nil, err
+	}
+	s.cache.putBindings(gen, aor, all)
+	var out []Binding
+	for _, b := range all {
+		if b.Expires.After(now) {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+// allBindings reads every binding of an AOR, expired or not.
+func (s *Store) allBindings(ctx context.Context, aor string) ([]Binding, error) {
+	rows, err := s.bindings.QueryContext(ctx, aor)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +89,11 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 	if err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	n, err := res.RowsAffected()
+	if n > 0 {
+		s.cache.dropBindings("")
+	}
+	return n, err
 }
 
 // BindingByContact finds the live binding registered with a contact URI.

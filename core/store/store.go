@@ -43,7 +43,8 @@ type Store struct {
 	lock *flock.Lock
 	// Statements on every request's path, prepared once (preparing them
 	// per query was a tenth of the core's CPU under load).
-	userByDigest, userByAOR, bindings *sql.Stmt
+	userByDigest, userByAOR, bindings, dataVersion *sql.Stmt
+	cache                                          *cache
 }
 
 // ErrInUse is returned when another process has the store open.
@@ -82,7 +83,7 @@ func open(ctx context.Context, c Config, lock *flock.Lock) (*Store, error) {
 		return nil, err
 	}
 	db.SetMaxOpenConns(1) // SQLite serialises writers; one connection avoids SQLITE_BUSY between our own goroutines
-	s := &Store{db: db, lock: lock}
+	s := &Store{db: db, lock: lock, cache: newCache()}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("store %s: %w", c.Path, err)
@@ -102,7 +103,8 @@ func (s *Store) prepare(ctx context.Context) error {
 	}{
 		{&s.userByDigest, `SELECT ` + userColumns + ` FROM users WHERE username = ? AND realm = ?`},
 		{&s.userByAOR, `SELECT ` + userColumns + ` FROM users WHERE aor = ?`},
-		{&s.bindings, `SELECT ` + bindingColumns + ` FROM bindings WHERE aor = ? AND expires_at > ? ORDER BY contact`},
+		{&s.bindings, `SELECT ` + bindingColumns + ` FROM bindings WHERE aor = ? ORDER BY contact`},
+		{&s.dataVersion, `PRAGMA data_version`},
 	} {
 		if *p.st, err = s.db.PrepareContext(ctx, p.sql); err != nil {
 			return err
@@ -113,7 +115,7 @@ func (s *Store) prepare(ctx context.Context) error {
 
 // Close closes the database and releases the lock.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.userByDigest, s.userByAOR, s.bindings} {
+	for _, st := range []*sql.Stmt{s.userByDigest, s.userByAOR, s.bindings, s.dataVersion} {
 		if st != nil {
 			st.Close()
 		}

@@ -32,6 +32,7 @@ type User struct {
 func (s *Store) AddUser(ctx context.Context, u User) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO users (aor, username, realm, ha1_md5, ha1_sha256, disabled, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`, u.AOR, u.Username, u.Realm, u.HA1MD5, u.HA1SHA256, u.Disabled, time.Now().UTC().Format(time.RFC3339))
+	s.cache.dropUser(u.AOR)
 	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
 		return fmt.Errorf("%s: %w", u.AOR, ErrUserExists)
 	}
@@ -50,6 +51,7 @@ func (s *Store) SetDisabled(ctx context.Context, aor string, disabled bool) erro
 	}
 	if disabled {
 		_, err := s.db.ExecContext(ctx, `DELETE FROM bindings WHERE aor = ?`, aor)
+		s.cache.dropUser(aor)
 		return err
 	}
 	return nil
@@ -62,6 +64,7 @@ func (s *Store) DeleteUser(ctx context.Context, aor string) error {
 
 func (s *Store) updateUser(ctx context.Context, aor, query string, args ...any) error {
 	res, err := s.db.ExecContext(ctx, query, args...)
+	s.cache.dropUser(aor)
 	if err != nil {
 		return err
 	}
@@ -83,18 +86,34 @@ func scanUser(row interface{ Scan(...any) error }) (User, error) {
 
 // UserByDigest finds a user by digest username and realm.
 func (s *Store) UserByDigest(ctx context.Context, username, realm string) (User, error) {
+	s.checkExternal(ctx)
+	if u, ok := s.cache.userByDigest(username, realm); ok {
+		return u, nil
+	}
+	gen := s.cache.generation()
 	u, err := scanUser(s.userByDigest.QueryRowContext(ctx, username, realm))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%s@%s: %w", username, realm, ErrNoUser)
+	}
+	if err == nil {
+		s.cache.putUser(gen, u)
 	}
 	return u, err
 }
 
 // UserByAOR finds a user by address of record.
 func (s *Store) UserByAOR(ctx context.Context, aor string) (User, error) {
+	s.checkExternal(ctx)
+	if u, ok := s.cache.user(aor); ok {
+		return u, nil
+	}
+	gen := s.cache.generation()
 	u, err := scanUser(s.userByAOR.QueryRowContext(ctx, aor))
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%s: %w", aor, ErrNoUser)
+	}
+	if err == nil {
+		s.cache.putUser(gen, u)
 	}
 	return u, err
 }

@@ -20,6 +20,9 @@ type PeerIdentity struct {
 	Names       []string // DNS (and IP) names the certificate asserts
 	Name        string   // the name that matched the allow list
 	RemoteAddr  string
+	// Partner marks a federation partner's edge on the external listener
+	// (Names verified against the partner trust roots; Name empty).
+	Partner bool
 }
 
 // ListenerConfig configures a mutual-TLS listener.
@@ -42,6 +45,12 @@ type ListenerConfig struct {
 	OnRefused func(reason string)
 	// OnAccepted is called once per verified connection.
 	OnAccepted func(id *PeerIdentity)
+	// PartnerRoots, on a plain TLS listener (Allow nil), asks clients for a
+	// certificate: one that chains to these roots makes the peer a
+	// federation partner; none makes it a user; one that does not chain is
+	// refused. Nil (or a nil pool): no certificate is asked for. Read per
+	// handshake, so a reload can change it.
+	PartnerRoots func() *x509.CertPool
 }
 
 // Listener accepts TCP connections, completes the TLS handshake off the
@@ -167,10 +176,26 @@ func (l *Listener) handshake(raw net.Conn) {
 	remote := raw.RemoteAddr().String()
 	var id *PeerIdentity
 	cfg := l.tls.Clone()
-	if l.cfg.Allow == nil {
+	var partnerRoots *x509.CertPool
+	if l.cfg.Allow == nil && l.cfg.PartnerRoots != nil {
+		partnerRoots = l.cfg.PartnerRoots()
+	}
+	switch {
+	case partnerRoots != nil:
+		cfg.ClientAuth = tls.RequestClientCert
+		cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			if len(rawCerts) == 0 {
+				id = &PeerIdentity{}
+				return nil
+			}
+			var err error
+			id, err = VerifyPartner(rawCerts, partnerRoots)
+			return err
+		}
+	case l.cfg.Allow == nil:
 		cfg.ClientAuth = tls.NoClientCert
 		id = &PeerIdentity{}
-	} else {
+	default:
 		cfg.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
 			var err error
 			id, err = VerifyPeer(rawCerts, l.cfg.Material.Roots, l.cfg.Allow)
@@ -199,6 +224,8 @@ func (l *Listener) handshake(raw net.Conn) {
 	}
 	if l.cfg.Allow != nil {
 		l.cfg.Log.Info("mtls peer accepted", "remote", remote, "name", id.Name)
+	} else if id.Partner {
+		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
 	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout}
 	select {

@@ -148,14 +148,41 @@ func CertNames(c *x509.Certificate) []string {
 // authentication and against the allow list. It returns the identity or a
 // *PeerRefusedError.
 func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool, allow *AllowList) (*PeerIdentity, error) {
+	leaf, names, err := verifyChain(rawCerts, roots)
+	if err != nil {
+		return nil, err
+	}
+	matched, ok := allow.Match(names)
+	if !ok {
+		return nil, &PeerRefusedError{Reason: ReasonNameNotAllowed, Names: names,
+			Err: fmt.Errorf("none of %v is on the allow list", names)}
+	}
+	return &PeerIdentity{Certificate: leaf, Names: names, Name: matched}, nil
+}
+
+// VerifyPartner checks a federation partner's client certificate chain
+// against the partner trust roots. Which domain its names may speak for is
+// policy's decision, per request.
+func VerifyPartner(rawCerts [][]byte, roots *x509.CertPool) (*PeerIdentity, error) {
+	if roots == nil { // never the system's roots
+		return nil, &PeerRefusedError{Reason: ReasonUnknownCA, Err: errors.New("no partner trust roots")}
+	}
+	leaf, names, err := verifyChain(rawCerts, roots)
+	if err != nil {
+		return nil, err
+	}
+	return &PeerIdentity{Certificate: leaf, Names: names, Partner: true}, nil
+}
+
+func verifyChain(rawCerts [][]byte, roots *x509.CertPool) (*x509.Certificate, []string, error) {
 	if len(rawCerts) == 0 {
-		return nil, &PeerRefusedError{Reason: ReasonNoCertificate}
+		return nil, nil, &PeerRefusedError{Reason: ReasonNoCertificate}
 	}
 	certs := make([]*x509.Certificate, 0, len(rawCerts))
 	for _, raw := range rawCerts {
 		c, err := x509.ParseCertificate(raw)
 		if err != nil {
-			return nil, &PeerRefusedError{Reason: ReasonBadCertificate, Err: err}
+			return nil, nil, &PeerRefusedError{Reason: ReasonBadCertificate, Err: err}
 		}
 		certs = append(certs, c)
 	}
@@ -171,14 +198,9 @@ func VerifyPeer(rawCerts [][]byte, roots *x509.CertPool, allow *AllowList) (*Pee
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return nil, &PeerRefusedError{Reason: classify(err), Names: names, Err: err}
+		return nil, nil, &PeerRefusedError{Reason: classify(err), Names: names, Err: err}
 	}
-	matched, ok := allow.Match(names)
-	if !ok {
-		return nil, &PeerRefusedError{Reason: ReasonNameNotAllowed, Names: names,
-			Err: fmt.Errorf("none of %v is on the allow list", names)}
-	}
-	return &PeerIdentity{Certificate: leaf, Names: names, Name: matched}, nil
+	return leaf, names, nil
 }
 
 func classify(err error) string {
@@ -216,4 +238,21 @@ func ClientConfig(m *Material, serverName string) *tls.Config {
 		RootCAs:      m.Roots,
 		ServerName:   serverName,
 	}
+}
+
+// LoadRoots reads a PEM file of CA certificates (e.g. federation partners'
+// trust roots) into a pool; a file with none is an error.
+func LoadRoots(file string) (*x509.CertPool, error) {
+	certs, err := readCerts(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s: no certificates", file)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
 }

@@ -27,6 +27,15 @@ type Config struct {
 	HTTPS        APIConfig       `yaml:"https"`
 	TURN         TURNConfig      `yaml:"turn"`
 	Registrar    RegistrarConfig `yaml:"registrar"`
+	// Federation sends home users' requests for other domains to an edge.
+	Federation FederationConfig `yaml:"federation"`
+}
+
+// FederationConfig is the core's `federation` section.
+type FederationConfig struct {
+	// Edge is the internal SIP listener (host:port) of the edge that
+	// federates; empty: requests for other domains are refused 403.
+	Edge string `yaml:"edge"`
 }
 
 // SIPConfig is the core's `sip` section.
@@ -71,6 +80,9 @@ func (c *Config) Validate(v *config.V) {
 	v.In("https").CheckHostPort("listen", c.HTTPS.Listen, true)
 	c.TURN.Validate(v.In("turn"))
 	c.Registrar.Validate(v.In("registrar"))
+	if c.Federation.Edge != "" {
+		v.In("federation").CheckHostPort("edge", c.Federation.Edge, false)
+	}
 }
 
 // Validate checks the turn section.

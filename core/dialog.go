@@ -51,7 +51,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // Timer C
 	defer cancel()
-	target, bindings, ok := p.admit(ctx, req, tx)
+	target, bindings, ok := p.admit(ctx, peer, req, tx)
 	if !ok {
 		return
 	}

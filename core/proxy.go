@@ -25,6 +25,8 @@ type proxy struct {
 	node   *sipnode.Node
 	log    *slog.Logger
 	tokens *sipnode.FlowTokens
+	// fedEdge is the edge that federates ("" when none), read per request.
+	fedEdge func() string
 }
 
 // timerF bounds a non-INVITE client transaction (RFC 3261 §17.1.2.2).
@@ -41,7 +43,7 @@ func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.Server
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timerF)
 	defer cancel()
-	target, bindings, ok := p.admit(ctx, req, tx)
+	target, bindings, ok := p.admit(ctx, peer, req, tx)
 	if !ok {
 		return
 	}
@@ -53,22 +55,39 @@ func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.Server
 }
 
 // admit runs the checks every out-of-dialog request passes (§16.3) and
-// returns the target AOR and its bindings, or answers the request.
-func (p *proxy) admit(ctx context.Context, req *sip.Request, tx sip.ServerTransaction) (string, []store.Binding, bool) {
+// returns the target AOR and its bindings, or answers the request. A
+// request for another domain from a home user goes to the federating edge
+// (one branch); one from a federated user (the edge's trust header says so)
+// is not challenged: its domain vouched for it, and the edge checked the
+// partner's certificate against that domain.
+func (p *proxy) admit(ctx context.Context, peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) (string, []store.Binding, bool) {
 	// §16.3 step 3: Max-Forwards.
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
 		return "", nil, false
 	}
 	domain := strings.ToLower(req.Recipient.Host)
-	if _, home := p.digest.Realms()[domain]; !home {
+	_, home := p.digest.Realms()[domain]
+	from := req.From()
+	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
+	_, fromHome := p.digest.Realms()[fromDomain]
+	if partner, federated := p.federated(peer, req); federated {
+		switch {
+		case err != nil || fromHome || fromDomain != partner:
+			p.refuse(tx, req, 403, "Forbidden (sender is not of the partner's domain)", "federated_spoof")
+			return "", nil, false
+		case !home:
+			p.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
+			return "", nil, false
+		}
+		return p.targetBindings(ctx, req, tx, domain)
+	}
+	if !home && p.fedEdge() == "" {
 		p.refuse(tx, req, 403, "Forbidden (not a home domain)", "foreign_domain")
 		return "", nil, false
 	}
 	// The sender is a user of a home domain: authenticate (§22.3).
-	from := req.From()
-	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
-	if _, home := p.digest.Realms()[fromDomain]; err != nil || !home {
+	if err != nil || !fromHome {
 		p.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
 		return "", nil, false
 	}
@@ -80,6 +99,31 @@ func (p *proxy) admit(ctx context.Context, req *sip.Request, tx sip.ServerTransa
 		p.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
 		return "", nil, false
 	}
+	if !home {
+		// Federation: one branch, to the edge's internal listener; the edge
+		// applies the federation policy and finds the partner.
+		target := "sip:" + req.Recipient.User + "@" + domain
+		return target, []store.Binding{{AOR: target, Contact: req.Recipient.String(), Source: "TLS:" + p.fedEdge()}}, true
+	}
+	return p.targetBindings(ctx, req, tx, domain)
+}
+
+// federated reports whether req came through a trusted edge from a
+// federation partner, and the partner's domain.
+func (p *proxy) federated(peer *access.PeerIdentity, req *sip.Request) (string, bool) {
+	if peer == nil || peer.Name == "" {
+		return "", false // users' listener: the header was stripped anyway
+	}
+	h := req.GetHeader(access.TrustHeader)
+	if h == nil {
+		return "", false
+	}
+	return access.Federated(h.Value())
+}
+
+// targetBindings looks up the home user a request is for and their
+// bindings: 404 for an unknown or disabled user, 480 with none.
+func (p *proxy) targetBindings(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, domain string) (string, []store.Binding, bool) {
 	// §16.5: the target set is every binding of the request-URI's AOR.
 	target, _, _, err := ParseAOR("sip:" + req.Recipient.User + "@" + domain)
 	if err != nil {

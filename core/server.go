@@ -86,7 +86,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
 	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
-	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens()}
+	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens(),
+		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
 	for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
 		s.sip.Handle(m, px.route)
 	}

@@ -2,12 +2,12 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -35,21 +35,23 @@ type accessEdge struct {
 	rate     *policy.SourceLimiter // requests per source address
 	log      *slog.Logger
 	refused  func(reason string)
+
+	policy    handler // the policy chain (chain.go), built once
+	fed       *policy.Federation
+	filter    atomic.Pointer[policy.IMFilter]
+	partners  *partnerAgents // dial partners' edges
+	federated func(direction, sourceType string)
+	filtered  func(direction, action string)
 }
+
+// errNextHop: the next hop could not be reached (nothing was answered).
+var errNextHop = errors.New("next hop unreachable")
 
 // timerF bounds a non-INVITE transaction; INVITEs get Timer C.
 const (
 	timerF = 32 * time.Second
 	timerC = 3 * time.Minute
 )
-
-func (a *accessEdge) handle(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
-	if peer.Name == "" {
-		a.fromOutside(req, tx)
-		return
-	}
-	a.fromCore(req, tx)
-}
 
 func (a *accessEdge) refuse(tx sip.ServerTransaction, req *sip.Request, code int, reason, why string, hdrs ...sip.Header) {
 	a.log.Info("request refused", "method", req.Method, "status", code, "why", why, "source", req.Source(), "uri", req.Recipient.String())
@@ -69,25 +71,15 @@ func (a *accessEdge) methodNotAllowed(req *sip.Request, tx sip.ServerTransaction
 	a.refuse(tx, req, 405, "Method Not Allowed", "method_not_allowed", sip.NewHeader("Allow", strings.Join(a.cfg.AllowedMethods, ", ")))
 }
 
-// fromOutside forwards a remote user's request to the core.
+// fromOutside forwards a remote user's request to the core (after the
+// policy chain's sanity, rate, trust and access links).
 func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
-	if code, reason, why := a.sane(req); code != 0 {
-		a.refuse(tx, req, code, reason, why)
-		return
-	}
-	if src, err := netip.ParseAddrPort(req.Source()); err == nil && !a.rate.Allow(src.Addr()) {
-		a.refuse(tx, req, 503, "Service Unavailable (rate)", "rate_limited", sip.NewHeader("Retry-After", "5"))
-		return
-	}
-	if n := sipnode.RemoveAll(req, access.TrustHeader); n > 0 {
-		a.log.Warn("trust header from outside removed", "count", n, "source", req.Source())
-	}
 	// §16.4: a Route naming this proxy (a client's outbound proxy) is
 	// removed; a route set we issued means the request is in a dialog; any
 	// other Route is refused (no relaying where a client points).
 	for route := req.Route(); route != nil; route = req.Route() {
 		if _, ok := a.tokens.OpenRoutes(route.Address.User); ok {
-			a.inDialogFromOutside(req, route, tx)
+			a.inDialogFromOutside(req, route, tx, a.userTrust())
 			return
 		}
 		if !a.namesUs(route.Address) {
@@ -96,16 +88,25 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		req.RemoveHeader("Route")
 	}
-	if !slices.Contains(a.cfg.HomeDomains, strings.ToLower(req.Recipient.Host)) {
-		a.refuse(tx, req, 403, "Forbidden (not a domain served here)", "foreign_domain")
-		return
+	if !a.home(req.Recipient.Host) {
+		// Another domain: only a partner the policy admits (the core
+		// authenticates the user, then routes the request back out through
+		// the federation link). No open relay.
+		if err := a.federates(req.Recipient.Host); err != nil {
+			if errors.Is(err, policy.ErrFederationOff) || errors.Is(err, policy.ErrNotPartner) {
+				a.refuse(tx, req, 403, "Forbidden (not a domain served here)", "foreign_domain")
+			} else {
+				a.refuse(tx, req, 403, "Forbidden (domain not federated: "+fedReason(err)+")", "outbound_"+fedReason(err))
+			}
+			return
+		}
 	}
 	out := req.Clone()
 	if !sipnode.DecMaxForwards(out) {
 		a.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
 		return
 	}
-	out.AppendHeader(sip.NewHeader(access.TrustHeader, "ms-source-type=InternetUser;ms-ep-fqdn="+a.hostname))
+	out.AppendHeader(sip.NewHeader(access.TrustHeader, a.userTrust()))
 	var fix func(*sip.Response)
 	switch req.Method {
 	case sip.REGISTER:
@@ -117,16 +118,34 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(req.Source()))+">"))
 	case sip.INVITE, sip.SUBSCRIBE:
-		// Requests of this dialog from inside come back through our internal
-		// listener to the caller's connection; what the caller sees of the
-		// route set is one URI of ours (hideRoutes).
-		out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(req.Source()))))
-		caller := req.Source()
-		fix = func(res *sip.Response) { a.hideRoutes(res, caller) }
+		fix = a.recordDialog(req, out)
 	}
 	out.SetDestination(a.coreAddr)
 	out.SetTransport("TLS")
-	a.forward(req, out, tx, false, fix)
+	a.relay(req, out, tx, fix)
+}
+
+// federates says whether the policy admits a partner domain (nil) or why not.
+func (a *accessEdge) federates(domain string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), a.fed.Config().Discovery.Timeout)
+	defer cancel()
+	_, err := a.fed.Admit(ctx, domain)
+	return err
+}
+
+// recordDialog record-routes a dialog-creating request from outside:
+// requests of the dialog from inside come back through our internal
+// listener to the caller's connection, and what the caller sees of the
+// route set is one URI of ours (the fix returned, hideRoutes).
+func (a *accessEdge) recordDialog(req, out *sip.Request) func(*sip.Response) {
+	out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(req.Source()))))
+	caller := req.Source()
+	return func(res *sip.Response) { a.hideRoutes(res, caller) }
+}
+
+// userTrust is the trust header for what a remote user sends inside.
+func (a *accessEdge) userTrust() string {
+	return "ms-source-type=" + access.SourceInternetUser + ";ms-ep-fqdn=" + a.hostname
 }
 
 // sane runs the checks every request from outside passes first (RFC 3261
@@ -153,9 +172,9 @@ func (a *accessEdge) sane(req *sip.Request) (int, string, string) {
 }
 
 // inDialogFromOutside forwards a request that follows the route we gave a
-// remote user: our external URI is replaced by the internal route set it
-// stands for.
-func (a *accessEdge) inDialogFromOutside(req *sip.Request, route *sip.RouteHeader, tx sip.ServerTransaction) {
+// remote user or partner: our external URI is replaced by the internal
+// route set it stands for; trust is the trust header to set.
+func (a *accessEdge) inDialogFromOutside(req *sip.Request, route *sip.RouteHeader, tx sip.ServerTransaction, trust string) {
 	routes, ok := a.tokens.OpenRoutes(route.Address.User)
 	if !ok {
 		a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
@@ -177,10 +196,10 @@ func (a *accessEdge) inDialogFromOutside(req *sip.Request, route *sip.RouteHeade
 		a.refuse(tx, req, 483, "Too Many Hops", "max_forwards")
 		return
 	}
-	out.AppendHeader(sip.NewHeader(access.TrustHeader, "ms-source-type=InternetUser;ms-ep-fqdn="+a.hostname))
+	out.AppendHeader(sip.NewHeader(access.TrustHeader, trust))
 	out.SetDestination(a.coreAddr) // the only inside hop an edge talks to
 	out.SetTransport("TLS")
-	a.forward(req, out, tx, false, nil)
+	a.relay(req, out, tx, nil)
 }
 
 func (a *accessEdge) recordRoute(uri string) *sip.RecordRouteHeader {
@@ -244,11 +263,19 @@ func (a *accessEdge) internalURI(user string) string {
 	return "sip:" + user + "@" + a.internal + ";transport=tls;lr"
 }
 
-// fromCore sends a request of the core's to a remote user over the flow
-// our Route names, hiding the internal Vias.
-func (a *accessEdge) fromCore(req *sip.Request, tx sip.ServerTransaction) {
+// fromCore sends a request of the core's out: to a remote user or a
+// partner over the flow our Route names (in dialog, or a remote user's
+// registration), or to a partner's edge (a home user's request for a
+// partner's domain, admitted by the federation link). Internal Vias are
+// hidden.
+func (a *accessEdge) fromCore(m *msg) {
+	req, tx := m.req, m.tx
 	route := req.Route()
 	if route == nil {
+		if m.partner != nil {
+			a.toPartner(m)
+			return
+		}
 		a.refuse(tx, req, 403, "Forbidden (no route through this edge)", "no_route")
 		return
 	}
@@ -267,40 +294,69 @@ func (a *accessEdge) fromCore(req *sip.Request, tx sip.ServerTransaction) {
 	sipnode.RemoveAll(out, access.TrustHeader)
 	var fix func(*sip.Response)
 	if req.IsInvite() || req.Method == sip.SUBSCRIBE {
-		// The remote callee sees one route of ours standing for the internal
-		// ones (in the order a UAS follows them: §12.1.1); what comes back
-		// inside gets them restored, with ours to the callee's connection.
-		var inside []string
-		var kept []sip.Header
-		for _, h := range req.GetHeaders("Record-Route") {
-			if rr, ok := h.(*sip.RecordRouteHeader); ok {
-				inside = append(inside, rr.Address.String())
-				kept = append(kept, sip.HeaderClone(rr))
-			}
+		fix = a.hideInternalRoutes(out, flow)
+	}
+	node := a.node
+	if fed, ok := strings.CutPrefix(flow, "fed:"); ok {
+		// A dialog with a partner that we called: its edge, over the
+		// partner's user agent.
+		domain, addr, _ := strings.Cut(fed, "|")
+		var err error
+		if node, err = a.partners.agent(domain); err != nil {
+			node = nil
 		}
-		if len(inside) > 0 {
-			sipnode.RemoveAll(out, "Record-Route")
-			out.PrependHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
-			internal := a.recordRoute(a.internalURI(a.tokens.Make(flow)))
-			fix = func(res *sip.Response) {
-				sipnode.RemoveAll(res, "Record-Route")
-				res.AppendHeader(internal)
-				for _, h := range kept {
-					res.AppendHeader(h)
-				}
-			}
-		}
+		flow = addr
 	}
 	out.SetDestination(flow)
 	out.SetTransport("TLS")
-	a.forward(req, out, tx, true, fix)
+	if node == nil || a.forward(node, req, out, tx, true, fix) == errNextHop {
+		a.refuse(tx, req, 503, "Service Unavailable", "next_hop_unreachable", sip.NewHeader("Retry-After", "10"))
+	}
 }
 
-// forward runs a client transaction for out and relays its responses to
-// the server transaction of req. When hide is set, the responses are
-// rebuilt on req's own Vias (the ones removed from out); fix, if set,
-// rewrites each response relayed. A CANCEL of req is passed on (§16.10).
-func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hide bool, fix func(*sip.Response)) {
+// hideInternalRoutes replaces the Record-Routes of a dialog-creating
+// request going out with one route of ours standing for the internal ones
+// (in the order a UAS follows them: §12.1.1), and returns the fix that
+// restores them, with ours to flow, on the responses going back inside.
+func (a *accessEdge) hideInternalRoutes(out *sip.Request, flow string) func(*sip.Response) {
+	var inside []string
+	var kept []sip.Header
+	for _, h := range out.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			inside = append(inside, rr.Address.String())
+			kept = append(kept, sip.HeaderClone(rr))
+		}
+	}
+	if len(inside) == 0 {
+		return nil
+	}
+	sipnode.RemoveAll(out, "Record-Route")
+	out.PrependHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
+	internal := a.recordRoute(a.internalURI(a.tokens.Make(flow)))
+	return func(res *sip.Response) {
+		sipnode.RemoveAll(res, "Record-Route")
+		res.AppendHeader(internal)
+		for _, h := range kept {
+			res.AppendHeader(h)
+		}
+	}
+}
+
+// relay forwards a request from outside to the core (forward), answering
+// 503 when the core cannot be reached.
+func (a *accessEdge) relay(req, out *sip.Request, tx sip.ServerTransaction, fix func(*sip.Response)) {
+	if a.forward(a.node, req, out, tx, false, fix) == errNextHop {
+		a.refuse(tx, req, 503, "Service Unavailable", "next_hop_unreachable", sip.NewHeader("Retry-After", "10"))
+	}
+}
+
+// forward runs a client transaction for out on node's user agent and
+// relays its responses to the server transaction of req. When hide is set,
+// the responses are rebuilt on req's own Vias (the ones removed from out);
+// fix, if set, rewrites each response relayed. A CANCEL of req is passed on
+// (§16.10). It returns errNextHop, having answered nothing, when out could
+// not be sent.
+func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.ServerTransaction, hide bool, fix func(*sip.Response)) error {
 	timeout := timerF
 	if req.IsInvite() {
 		timeout = timerC
@@ -308,16 +364,15 @@ func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hi
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if req.IsAck() {
-		if err := a.node.Client.WriteRequest(out, sipgo.ClientRequestAddVia); err != nil {
+		if err := node.Client.WriteRequest(out, sipgo.ClientRequestAddVia); err != nil {
 			a.log.Info("forwarding ACK failed", "error", err)
 		}
-		return
+		return nil
 	}
-	ctx2, err := a.node.Client.TransactionRequest(ctx, out, sipgo.ClientRequestAddVia)
+	ctx2, err := node.Client.TransactionRequest(ctx, out, sipgo.ClientRequestAddVia)
 	if err != nil {
 		a.log.Info("forwarding failed", "method", req.Method, "destination", out.Destination(), "error", err)
-		a.refuse(tx, req, 503, "Service Unavailable", "next_hop_unreachable", sip.NewHeader("Retry-After", "10"))
-		return
+		return errNextHop
 	}
 	defer ctx2.Terminate()
 	cancelled := make(chan struct{})
@@ -327,7 +382,7 @@ func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hi
 			go func() {
 				cctx, cc := context.WithTimeout(context.Background(), timerF)
 				defer cc()
-				if _, err := a.node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
+				if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
 					a.log.Info("passing CANCEL on failed", "error", err)
 				}
 			}()
@@ -356,14 +411,14 @@ func (a *accessEdge) forward(req, out *sip.Request, tx sip.ServerTransaction, hi
 				}
 			}
 			if !res.IsProvisional() {
-				return
+				return nil
 			}
 		case <-ctx2.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
-			return
+			return nil
 		case <-ctx.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
-			return
+			return nil
 		}
 	}
 }

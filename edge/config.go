@@ -12,6 +12,7 @@ import (
 	"portcullis/internal/config"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/policy"
 	"portcullis/relay"
 )
 
@@ -32,6 +33,10 @@ type Config struct {
 	External ExternalConfig `yaml:"external"`
 	// TURN is the A/V Edge: the STUN/TURN media relay.
 	TURN relay.Config `yaml:"turn"`
+	// Federation: which outside users and partner domains get in (reloadable).
+	Federation policy.FederationConfig `yaml:"federation"`
+	// IMFilter screens every IM crossing the edge (reloadable).
+	IMFilter policy.IMFilterConfig `yaml:"im_filter"`
 }
 
 // InternalConfig is the `internal` section.
@@ -116,11 +121,13 @@ type LinkConfig struct {
 // DefaultConfig returns the defaults every file is decoded onto.
 func DefaultConfig() Config {
 	return Config{
-		Log:      lifecycle.LogConfig{Level: "info"},
-		Metrics:  ops.Config{Listen: ""},
-		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
-		Internal: InternalConfig{HandshakeTimeout: 10 * time.Second},
-		TURN:     relay.DefaultConfig(),
+		Log:        lifecycle.LogConfig{Level: "info"},
+		Metrics:    ops.Config{Listen: ""},
+		Shutdown:   lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
+		Internal:   InternalConfig{HandshakeTimeout: 10 * time.Second},
+		TURN:       relay.DefaultConfig(),
+		Federation: policy.DefaultFederationConfig(),
+		IMFilter:   policy.DefaultIMFilterConfig(),
 		External: ExternalConfig{AllowedMethods: []string{"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "MESSAGE",
 			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK"},
 			Limits: LimitsConfig{MaxMessageBytes: 64 << 10, RequestsPerSecond: 20, Burst: 40, ConnectionsPerAddress: 20,
@@ -144,6 +151,11 @@ func (c *Config) Validate(v *config.V) {
 	c.Core.Validate(v.In("core"))
 	c.TURN.Validate(v.In("turn"))
 	c.External.Validate(v.In("external"))
+	c.Federation.Validate(v.In("federation"))
+	c.IMFilter.Validate(v.In("im_filter"))
+	if c.Federation.AllowFederation && c.External.Listen == "" {
+		v.In("federation").Errorf("allow_federation", "needs the external listener (external.listen)")
+	}
 }
 
 // Validate checks the internal section.
@@ -171,7 +183,7 @@ func (c *LinkConfig) Validate(v *config.V) {
 func (c *Config) Resolve(base string) {
 	c.TLS.Resolve(base)
 	c.TURN.Resolve(base)
-	for _, p := range []*string{&c.External.TLSCertFile, &c.External.TLSKeyFile} {
+	for _, p := range []*string{&c.External.TLSCertFile, &c.External.TLSKeyFile, &c.Federation.TrustRootsFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -187,6 +199,11 @@ func Preflight(c Config) error {
 	if c.External.Listen != "" {
 		if _, err := access.LoadServerPair(c.External.TLSCertFile, c.External.TLSKeyFile); err != nil {
 			return fmt.Errorf("external: %w", err)
+		}
+	}
+	if c.Federation.AllowFederation {
+		if _, err := access.LoadRoots(c.Federation.TrustRootsFile); err != nil {
+			return fmt.Errorf("federation: %w", err)
 		}
 	}
 	if !c.TURN.Enabled {

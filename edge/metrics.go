@@ -10,6 +10,8 @@ type metrics struct {
 	mtlsRefused *prometheus.CounterVec
 	reloads     *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	federated   *prometheus.CounterVec
+	imFilter    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,6 +45,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "portcullis_edge_requests_refused_total",
 		Help: "Requests the Access Edge refused, by reason.",
 	}, []string{"reason"})
-	reg.MustRegister(m.linkUp, m.linkDowns, m.keepalives, m.requests, m.mtlsRefused, m.reloads, m.refused)
+	m.federated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_edge_federation_requests_total",
+		Help: "Requests admitted across federation, by direction (inbound, outbound) and source type (DirectPartner, AutoFederation). Refusals are in portcullis_edge_requests_refused_total (reasons partner_*, outbound_*, discovered_*).",
+	}, []string{"direction", "source_type"})
+	m.imFilter = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_edge_im_filter_actions_total",
+		Help: "Intelligent IM Filter actions, by direction (inbound, outbound) and action (allow, warn, block, refused).",
+	}, []string{"direction", "action"})
+	reg.MustRegister(m.linkUp, m.linkDowns, m.keepalives, m.requests, m.mtlsRefused, m.reloads, m.refused, m.federated, m.imFilter)
 	return m
 }

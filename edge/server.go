@@ -5,6 +5,7 @@ package edge
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"github.com/emiago/sipgo/sip"
@@ -31,6 +32,7 @@ type Server struct {
 	allow   *access.AllowList
 
 	sip   *sipnode.Node
+	ae    *accessEdge // nil without an external listener
 	link  *link
 	ops   *ops.Server
 	relay *relay.Server // nil when turn.enabled is false
@@ -60,6 +62,20 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 			return nil, fmt.Errorf("external: %w", err)
 		}
 	}
+	publicName := cfg.External.PublicName
+	if publicName == "" {
+		publicName = cfg.Internal.Hostname
+	}
+	partners := &partnerAgents{public: public, hostname: publicName, max: cfg.External.Limits.MaxMessageBytes,
+		log: s.log.With("listener", "sip-federation"), agents: map[string]*sipnode.Node{}}
+	partners.roots.Store(x509.NewCertPool()) // no partner verifies until roots are configured
+	if cfg.Federation.AllowFederation {
+		roots, err := access.LoadRoots(cfg.Federation.TrustRootsFile)
+		if err != nil {
+			return nil, fmt.Errorf("federation: %w", err)
+		}
+		partners.roots.Store(roots)
+	}
 	s.sip, err = sipnode.New(sipnode.Config{
 		Name:         "portcullis-edge",
 		Hostname:     cfg.Internal.Hostname,
@@ -68,7 +84,13 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		UserMaterial: public,
 		UserLimits: sipnode.Limits{HandshakeTimeout: cfg.External.Limits.HandshakeTimeout, MaxConnsPerAddr: cfg.External.Limits.ConnectionsPerAddress,
 			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout},
-		MaxMessage:       cfg.External.Limits.MaxMessageBytes,
+		MaxMessage: cfg.External.Limits.MaxMessageBytes,
+		PartnerRoots: func() *x509.CertPool {
+			if !s.cfg.Load().Federation.AllowFederation {
+				return nil // a certificate offered then is refused
+			}
+			return partners.roots.Load()
+		},
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.Internal.HandshakeTimeout,
@@ -83,8 +105,16 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	if cfg.External.Listen != "" {
 		ae := &accessEdge{node: s.sip, internal: s.sip.Addr(), external: s.sip.UserAddr(), cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
 			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"),
-			rate:    policy.NewSourceLimiter(rate.Limit(cfg.External.Limits.RequestsPerSecond), cfg.External.Limits.Burst),
-			refused: func(r string) { s.metrics.refused.WithLabelValues(r).Inc() }}
+			rate:      policy.NewSourceLimiter(rate.Limit(cfg.External.Limits.RequestsPerSecond), cfg.External.Limits.Burst),
+			refused:   func(r string) { s.metrics.refused.WithLabelValues(r).Inc() },
+			fed:       policy.NewFederation(cfg.Federation),
+			partners:  partners,
+			federated: func(d, t string) { s.metrics.federated.WithLabelValues(d, t).Inc() },
+			filtered:  func(d, a string) { s.metrics.imFilter.WithLabelValues(d, a).Inc() },
+		}
+		ae.filter.Store(policy.NewIMFilter(cfg.IMFilter))
+		ae.policy = ae.chain()
+		s.ae = ae
 		for _, m := range cfg.External.AllowedMethods {
 			s.sip.Handle(sip.RequestMethod(m), ae.handle)
 		}
@@ -143,7 +173,23 @@ func (s *Server) Reload(cfg Config) error {
 		cfg.Core.Address, cfg.Core.ServerName = old.Core.Address, old.Core.ServerName
 		cfg.TURN = old.TURN
 	}
+	var roots *x509.CertPool
+	if s.ae != nil && cfg.Federation.AllowFederation {
+		var err error
+		if roots, err = access.LoadRoots(cfg.Federation.TrustRootsFile); err != nil {
+			s.metrics.reloads.WithLabelValues("rejected").Inc()
+			s.log.Error("reload rejected: federation trust roots; keeping the running config", "error", err)
+			return err
+		}
+	}
 	s.allow.Set(cfg.Internal.TrustedCores)
+	if s.ae != nil {
+		if roots != nil {
+			s.ae.partners.roots.Store(roots)
+		}
+		s.ae.fed.Set(cfg.Federation)
+		s.ae.filter.Store(policy.NewIMFilter(cfg.IMFilter))
+	}
 	if l, err := lifecycle.ParseLevel(cfg.Log.Level); err == nil && s.deps.Level != nil {
 		s.deps.Level.Set(l)
 	}
@@ -151,7 +197,9 @@ func (s *Server) Reload(cfg Config) error {
 	s.link.timing.Store(&link)
 	s.cfg.Store(&cfg)
 	s.metrics.reloads.WithLabelValues("applied").Inc()
-	s.log.Info("edge config applied", "trusted_cores", cfg.Internal.TrustedCores, "keepalive_interval", cfg.Core.KeepaliveInterval.String())
+	s.log.Info("edge config applied", "trusted_cores", cfg.Internal.TrustedCores, "keepalive_interval", cfg.Core.KeepaliveInterval.String(),
+		"federation", cfg.Federation.AllowFederation, "partners", len(cfg.Federation.Partners), "blocked_domains", len(cfg.Federation.BlockedDomains),
+		"discovery", cfg.Federation.Discovery.Enabled, "im_filter", cfg.IMFilter.Enabled)
 	return nil
 }
 
@@ -190,6 +238,9 @@ func (s *Server) Close() error {
 	}
 	if s.sip != nil {
 		errs = append(errs, s.sip.Close())
+	}
+	if s.ae != nil {
+		errs = append(errs, s.ae.partners.Close())
 	}
 	if s.ops != nil {
 		errs = append(errs, s.ops.Close())

@@ -7,6 +7,7 @@ package sipnode
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,9 @@ type Config struct {
 	UserMaterial *access.Material
 	// UserLimits cap the user listener's connections.
 	UserLimits Limits
+	// PartnerRoots, if set, lets federation partners' edges present a
+	// certificate on the user listener (access.ListenerConfig.PartnerRoots).
+	PartnerRoots func() *x509.CertPool
 	// MaxMessage, if set, lets messages up to twice its size be parsed (so
 	// that the handler can answer 413 above it); larger ones close the
 	// connection. Default: sipgo's 65535.
@@ -147,6 +151,7 @@ func New(cfg Config) (*Node, error) {
 		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
 			Material: m, HandshakeTimeout: hs, Log: log, OnRefused: cfg.OnRefused,
 			MaxConnsPerAddr: cfg.UserLimits.MaxConnsPerAddr, MaxConns: cfg.UserLimits.MaxConns, IdleTimeout: cfg.UserLimits.IdleTimeout,
+			PartnerRoots: cfg.PartnerRoots,
 		})
 		if err != nil {
 			if n.listener != nil {
@@ -245,7 +250,7 @@ func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 			return
 		}
 		defer n.leave()
-		if peer.Name == "" {
+		if peer.Name == "" { // users and partners
 			for _, name := range n.cfg.StripFromUsers {
 				if RemoveAll(req, name) > 0 {
 					n.log.Info("header from a user removed", "header", name, "source", req.Source())

@@ -121,6 +121,29 @@ func (u *UA) Message(from, username, password, to, text string, extra ...sip.Hea
 	return u.do(req, username, password)
 }
 
+// MessageTyped sends an IM with any content type and body, without
+// credentials (as a partner's edge would).
+func (u *UA) MessageTyped(from, to, contentType, body string) *sip.Response {
+	u.T.Helper()
+	return u.typed(sip.MESSAGE, from, to, contentType, body)
+}
+
+// InviteTyped sends an INVITE offer (no dialog follows: for refusals).
+func (u *UA) InviteTyped(from, to, contentType, body string) *sip.Response {
+	u.T.Helper()
+	return u.typed(sip.INVITE, from, to, contentType, body)
+}
+
+func (u *UA) typed(method sip.RequestMethod, from, to, contentType, body string) *sip.Response {
+	req := u.newRequest(method, from, to)
+	req.AppendHeader(sip.NewHeader("Content-Type", contentType))
+	if method == sip.INVITE {
+		req.AppendHeader(sip.NewHeader("Contact", "<"+from+";transport=tls>"))
+	}
+	req.SetBody([]byte(body))
+	return u.do(req, "", "")
+}
+
 // Request sends any out-of-dialog request to `to` (no body).
 func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
 	u.T.Helper()

@@ -256,3 +256,33 @@ func LoadRoots(file string) (*x509.CertPool, error) {
 	}
 	return pool, nil
 }
+
+// ClientConfigAllow is a TLS 1.2+ client config presenting the node's
+// certificate and accepting a server whose certificate chains to the
+// private CA and names an entry of allow (the core dialling an edge's
+// internal listener at the address a Path or a Record-Route gave: the
+// edge is known by its certificate name, not by that address).
+func ClientConfigAllow(m *Material, allow *AllowList) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		Certificates:       []tls.Certificate{m.Cert},
+		InsecureSkipVerify: true, // replaced by VerifyConnection below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return &PeerRefusedError{Reason: ReasonNoCertificate}
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			leaf := cs.PeerCertificates[0]
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: m.Roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return &PeerRefusedError{Reason: classify(err), Names: CertNames(leaf), Err: err}
+			}
+			if _, ok := allow.Match(CertNames(leaf)); !ok {
+				return &PeerRefusedError{Reason: ReasonNameNotAllowed, Names: CertNames(leaf)}
+			}
+			return nil
+		},
+	}
+}

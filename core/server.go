@@ -70,7 +70,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		Hostname:         cfg.SIP.Hostname,
 		Listen:           cfg.SIP.Listen,
 		UserListen:       cfg.SIP.UsersListen,
-		ClientTLS:        access.ClientConfig(material, ""), // to edges' internal listeners (a Path or Record-Route leads there)
+		ClientTLS:        access.ClientConfigAllow(material, s.allow), // to edges' internal listeners (a Path, a Record-Route or federation.edge leads there): trusted edges by certificate name
 		StripFromUsers:   []string{access.TrustHeader},
 		Material:         material,
 		Allow:            s.allow,

@@ -177,6 +177,7 @@ func (a *accessEdge) admitPartner(m *msg) bool {
 	}
 	m.partner = &p
 	a.federated("inbound", p.Kind.String())
+	a.log.Debug("federated request admitted", "direction", "inbound", "domain", p.Domain, "source_type", p.Kind.String(), "method", req.Method)
 	return true
 }
 
@@ -199,6 +200,7 @@ func (a *accessEdge) admitOutbound(m *msg) bool {
 	}
 	m.partner = &p
 	a.federated("outbound", p.Kind.String())
+	a.log.Debug("federated request admitted", "direction", "outbound", "domain", p.Domain, "source_type", p.Kind.String(), "method", req.Method)
 	return true
 }
 

@@ -16,19 +16,23 @@ need_go_tool() { # name module@version
 }
 
 # Debian packages the suite needs, as "command:package" pairs: real peers
-# no one here wrote (kamailio comes with federation).
+# no one here wrote (kamailio plays a partner's edge in test/dmz).
 DEB_NEEDS=(
 	"git:git"
 	"turnutils_uclient:coturn"
 	"baresip:baresip"
 	"sipp:sip-tester"
 	"stunnel:stunnel4"
+	"kamailio:kamailio"
+	"ip:iproute2"
 )
 
 missing=()
 for pair in "${DEB_NEEDS[@]}"; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+# Kamailio's TLS module is its own package (test/dmz: a partner's edge).
+ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || missing+=("kamailio-tls-modules")
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing Debian packages: ${missing[*]}"
 	SUDO=""

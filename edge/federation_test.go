@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -363,5 +365,53 @@ func TestFederationFileTransferFilter(t *testing.T) {
 	legacy := "Application-Name: File Transfer\r\nInvitation-Command: INVITE\r\nApplication-File: run.bat\r\n"
 	if res := partner.MessageTyped("sip:carol@partner.test", "sip:alice@example.test", "text/x-msmsgsinvite; charset=UTF-8", legacy); res.StatusCode != 403 {
 		t.Fatalf("legacy invitation: %d %s", res.StatusCode, res.Reason)
+	}
+}
+
+// Outbound, A tries a partner's SRV targets in order and falls back past a
+// dead one, and sends nothing to an edge whose certificate does not name
+// the domain called.
+func TestFederationOutboundTargets(t *testing.T) {
+	pub := accesstest.New(t)
+	b := startOrg(t, pub, "partner.test", func(c *edge.Config) {
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "example.test", Edge: "127.0.0.1:9"}}
+	})
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	dead.Close() // a closed port: connections are refused
+	_, bPort, _ := net.SplitHostPort(b.edge.ExternalAddr())
+	dns, err := testdns.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	if err := dns.Add(
+		"_sipfederationtls._tcp.partner.test. 60 IN SRV 0 0 "+strconv.Itoa(deadPort)+" sip.partner.test.",
+		"_sipfederationtls._tcp.partner.test. 60 IN SRV 10 0 "+bPort+" sip.partner.test.",
+		"sip.partner.test. 60 IN A 127.0.0.1",
+	); err != nil {
+		t.Fatal(err)
+	}
+	a := startOrg(t, pub, "example.test", func(c *edge.Config) {
+		c.Federation.Resolver = dns.Addr()
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "partner.test"}, {Domain: "impostor.test", Edge: b.edge.ExternalAddr()}}
+	})
+	bob := b.internal("bob")
+	alice := a.internal("alice")
+	if res := alice.Message("sip:alice@example.test", "alice", pw, "sip:bob@partner.test", "via the second target"); res.StatusCode != 200 {
+		t.Fatalf("SRV fallback: %d %s", res.StatusCode, res.Reason)
+	}
+	if got := bob.WaitMessages(1, 5*time.Second); len(got) != 1 {
+		t.Fatal("bob got nothing")
+	}
+	// B's certificate names partner.test, not impostor.test: A does not send.
+	if res := alice.Message("sip:alice@example.test", "alice", pw, "sip:bob@impostor.test", "to the wrong edge"); res.StatusCode != 503 {
+		t.Fatalf("edge with a certificate for another domain: %d %s", res.StatusCode, res.Reason)
+	}
+	if n := len(bob.WaitMessages(2, 300*time.Millisecond)); n != 1 {
+		t.Fatalf("a message reached the wrong organisation (%d)", n)
 	}
 }

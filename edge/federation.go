@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -37,7 +38,66 @@ type partnerAgents struct {
 
 	mu     sync.Mutex
 	agents map[string]*sipnode.Node
+	used   map[string]map[string]time.Time // domain → partner edge address → last request
 	closed bool
+}
+
+// keepIdle is how long a partner connection is kept alive after its last
+// request.
+const keepIdle = 10 * time.Minute
+
+// touch records a request sent to a partner's edge address.
+func (p *partnerAgents) touch(domain, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.used == nil {
+		p.used = map[string]map[string]time.Time{}
+	}
+	if p.used[domain] == nil {
+		p.used[domain] = map[string]time.Time{}
+	}
+	p.used[domain][addr] = time.Now()
+}
+
+// keepalive sends an RFC 5626 §4.4.1 CRLF ping on every partner connection
+// used in the last keepIdle, every interval(), until ctx ends.
+func (p *partnerAgents) keepalive(ctx context.Context, interval func() time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval()):
+		}
+		type conn struct{ domain, addr string }
+		var live []conn
+		var nodes []*sipnode.Node
+		p.mu.Lock()
+		for d, addrs := range p.used {
+			for a, last := range addrs {
+				if time.Since(last) > keepIdle {
+					delete(addrs, a)
+					continue
+				}
+				live = append(live, conn{d, a})
+				nodes = append(nodes, p.agents[d])
+			}
+		}
+		p.mu.Unlock()
+		for i, c := range live {
+			if nodes[i] == nil {
+				continue
+			}
+			sc, err := nodes[i].UA.TransportLayer().GetConnection("tls", c.addr)
+			if err != nil || sc == nil {
+				continue // closed: the next request dials again
+			}
+			if w, ok := sc.(interface{ Write([]byte) (int, error) }); ok {
+				if _, err := w.Write([]byte("\r\n\r\n")); err != nil {
+					p.log.Info("partner keepalive failed", "domain", c.domain, "address", c.addr, "error", err)
+				}
+			}
+		}
+	}
 }
 
 // maxPartnerAgents bounds the agents kept; past it the least useful thing
@@ -302,6 +362,7 @@ func (a *accessEdge) toPartner(m *msg) {
 		}
 		o.SetDestination(t.Addr)
 		if a.forward(node, req, o, tx, true, fix) != errNextHop {
+			a.partners.touch(m.partner.Domain, t.Addr)
 			return
 		}
 		a.log.Info("partner edge address failed", "domain", m.partner.Domain, "address", t.Addr, "left", len(targets)-1-i)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"portcullis/edge"
 	"portcullis/internal/siptest"
 	"portcullis/internal/testdns"
+	"portcullis/internal/testlog"
 	"portcullis/policy"
 )
 
@@ -33,6 +36,8 @@ type org struct {
 	pub    *accesstest.PKI
 	// public is the edge's public certificate (names sip.<domain> and <domain>).
 	public access.TLSFiles
+	// edgeLog holds the edge's log lines.
+	edgeLog *testlog.Buffer
 }
 
 func startOrg(t *testing.T, pub *accesstest.PKI, domain string, tune func(*edge.Config)) *org {
@@ -65,7 +70,10 @@ func startOrg(t *testing.T, pub *accesstest.PKI, domain string, tune func(*edge.
 	if tune != nil {
 		tune(&ec)
 	}
-	ed, err := edge.Start(ec, deps(t, "edge-"+domain))
+	edgeLog := &testlog.Buffer{}
+	d := deps(t, "edge-"+domain)
+	d.Log = slog.New(slog.NewJSONHandler(io.MultiWriter(testlog.Writer(t, "edge-"+domain), edgeLog), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ed, err := edge.Start(ec, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +86,7 @@ func startOrg(t *testing.T, pub *accesstest.PKI, domain string, tune func(*edge.
 	if err := c.Reload(cc); err != nil {
 		t.Fatal(err)
 	}
-	return &org{t: t, domain: domain, core: c, edge: ed, ecfg: ec, pub: pub, public: public}
+	return &org{t: t, domain: domain, core: c, edge: ed, ecfg: ec, pub: pub, public: public, edgeLog: edgeLog}
 }
 
 func (o *org) reload(tune func(*edge.Config)) {
@@ -413,5 +421,34 @@ func TestFederationOutboundTargets(t *testing.T) {
 	}
 	if n := len(bob.WaitMessages(2, 300*time.Millisecond)); n != 1 {
 		t.Fatalf("a message reached the wrong organisation (%d)", n)
+	}
+}
+
+// A's connection to B's edge outlives B's idle timeout because A pings it
+// (RFC 5626 CRLF keepalive): the second IM, after the timeout, goes over
+// the same connection.
+func TestFederationKeepalive(t *testing.T) {
+	pub := accesstest.New(t)
+	b := startOrg(t, pub, "partner.test", func(c *edge.Config) {
+		c.External.Limits.IdleTimeout = time.Second
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "example.test", Edge: "127.0.0.1:9"}}
+	})
+	a := startOrg(t, pub, "example.test", func(c *edge.Config) {
+		c.Federation.KeepaliveInterval = 200 * time.Millisecond
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "partner.test", Edge: b.edge.ExternalAddr()}}
+	})
+	bob := b.internal("bob")
+	alice := a.internal("alice")
+	for i, wait := range []time.Duration{0, 2500 * time.Millisecond} {
+		time.Sleep(wait)
+		if res := alice.Message("sip:alice@example.test", "alice", pw, "sip:bob@partner.test", "ping "+strconv.Itoa(i)); res.StatusCode != 200 {
+			t.Fatalf("IM %d: %d %s", i, res.StatusCode, res.Reason)
+		}
+	}
+	if got := bob.WaitMessages(2, 5*time.Second); len(got) != 2 {
+		t.Fatalf("bob got %d", len(got))
+	}
+	if n := strings.Count(b.edgeLog.String(), `"partner edge accepted"`); n != 1 {
+		t.Fatalf("B accepted %d partner connections: the idle one was not kept alive", n)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"portcullis/access"
 	"portcullis/internal/lifecycle"
@@ -37,8 +38,9 @@ type Server struct {
 	ops   *ops.Server
 	relay *relay.Server // nil when turn.enabled is false
 
-	stopLink context.CancelFunc
-	linkDone sync.WaitGroup
+	stopLink      context.CancelFunc
+	stopKeepalive context.CancelFunc // partner connections' keepalive
+	linkDone      sync.WaitGroup
 }
 
 // Start loads the certificate files, binds the listeners, and starts the
@@ -119,6 +121,15 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 			s.sip.Handle(sip.RequestMethod(m), ae.handle)
 		}
 		s.sip.Server.OnNoRoute(func(req *sip.Request, tx sip.ServerTransaction) { ae.methodNotAllowed(req, tx) })
+	}
+	if s.ae != nil {
+		kctx, stop := context.WithCancel(context.Background())
+		s.stopKeepalive = stop
+		s.linkDone.Add(1)
+		go func() {
+			defer s.linkDone.Done()
+			s.ae.partners.keepalive(kctx, func() time.Duration { return s.cfg.Load().Federation.KeepaliveInterval })
+		}()
 	}
 	s.link, err = newLink(s.sip, cfg.Core, s.log.With("link", "core"), linkEvents{
 		onUp:   func() { s.metrics.linkUp.Set(1) },
@@ -228,10 +239,13 @@ func (s *Server) Relay() *relay.Server { return s.relay }
 
 // Close stops the link and every listener.
 func (s *Server) Close() error {
+	if s.stopKeepalive != nil {
+		s.stopKeepalive()
+	}
 	if s.stopLink != nil {
 		s.stopLink()
-		s.linkDone.Wait()
 	}
+	s.linkDone.Wait()
 	var errs []error
 	if s.relay != nil {
 		errs = append(errs, s.relay.Close())

@@ -50,6 +50,10 @@ type FederationConfig struct {
 	// records of partners; required when discovery is on or a partner's edge
 	// is given by name.
 	Resolver string `yaml:"resolver"`
+	// KeepaliveInterval: connections to partners' edges used in the last
+	// ten minutes get an RFC 5626 CRLF ping this often (so that idle
+	// timeouts and firewalls on the way do not close them).
+	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 }
 
 // PartnerConfig is one row of the partner table.
@@ -78,7 +82,8 @@ type DiscoveryConfig struct {
 // anonymous users off until the operator turns them on.
 func DefaultFederationConfig() FederationConfig {
 	return FederationConfig{
-		AllowRemoteUsers: true,
+		AllowRemoteUsers:  true,
+		KeepaliveInterval: 30 * time.Second,
 		Discovery: DiscoveryConfig{RequestsPerSecond: 20, Burst: 20, MaxContacts: 1000, ContactWindow: 24 * time.Hour,
 			NegativeTTL: 30 * time.Second, Timeout: 2 * time.Second},
 	}
@@ -115,6 +120,7 @@ func (c *FederationConfig) Validate(v *config.V) {
 	if c.AllowFederation && needResolver {
 		v.CheckHostPort("resolver", c.Resolver, false)
 	}
+	v.Check(c.KeepaliveInterval >= 100*time.Millisecond && c.KeepaliveInterval <= 10*time.Minute, "keepalive_interval", "must be between 100ms and 10m, got %s", c.KeepaliveInterval)
 	d, dv := c.Discovery, v.In("discovery")
 	dv.Check(d.RequestsPerSecond > 0, "requests_per_second", "must be positive")
 	dv.Check(d.Burst >= 1, "burst", "must be at least 1")

@@ -7,6 +7,8 @@ package dmz_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -19,8 +21,16 @@ import (
 
 	"portcullis/access"
 	"portcullis/access/accesstest"
+	"portcullis/internal/siptest"
 	"portcullis/internal/testdns"
 )
+
+// pubRoots is a pool holding the partners' CA.
+func pubRoots(t *testing.T, pub *accesstest.PKI) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(pub.CA.Cert)
+	return p
+}
 
 // Addresses (STYLE.md): the internet 198.51.100.0/24; org A's internal
 // network 203.0.113.0/26 and DMZ .64/26; org B's .128/26 and .192/26.
@@ -300,6 +310,20 @@ func TestDMZFederation(t *testing.T) {
 	}
 	kam.wait(t, "PARTNER-IM from=sip:alice@example.test to=sip:carol@third.test body=hello Kamailio trust=<null>", 10*time.Second) // no trust header leaves an edge
 	aliceListen.wait(t, "sip:carol@third.test: echo: hello Kamailio", 10*time.Second)
+
+	// Someone on the internet with a certificate from the partners' CA, but
+	// for another domain, cannot speak for partner.test at A's edge.
+	mallory := pub.Issue(t, access.IssueRequest{Name: "sip.evil.test", SANs: []string{"sip.evil.test", "evil.test"}, Usage: access.UsageServer | access.UsageClient})
+	if err := l.inNS("inet", func() error {
+		ua := siptest.New(t, edgeAExt+":5061", &tls.Config{RootCAs: pubRoots(t, pub), ServerName: "sip.example.test", MinVersion: tls.VersionTLS12,
+			Certificates: []tls.Certificate{accesstest.Material(t, mallory).Cert}})
+		if res := ua.MessageTyped("sip:mallory@partner.test", "sip:alice@example.test", "text/plain", "spoof"); res.StatusCode != 403 || !strings.Contains(res.Reason, "certificate") {
+			return fmt.Errorf("certificate for evil.test claiming partner.test: %d %s", res.StatusCode, res.Reason)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
 
 	// B with discovery off: A's users are refused (example.test is not listed).
 	bb.reloadEdge(t, pub.CAFile(), "  discovery: {enabled: false}\n")

@@ -83,17 +83,27 @@ func (l *lab) inNS(name string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		sent := false
+		defer func() { // fn called t.Fatal (runtime.Goexit): do not leave the caller waiting
+			if !sent {
+				errc <- fmt.Errorf("aborted in namespace %s", name)
+			}
+		}()
 		f, err := os.Open(filepath.Join("/var/run/netns", l.ns(name)))
 		if err != nil {
+			sent = true
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			sent = true
 			errc <- fmt.Errorf("setns %s: %w", name, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		sent = true
+		errc <- err
 	}()
 	return <-errc
 }

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -84,6 +85,19 @@ func (a *accessEdge) handle(peer *access.PeerIdentity, req *sip.Request, tx sip.
 		m.from = fromUser
 	}
 	a.policy(m)
+}
+
+// publicName is the edge's name as the outside knows it (never the
+// internal host name: topology hiding).
+func (a *accessEdge) publicName() string {
+	if a.cfg.PublicName != "" {
+		return a.cfg.PublicName
+	}
+	host, _, err := net.SplitHostPort(a.external)
+	if err != nil {
+		return a.external
+	}
+	return host
 }
 
 // route is the end of the chain: where the request goes.
@@ -197,7 +211,7 @@ func (a *accessEdge) imFilterLink(next handler) handler {
 			a.log.Info("im filter blocked a message", "direction", dir, "source", m.req.Source(), "why", v.Reason,
 				"from", m.req.From().Address.String(), "to", m.req.Recipient.String())
 			a.refuse(m.tx, m.req, 403, "Forbidden (IM filter: "+v.Reason+" blocked)", "im_filter_block",
-				sip.NewHeader("Warning", `399 `+a.hostname+` "The message was blocked by the IM filter: `+v.Reason+`"`))
+				sip.NewHeader("Warning", `399 `+a.publicName()+` "The message was blocked by the IM filter: `+v.Reason+`"`))
 			return
 		}
 		if v.Changed {

@@ -203,8 +203,9 @@ func TestFederationIMBothWays(t *testing.T) {
 	// The IM filter acts in both directions at A: on what its remote user
 	// sends in, on what its internal user sends out, on what B sends in.
 	res := alice.Message("sip:alice@example.test", "alice", pw, "sip:bob@partner.test", "click javascript:alert(1)")
-	if res.StatusCode != 403 || !strings.Contains(res.Reason, "IM filter") || res.GetHeader("Warning") == nil {
-		t.Fatalf("blocked link from a remote user: %d %s", res.StatusCode, res.Reason)
+	if res.StatusCode != 403 || !strings.Contains(res.Reason, "IM filter") || res.GetHeader("Warning") == nil ||
+		!strings.HasPrefix(res.GetHeader("Warning").Value(), "399 sip.example.test ") {
+		t.Fatalf("blocked link from a remote user: %d %s %v", res.StatusCode, res.Reason, res.GetHeader("Warning"))
 	}
 	if res := aliceIn.Message("sip:bob@example.test", "bob", pw, "sip:bob@partner.test", "click javascript:alert(1)"); res.StatusCode != 403 || !strings.Contains(res.Reason, "IM filter") {
 		t.Fatalf("blocked link outbound: %d %s", res.StatusCode, res.Reason)

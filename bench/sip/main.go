@@ -35,6 +35,7 @@ type opts struct {
 	server, name, ca, domain string
 	caller, callerPW         string
 	callee, calleePW         string
+	calleeServer, calleeName string
 	mode                     string
 	rates                    []int
 	step                     time.Duration
@@ -64,6 +65,8 @@ func main() {
 	var rates, pids string
 	flag.StringVar(&o.server, "server", "", "proxy TLS address host:port")
 	flag.StringVar(&o.name, "server-name", "", "name in the proxy's certificate")
+	flag.StringVar(&o.calleeServer, "callee-server", "", "where the callee registers, host:port (default: -server); e.g. the core's users listener, for an internal callee")
+	flag.StringVar(&o.calleeName, "callee-server-name", "", "name in the callee server's certificate (default: -server-name)")
 	flag.StringVar(&o.ca, "ca", "", "CA file")
 	flag.StringVar(&o.domain, "domain", "example.test", "SIP domain")
 	flag.StringVar(&o.caller, "caller", "alice", "caller user")
@@ -232,25 +235,48 @@ func request(o opts, method sip.RequestMethod, from, to string) *sip.Request {
 
 const sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
-// callee registers and answers MESSAGE and INVITE at once.
+// callee registers (at -callee-server, default the proxy) and answers
+// MESSAGE and INVITE at once.
 func callee(o opts, conf *tls.Config) (*sipgo.UserAgent, error) {
+	server := o.server
+	if o.calleeServer != "" {
+		server = o.calleeServer
+		conf = conf.Clone()
+		if o.calleeName != "" {
+			conf.ServerName = o.calleeName
+		}
+	}
 	ua, cl, srv := newUA(conf)
 	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
 	contact := sip.ContactHeader{Address: uri("sip:" + o.callee + "@127.0.0.1:5999;transport=tls")}
 	dua := &sipgo.DialogUA{Client: cl, ContactHDR: contact}
+	var sessions sync.Map // Call-ID → *sipgo.DialogServerSession
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		sess, err := dua.ReadInvite(req, tx)
 		if err != nil {
 			return
 		}
+		sessions.Store(req.CallID().Value(), sess)
 		_ = sess.RespondSDP([]byte(sdp))
 		<-tx.Done()
 	})
-	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {})
+	// The ACK stops the 2xx retransmissions (RFC 3261 §13.3.1.4); without it
+	// every call costs the servers a retransmitted 200 half a second later.
+	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
+		if s, ok := sessions.Load(req.CallID().Value()); ok {
+			_ = s.(*sipgo.DialogServerSession).ReadAck(req, tx)
+		}
+	})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
-		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		if s, ok := sessions.LoadAndDelete(req.CallID().Value()); ok {
+			sess := s.(*sipgo.DialogServerSession)
+			_ = sess.ReadBye(req, tx)
+			sess.Close()
+			return
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 	})
 	a := &authed{cl: cl, user: o.callee, pass: o.calleePW}
 	aor := "sip:" + o.callee + "@" + o.domain
@@ -258,7 +284,7 @@ func callee(o opts, conf *tls.Config) (*sipgo.UserAgent, error) {
 	defer cancel()
 	res, err := a.do(ctx, func() *sip.Request {
 		req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: o.domain, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
-		req.SetDestination(o.server)
+		req.SetDestination(server)
 		req.AppendHeader(&sip.ToHeader{Address: uri(aor)})
 		req.AppendHeader(&sip.FromHeader{Address: uri(aor), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})
 		req.AppendHeader(sip.NewHeader("Contact", "<"+contact.Address.String()+">;expires=3600"))

@@ -54,11 +54,20 @@ gen() { # label server pid mode extra...
 # preallocated shared memory that RSS does not show.
 echo "== portcullis idle" >&2
 gen portcullis 127.0.0.1:15061 "$PC" idle -conns "$IDLE" -metrics "http://127.0.0.1:19100/metrics" >"$WORK/portcullis-idle.json"
+# The callee: by default an internal user registered on the core's users
+# listener (a remote user's request crosses the edge, then the core, to a
+# colleague inside: the Access Edge path). CALLEE=edge registers it through
+# the edge as well (a remote user to a remote user: the edge is crossed
+# twice). Kamailio's callee registers with Kamailio, its only hop.
+PC_CALLEE=(-callee-server 127.0.0.1:25063 -callee-server-name core.dev.internal)
+[ "${CALLEE:-inside}" = edge ] && PC_CALLEE=()
 for side in "portcullis 127.0.0.1:15061 $PC" "kamailio 127.0.0.1:35061 $KP"; do
 	set -- $side
+	extra=()
+	[ "$1" = portcullis ] && extra=("${PC_CALLEE[@]}")
 	echo "== $1" >&2
-	gen "$1" "$2" "$3" message -rates "$MSG_RATES" >"$WORK/$1-message.json"
-	gen "$1" "$2" "$3" call -rates "$CALL_RATES" >"$WORK/$1-call.json"
+	gen "$1" "$2" "$3" message -rates "$MSG_RATES" "${extra[@]}" >"$WORK/$1-message.json"
+	gen "$1" "$2" "$3" call -rates "$CALL_RATES" "${extra[@]}" >"$WORK/$1-call.json"
 	gen "$1" "$2" "$3" connect -workers 8 >"$WORK/$1-connect.json"
 done
 

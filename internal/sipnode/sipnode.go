@@ -95,6 +95,12 @@ func New(cfg Config) (*Node, error) {
 		sipgo.WithUserAgent(cfg.Name),
 		sipgo.WithUserAgentHostname(cfg.Hostname),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(libraryLogger(log).With("layer", "sip-transport"))),
+		// A response that matches no transaction (a 2xx retransmission after
+		// the transaction ended, or junk) is dropped with a debug line:
+		// sipgo's default logs each at info, so a peer could flood the log.
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
+			log.Debug("response matching no transaction dropped", "status", r.StatusCode, "source", r.Source())
+		})),
 	}
 	if cfg.ClientTLS != nil {
 		opts = append(opts, sipgo.WithUserAgenTLSConfig(cfg.ClientTLS))

@@ -31,12 +31,13 @@ type TURNConfig struct {
 // client certificate from the internal CA.
 type api struct {
 	*ops.Server
-	log    *slog.Logger
-	secret []byte
-	turn   func() TURNConfig
+	log     *slog.Logger
+	secret  []byte
+	turn    func() TURNConfig
+	factory *Factory
 }
 
-func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, log *slog.Logger) (*api, error) {
+func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{m.Cert},
@@ -47,9 +48,11 @@ func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNCo
 	if err != nil {
 		return nil, err
 	}
-	a := &api{log: log, secret: secret, turn: turn}
+	a := &api{log: log, secret: secret, turn: turn, factory: factory}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/turn-credentials", a.turnCredentials)
+	mux.HandleFunc("/v1/meetings", a.meetings)
+	mux.HandleFunc("/v1/meetings/", a.meetings)
 	a.Server = ops.Serve(ln, mux, log)
 	return a, nil
 }

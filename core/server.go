@@ -22,6 +22,7 @@ import (
 
 // Server is a running core.
 type Server struct {
+	factory *Factory
 	cfg     atomic.Pointer[Config]
 	deps    lifecycle.Deps
 	log     *slog.Logger
@@ -93,14 +94,15 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	}
 	s.sip.Handle(sip.INVITE, px.invite)
 	mr := &mras{authenticator: auth, secret: secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
-	s.sip.Handle("SERVICE", mr.service)
+	s.factory = NewFactory(s.store)
+	s.sip.Handle("SERVICE", service(&factoryService{authenticator: auth, f: s.factory, log: s.log.With("role", "focus-factory")}, mr))
 	for _, m := range []sip.RequestMethod{sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.INFO} {
 		s.sip.Handle(m, px.inDialog)
 	}
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})
 	go func() { defer close(s.sweepDone); reg.sweep(sweepCtx, 10*time.Second) }()
-	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.log.With("listener", "https")); err != nil {
+	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https")); err != nil {
 		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
 	}
 	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {

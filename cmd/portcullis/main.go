@@ -37,6 +37,10 @@ commands:
   user list (--config core.yaml | --data DIR)
   client register|listen --user sip:u@d (--server H:P --ca F --password-file F | --data DIR [--internal])
   client im --user sip:u@d --to sip:v@d "text" (...same connection flags)
+  meeting create --organizer sip:u@d [--admission closed|open|anonymous] [--lobby]
+                 [--expires 2026-12-31] [--subject S] (--config core.yaml | --data DIR)
+  meeting list [--organizer sip:u@d] (--config core.yaml | --data DIR)
+  meeting delete <conference URI or ID> (--config core.yaml | --data DIR)
 
 Run 'portcullis <command> -h' for a command's flags.
 `
@@ -70,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return user(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "client":
 		return client(ctx, args[1:], stdout, stderr)
+	case "meeting":
+		return meeting(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

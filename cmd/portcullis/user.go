@@ -39,15 +39,9 @@ func user(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprintf(stderr, "portcullis user %s: give one of --config or --data%s\n", verb, map[bool]string{true: ", and one sip:user@domain", false: ""}[needAOR])
 		return 2
 	}
-	sc, err := storeConfig(*cfgFile, *data)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 2
-	}
-	st, err := store.OpenShared(ctx, sc)
-	if err != nil {
-		fmt.Fprintln(stderr, "portcullis user:", err)
-		return 1
+	st, code := openStore(ctx, "portcullis user", *cfgFile, *data, stderr)
+	if st == nil {
+		return code
 	}
 	defer st.Close()
 	aor := ""
@@ -93,6 +87,23 @@ func user(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		fmt.Fprintf(stdout, "%s: %s done\n", aor, verb)
 	}
 	return 0
+}
+
+// openStore opens the store of --config or --data for an operator command
+// (shared: the core may be running); on failure it reports and returns the
+// exit code.
+func openStore(ctx context.Context, cmd, cfgFile, data string, stderr io.Writer) (*store.Store, int) {
+	sc, err := storeConfig(cfgFile, data)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, 2
+	}
+	st, err := store.OpenShared(ctx, sc)
+	if err != nil {
+		fmt.Fprintln(stderr, cmd+":", err)
+		return nil, 1
+	}
+	return st, 0
 }
 
 func storeConfig(cfgFile, data string) (store.Config, error) {

@@ -158,6 +158,27 @@ var migrations = []string{
 	CREATE INDEX bindings_expiry ON bindings (expires_at)`,
 	// Path (RFC 3327): the route to a user registered through an edge.
 	3: `ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT ''`,
+	// Meetings (Focus Factory) and their durable per-user state: roles
+	// given, lobby decisions.
+	4: `CREATE TABLE meetings (
+		id         TEXT PRIMARY KEY,
+		organizer  TEXT NOT NULL,
+		subject    TEXT NOT NULL DEFAULT '',
+		admission  TEXT NOT NULL,
+		lobby      INTEGER NOT NULL DEFAULT 0,
+		locked     INTEGER NOT NULL DEFAULT 0,
+		conf_key   TEXT NOT NULL UNIQUE,
+		expires_at INTEGER NOT NULL DEFAULT 0,
+		created_at TEXT NOT NULL
+	);
+	CREATE INDEX meetings_organizer ON meetings (organizer);
+	CREATE TABLE meeting_users (
+		meeting_id TEXT NOT NULL REFERENCES meetings(id) ON DELETE CASCADE,
+		user       TEXT NOT NULL,
+		role       TEXT NOT NULL DEFAULT '',
+		access     TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (meeting_id, user)
+	)`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -219,4 +240,22 @@ func (s *Store) DeploymentID(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return s.DeploymentID(ctx)
+}
+
+// queryAll runs a query and scans every row.
+func queryAll[T any](ctx context.Context, db *sql.DB, scan func(interface{ Scan(...any) error }) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }

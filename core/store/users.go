@@ -120,18 +120,5 @@ func (s *Store) UserByAOR(ctx context.Context, aor string) (User, error) {
 
 // Users lists every user, by address of record.
 func (s *Store) Users(ctx context.Context) ([]User, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+userColumns+` FROM users ORDER BY aor`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []User
-	for rows.Next() {
-		u, err := scanUser(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanUser, `SELECT `+userColumns+` FROM users ORDER BY aor`)
 }

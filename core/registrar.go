@@ -111,22 +111,8 @@ func (a *authenticator) challenge(tx sip.ServerTransaction, req *sip.Request, re
 // authenticate returns the user whose credentials the request carries, or
 // answers the request and returns false.
 func (a *authenticator) authenticate(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, realm string, proxy bool) (store.User, bool) {
-	name := "Authorization"
-	if proxy {
-		name = "Proxy-Authorization"
-	}
-	h := req.GetHeader(name)
-	if h == nil {
-		a.challenge(tx, req, realm, proxy, false, "")
-		return store.User{}, false
-	}
-	p, err := access.ParseDigest(h.Value())
-	if err != nil {
-		a.refuse(tx, req, 400, "Bad Request (malformed "+name+")", "malformed_authorization")
-		return store.User{}, false
-	}
 	var user store.User
-	err = a.digest.Verify(p, string(req.Method), func(username, realm, alg string) (string, error) {
+	ok := a.authenticateWith(tx, req, realm, proxy, func(username, realm, alg string) (string, error) {
 		u, err := a.st.UserByDigest(ctx, username, realm)
 		if err != nil {
 			return "", err
@@ -137,13 +123,38 @@ func (a *authenticator) authenticate(ctx context.Context, tx sip.ServerTransacti
 		}
 		return u.HA1MD5, nil
 	})
+	if !ok {
+		return store.User{}, false
+	}
+	if user.Disabled {
+		a.refuse(tx, req, 403, "Forbidden (account disabled)", "disabled")
+		return store.User{}, false
+	}
+	return user, true
+}
+
+// authenticateWith checks the request's digest credentials against the HA1
+// that ha1 gives (a user's, or one made from a conference key), or answers
+// the request (challenge, stale challenge, 400) and returns false.
+func (a *authenticator) authenticateWith(tx sip.ServerTransaction, req *sip.Request, realm string, proxy bool, ha1 func(username, realm, alg string) (string, error)) bool {
+	name := "Authorization"
+	if proxy {
+		name = "Proxy-Authorization"
+	}
+	h := req.GetHeader(name)
+	if h == nil {
+		a.challenge(tx, req, realm, proxy, false, "")
+		return false
+	}
+	p, err := access.ParseDigest(h.Value())
+	if err != nil {
+		a.refuse(tx, req, 400, "Bad Request (malformed "+name+")", "malformed_authorization")
+		return false
+	}
+	err = a.digest.Verify(p, string(req.Method), ha1)
 	switch {
 	case err == nil:
-		if user.Disabled {
-			a.refuse(tx, req, 403, "Forbidden (account disabled)", "disabled")
-			return store.User{}, false
-		}
-		return user, true
+		return true
 	case errors.Is(err, access.ErrDigestStale):
 		a.challenge(tx, req, realm, proxy, true, "")
 	case errors.Is(err, access.ErrDigestQOP):
@@ -151,7 +162,7 @@ func (a *authenticator) authenticate(ctx context.Context, tx sip.ServerTransacti
 	default:
 		a.challenge(tx, req, realm, proxy, false, digestReason(err))
 	}
-	return store.User{}, false
+	return false
 }
 
 // registrar serves REGISTER for the home domains (RFC 3261 §10.3).

@@ -23,6 +23,7 @@ import (
 // Server is a running core.
 type Server struct {
 	factory *Factory
+	focus   *focusManager
 	cfg     atomic.Pointer[Config]
 	deps    lifecycle.Deps
 	log     *slog.Logger
@@ -89,15 +90,21 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	s.sip.Handle(sip.REGISTER, reg.register)
 	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens(),
 		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
-	for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
-		s.sip.Handle(m, px.route)
-	}
-	s.sip.Handle(sip.INVITE, px.invite)
 	mr := &mras{authenticator: auth, secret: secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
+	fm := &focusManager{authenticator: auth, node: s.sip, log: s.log.With("role", "focus"), mcu: &imMCU{fanout: 64}, confs: map[string]*focus{}}
+	fm.ctx, fm.stop = context.WithCancel(context.Background())
+	s.focus = fm
 	s.factory = NewFactory(s.store)
-	s.sip.Handle("SERVICE", service(&factoryService{authenticator: auth, f: s.factory, log: s.log.With("role", "focus-factory")}, mr))
-	for _, m := range []sip.RequestMethod{sip.ACK, sip.BYE, sip.CANCEL, sip.UPDATE, sip.INFO} {
-		s.sip.Handle(m, px.inDialog)
+	s.factory.ended = fm.ended
+	// The dispatch table: requests for a conference URI go to its Focus,
+	// whatever the method; the others to the proxy, the Focus Factory or
+	// MRAS.
+	for m, h := range map[sip.RequestMethod]sipnode.Handler{
+		sip.MESSAGE: px.route, sip.OPTIONS: px.route, sip.INVITE: px.invite, sip.SUBSCRIBE: nil,
+		sip.ACK: px.inDialog, sip.BYE: px.inDialog, sip.CANCEL: px.inDialog, sip.UPDATE: px.inDialog, sip.INFO: px.inDialog,
+		"SERVICE": service(&factoryService{authenticator: auth, f: s.factory, log: s.log.With("role", "focus-factory")}, mr),
+	} {
+		s.sip.Handle(m, conferences(fm, h))
 	}
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})
@@ -113,6 +120,22 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "sip_users", s.sip.UserAddr(), "https", s.api.Addr(), "metrics", s.ops.Addr(),
 		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
 	return s, nil
+}
+
+// conferences sends requests for a conference URI to the Focus and the
+// rest to next (nil: 405).
+func conferences(fm *focusManager, next sipnode.Handler) sipnode.Handler {
+	return func(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+		if _, ok := meetingOf(req); ok {
+			fm.serve(peer, req, tx)
+			return
+		}
+		if next == nil {
+			fm.respond(tx, req, 405, "Method Not Allowed", sip.NewHeader("Allow", "REGISTER, INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS, UPDATE, INFO, SERVICE"))
+			return
+		}
+		next(peer, req, tx)
+	}
 }
 
 // Ready is nil when the core can serve: listening, not draining, store answering.
@@ -174,6 +197,9 @@ func (s *Server) Close() error {
 	if s.stopSweep != nil {
 		s.stopSweep()
 		<-s.sweepDone
+	}
+	if s.focus != nil {
+		s.focus.close()
 	}
 	if s.sip != nil {
 		errs = append(errs, s.sip.Close())

@@ -24,9 +24,14 @@ type Options struct {
 	Server     string // host:port of the edge (or the core's users listener)
 	ServerName string // name the server's certificate must carry ("" → host of Server)
 	CAFile     string
-	AOR        string // sip:alice@example.test
-	Password   string
+	AOR        string // sip:alice@example.test (an anonymous guest: sip:<name>@anonymous.invalid)
+	Password   string // a guest's is the conference key
+	// DisplayName goes in From (an anonymous guest's name in the roster).
+	DisplayName string
 }
+
+// defaultTimeout is the unit of the client's own waits.
+const defaultTimeout = time.Second
 
 // Client is a connected user agent.
 type Client struct {

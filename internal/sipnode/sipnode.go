@@ -421,6 +421,7 @@ func CancelRequest(r *sip.Request) *sip.Request {
 	sip.CopyHeaders("To", r, c)
 	sip.CopyHeaders("Call-ID", r, c)
 	c.AppendHeader(&sip.CSeqHeader{SeqNo: r.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil) // Content-Length: 0 (a stream needs it to find the message's end)
 	c.SetDestination(r.Destination())
 	c.SetTransport(r.Transport())
 	return c

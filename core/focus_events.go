@@ -1,0 +1,276 @@
+package core
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"portcullis/access"
+	"portcullis/core/confinfo"
+)
+
+// The conference event package (RFC 6665, RFC 4575): a participant
+// subscribes to the conference URI and gets full state first, then a
+// partial document with the next version for every change. Each
+// subscription has its own queue, so that its NOTIFYs leave in order and a
+// slow subscriber holds up no one else.
+
+// maxSubExpires bounds a subscription's life between refreshes.
+const maxSubExpires = time.Hour
+
+// subscription is one subscriber's dialog and what it has been sent.
+type subscription struct {
+	entity  string
+	dlg     *uasDialog
+	expires time.Time
+	version uint64 // guarded by the focus lock
+	// pending: the subscriber was in the lobby when last notified (it saw
+	// only itself); admitted, it gets full state.
+	pending bool
+	queue   chan notifyJob
+	done    chan struct{}
+	once    sync.Once
+}
+
+// finish ends the subscription's notifier after what is queued.
+func (s *subscription) finish() { s.once.Do(func() { close(s.done) }) }
+
+type notifyJob struct {
+	doc   *confinfo.Info
+	state string // Subscription-State
+}
+
+// queueLen bounds a subscription's backlog; a subscriber that falls this
+// far behind is sent full state when it catches up.
+const queueLen = 64
+
+func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
+	fm := f.fm
+	if ev := req.GetHeader("Event"); ev == nil || !strings.EqualFold(strings.TrimSpace(strings.Split(ev.Value(), ";")[0]), confinfo.Event) {
+		fm.refuse(tx, req, 489, "Bad Event", "bad_event", sip.NewHeader("Allow-Events", confinfo.Event))
+		return
+	}
+	expires := maxSubExpires
+	if h := req.GetHeader("Expires"); h != nil {
+		n, err := strconv.Atoi(strings.TrimSpace(h.Value()))
+		if err != nil || n < 0 {
+			fm.refuse(tx, req, 400, "Bad Request (Expires)", "bad_expires")
+			return
+		}
+		expires = min(time.Duration(n)*time.Second, maxSubExpires)
+	}
+	callID := req.CallID().Value()
+	f.mu.Lock()
+	s := f.subs[callID]
+	if s != nil { // a refresh or an unsubscribe (RFC 6665 §4.1.2)
+		if expires == 0 {
+			delete(f.subs, callID)
+		} else {
+			s.expires = time.Now().Add(expires)
+		}
+		f.mu.Unlock()
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
+		_ = tx.Respond(res)
+		if expires == 0 {
+			s.push(notifyJob{doc: f.deletedDocFor(s), state: "terminated;reason=timeout"})
+			s.finish()
+			f.dropIfEmpty()
+		}
+		return
+	}
+	f.mu.Unlock()
+	// A new subscription: the subscriber authenticates as for joining and
+	// must be a participant.
+	j, ok := f.identify(ctx, peer, req, tx)
+	if !ok {
+		return
+	}
+	f.mu.Lock()
+	p := f.parts[j.entity]
+	if p == nil {
+		f.mu.Unlock()
+		fm.refuse(tx, req, 403, "Forbidden (join the conference before subscribing)", "conf_not_participant")
+		return
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	tag, _ := res.To().Params.Get("tag")
+	if tag == "" {
+		tag = sip.GenerateTagN(16)
+		res.To().Params.Add("tag", tag)
+	}
+	s = &subscription{entity: p.entity, dlg: newUASDialog(req, tag), expires: time.Now().Add(expires),
+		pending: p.status == confinfo.Pending, queue: make(chan notifyJob, queueLen), done: make(chan struct{})}
+	f.subs[callID] = s
+	full := f.fullDocFor(s)
+	f.mu.Unlock()
+	res.AppendHeader(&sip.ContactHeader{Address: confURI(f.uri)})
+	res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
+	if err := tx.Respond(res); err != nil {
+		fm.log.Warn("answering SUBSCRIBE failed", "error", err)
+	}
+	fm.notifiers.Add(1)
+	go func() {
+		defer fm.notifiers.Done()
+		f.notifier(s)
+	}()
+	s.push(notifyJob{doc: full, state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
+}
+
+// push queues a document; a full queue drops it (the subscriber will see a
+// version gap and fetch again).
+func (s *subscription) push(j notifyJob) {
+	select {
+	case s.queue <- j:
+	default:
+	}
+}
+
+// notifier sends a subscription's NOTIFYs in order until it ends.
+func (f *focus) notifier(s *subscription) {
+	send := func(j notifyJob) {
+		ctx, cancel := context.WithTimeout(f.fm.ctx, 10*time.Second)
+		defer cancel()
+		f.sendNotify(ctx, s, j.doc, j.state)
+	}
+	for {
+		select {
+		case j := <-s.queue:
+			send(j)
+		case <-f.fm.ctx.Done():
+			return
+		case <-s.done:
+			for { // what is left (the final NOTIFY), then stop
+				select {
+				case j := <-s.queue:
+					send(j)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (f *focus) sendNotify(ctx context.Context, s *subscription, doc *confinfo.Info, state string) {
+	r := s.dlg.request(sip.NOTIFY)
+	r.AppendHeader(sip.NewHeader("Event", confinfo.Event))
+	r.AppendHeader(sip.NewHeader("Subscription-State", state))
+	r.AppendHeader(sip.NewHeader("Content-Type", confinfo.ContentType))
+	r.AppendHeader(&sip.ContactHeader{Address: confURI(f.uri)})
+	r.SetBody(confinfo.Marshal(doc))
+	status, err := s.dlg.send(ctx, f.fm.node, r)
+	if err == nil {
+		return
+	}
+	f.fm.log.Info("NOTIFY failed", "conference", f.uri, "subscriber", s.entity, "status", status, "error", err)
+	if status == 481 || status == 408 { // the subscription is gone (RFC 6665 §4.1.3)
+		f.mu.Lock()
+		delete(f.subs, s.dlg.callID)
+		f.mu.Unlock()
+		s.finish()
+	}
+}
+
+// userOf is a participant's roster entry.
+func (f *focus) userOf(p *participant) confinfo.User {
+	u := confinfo.User{Entity: p.entity, DisplayText: p.display, Roles: []string{p.role}, State: confinfo.Full}
+	ep := confinfo.Endpoint{Entity: p.entity, Status: p.status, JoiningMethod: "dialed-in"}
+	if p.chat && p.status == confinfo.Connected {
+		ep.Media = []confinfo.Media{{ID: p.chatMediaID, Type: "message", Status: "sendrecv"}}
+	}
+	u.Endpoints = []confinfo.Endpoint{ep}
+	return u
+}
+
+// confState is conference-state now (the focus lock held).
+func (f *focus) confState() *confinfo.ConfState {
+	n, active, locked := 0, true, f.meeting.Locked
+	for _, p := range f.parts {
+		if p.status == confinfo.Connected {
+			n++
+		}
+	}
+	return &confinfo.ConfState{UserCount: &n, Active: &active, Locked: &locked}
+}
+
+// fullDocFor is full state for a subscriber (the focus lock held): everyone,
+// or only itself while it waits in the lobby.
+func (f *focus) fullDocFor(s *subscription) *confinfo.Info {
+	s.version++
+	doc := &confinfo.Info{Entity: f.uri, State: confinfo.Full, Version: s.version,
+		Description: &confinfo.Description{Subject: f.meeting.Subject},
+		HostInfo:    &confinfo.HostInfo{URI: f.organizer},
+		ConfState:   f.confState(), Users: &confinfo.Users{}}
+	entities := make([]string, 0, len(f.parts))
+	for e := range f.parts {
+		entities = append(entities, e)
+	}
+	slices.Sort(entities)
+	for _, e := range entities {
+		if s.pending && e != s.entity {
+			continue
+		}
+		doc.Users.Users = append(doc.Users.Users, f.userOf(f.parts[e]))
+	}
+	return doc
+}
+
+// deletedDocFor is the final document of a subscription (the focus lock
+// held).
+func (f *focus) deletedDocFor(s *subscription) *confinfo.Info {
+	s.version++
+	return &confinfo.Info{Entity: f.uri, State: confinfo.Deleted, Version: s.version}
+}
+
+func (f *focus) deletedDoc(s *subscription) *confinfo.Info {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.deletedDocFor(s)
+}
+
+// changed tells every subscriber about users that joined or changed and
+// users that left, in one partial document each (full state to a
+// subscriber that has just left the lobby).
+func (f *focus) changed(updated, removed []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	for id, s := range f.subs {
+		if now.After(s.expires) {
+			delete(f.subs, id)
+			s.push(notifyJob{doc: f.deletedDocFor(s), state: "terminated;reason=timeout"})
+			s.finish()
+			continue
+		}
+		self := f.parts[s.entity]
+		stillPending := self != nil && self.status == confinfo.Pending
+		if s.pending && !stillPending {
+			s.pending = false
+			s.push(notifyJob{doc: f.fullDocFor(s), state: "active"})
+			continue
+		}
+		doc := &confinfo.Info{Entity: f.uri, State: confinfo.Partial, ConfState: f.confState(), Users: &confinfo.Users{}}
+		for _, e := range updated {
+			if p := f.parts[e]; p != nil && (!s.pending || e == s.entity) {
+				doc.Users.Users = append(doc.Users.Users, f.userOf(p)) // the whole user element: state full
+			}
+		}
+		for _, e := range removed {
+			if !s.pending || e == s.entity {
+				doc.Users.Users = append(doc.Users.Users, confinfo.User{Entity: e, State: confinfo.Deleted})
+			}
+		}
+		if s.pending && len(doc.Users.Users) == 0 {
+			continue // nothing this lobby subscriber may see
+		}
+		s.version++
+		doc.Version = s.version
+		s.push(notifyJob{doc: doc, state: "active"})
+	}
+}

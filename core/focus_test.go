@@ -1,0 +1,297 @@
+package core_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"portcullis/core"
+	"portcullis/core/c3p"
+	"portcullis/core/confinfo"
+	"portcullis/internal/sipclient"
+)
+
+// joinAs joins a meeting on the core's users listener as user.
+func joinAs(t *testing.T, s *core.Server, caFile, aor, password, uri string) (*sipclient.Conference, error) {
+	t.Helper()
+	c, err := sipclient.New(sipclient.Options{Server: s.UsersAddr(), ServerName: "core1.internal", CAFile: caFile, AOR: aor, Password: password, DisplayName: strings.Split(strings.TrimPrefix(aor, "sip:"), "@")[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.Join(ctx, uri)
+}
+
+// until waits (bounded) for a roster that satisfies ok.
+func until(t *testing.T, cf *sipclient.Conference, what string, ok func(confinfo.Roster) bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if ok(cf.Roster()) {
+			return
+		}
+		select {
+		case _, open := <-cf.Events():
+			if !open && !ok(cf.Roster()) {
+				t.Fatalf("%s: events ended; roster %+v", what, cf.Roster())
+			}
+		case <-deadline:
+			t.Fatalf("%s: roster %+v", what, cf.Roster())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func role(r confinfo.Roster, entity string) string {
+	u, ok := r.Users[entity]
+	if !ok || len(u.Roles) == 0 {
+		return ""
+	}
+	return u.Roles[0]
+}
+
+func status(r confinfo.Roster, entity string) string {
+	u, ok := r.Users[entity]
+	if !ok || len(u.Endpoints) == 0 {
+		return ""
+	}
+	return u.Endpoints[0].Status
+}
+
+func cmd(t *testing.T, cf *sipclient.Conference, c c3p.Command) *c3p.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := cf.Command(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func user(entity string, roles ...string) *c3p.User { return &c3p.User{Entity: entity, Roles: roles} }
+
+func TestFocusMeeting(t *testing.T) {
+	s, pki, _ := startCore(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Subject: "Plans"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := core.ConferenceURI(m.Organizer, m.ID)
+	const alice, bob, carol = "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test"
+
+	a, err := joinAs(t, s, pki.CAFile(), alice, alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice sees herself as organiser", func(r confinfo.Roster) bool { return role(r, alice) == "organizer" })
+	b, err := joinAs(t, s, pki.CAFile(), bob, alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice sees bob", func(r confinfo.Roster) bool { return role(r, bob) == "attendee" })
+	until(t, b, "bob sees both", func(r confinfo.Roster) bool { return len(r.Users) == 2 })
+
+	// Wrong password, and a wrong conference key for a guest.
+	if _, err := joinAs(t, s, pki.CAFile(), carol, "wrong password!", uri); err == nil {
+		t.Fatal("joined with a wrong password")
+	}
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:guest1@anonymous.invalid", "00000000", uri); err == nil {
+		t.Fatal("guest joined with a wrong key")
+	}
+	g, err := joinAs(t, s, pki.CAFile(), "sip:guest1@anonymous.invalid", m.Key, uri)
+	if err != nil {
+		t.Fatalf("guest with the key: %v", err)
+	}
+	until(t, a, "alice sees the guest", func(r confinfo.Roster) bool { return role(r, "sip:guest1@anonymous.invalid") == "attendee" })
+
+	// Group IM: everyone else gets it, named by sender.
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := b.IM(ictx, "hello all"); err != nil {
+		t.Fatal(err)
+	}
+	for name, cf := range map[string]*sipclient.Conference{"alice": a, "guest": g} {
+		waitIM(t, cf, name, bob, "hello all")
+	}
+
+	// An attendee's forbidden command: a failure with a reason, nothing changes.
+	lock := c3p.Cmd("modifyConferenceLock")
+	yes := true
+	lock.Locked = &yes
+	if res := cmd(t, b, lock); res.Code != c3p.Failure || res.Reason != c3p.ReasonForbidden {
+		t.Fatalf("attendee locks: %+v", res)
+	}
+	promote := c3p.Cmd("modifyUserRoles")
+	promote.User = user(carol, "presenter")
+	if res := cmd(t, b, promote); res.Code != c3p.Failure || res.Reason != c3p.ReasonForbidden {
+		t.Fatalf("attendee promotes: %+v", res)
+	}
+	if a.Roster().Locked {
+		t.Fatal("locked by an attendee")
+	}
+	// The organiser promotes bob and locks; carol cannot join, the
+	// presenter bob could.
+	promote.User = user(bob, "presenter")
+	if res := cmd(t, a, promote); res.Code != c3p.Success {
+		t.Fatalf("promote: %+v", res)
+	}
+	until(t, g, "the guest sees bob presenting", func(r confinfo.Roster) bool { return role(r, bob) == "presenter" })
+	if res := cmd(t, b, lock); res.Code != c3p.Success {
+		t.Fatalf("presenter locks: %+v", res)
+	}
+	until(t, a, "lock notified", func(r confinfo.Roster) bool { return r.Locked })
+	if _, err := joinAs(t, s, pki.CAFile(), carol, alicePW, uri); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("joining a locked meeting: %v", err)
+	}
+	// Unknown command and malformed arguments.
+	if res := cmd(t, a, c3p.Cmd("launchRockets")); res.Code != c3p.Failure || res.Reason != c3p.ReasonNotSupported {
+		t.Fatalf("unknown command: %+v", res)
+	}
+	bad := c3p.Cmd("modifyUserRoles")
+	bad.User = user(bob, "emperor")
+	if res := cmd(t, a, bad); res.Code != c3p.Failure || res.Reason != c3p.ReasonBadArgument {
+		t.Fatalf("bad role: %+v", res)
+	}
+
+	// Eject the guest: a final NOTIFY or a BYE ends its events; the others
+	// see it leave.
+	eject := c3p.Cmd("deleteUser")
+	eject.User = user("sip:guest1@anonymous.invalid")
+	if res := cmd(t, b, eject); res.Code != c3p.Success {
+		t.Fatalf("eject: %+v", res)
+	}
+	waitEnded(t, g)
+	until(t, a, "guest gone", func(r confinfo.Roster) bool { _, in := r.Users["sip:guest1@anonymous.invalid"]; return !in })
+	if res := cmd(t, a, eject); res.Code != c3p.Failure || res.Reason != c3p.ReasonNoUser {
+		t.Fatalf("eject again: %+v", res)
+	}
+
+	// getConference and leaving.
+	get := cmd(t, b, c3p.Cmd("getConference"))
+	if get.Code != c3p.Success || len(get.Result.Conferences) != 1 || len(get.Result.Conferences[0].Users) != 2 || !get.Result.Conferences[0].Locked {
+		t.Fatalf("getConference: %+v", get)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer lcancel()
+	b.Leave(lctx)
+	until(t, a, "bob left", func(r confinfo.Roster) bool { _, in := r.Users[bob]; return !in })
+	// The promotion is durable.
+	if us, _ := s.Store().MeetingUsers(ctx, m.ID); !strings.Contains(strings.Join(func() []string {
+		var out []string
+		for _, u := range us {
+			out = append(out, u.User+"="+u.Role)
+		}
+		return out
+	}(), ","), bob+"=presenter") {
+		t.Fatalf("durable roles: %+v", us)
+	}
+}
+
+func waitIM(t *testing.T, cf *sipclient.Conference, name, from, text string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e, open := <-cf.Events():
+			if !open {
+				t.Fatalf("%s: events ended before the IM", name)
+			}
+			if e.IM != nil && e.IM.From == from && e.IM.Text == text {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("%s: no IM %q from %s", name, text, from)
+		}
+	}
+}
+
+func waitEnded(t *testing.T, cf *sipclient.Conference) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, open := <-cf.Events():
+			if !open {
+				return
+			}
+		case <-deadline:
+			t.Fatal("still in the conference")
+		}
+	}
+}
+
+func TestFocusLobby(t *testing.T) {
+	s, pki, _ := startCore(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Lobby: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := core.ConferenceURI(m.Organizer, m.ID)
+	const alice, bob, guest = "sip:alice@example.test", "sip:bob@example.test", "sip:guest7@anonymous.invalid"
+	a, err := joinAs(t, s, pki.CAFile(), alice, alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := joinAs(t, s, pki.CAFile(), bob, alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bob waits in the lobby: the organiser sees him pending; he sees only himself.
+	until(t, a, "bob in the lobby", func(r confinfo.Roster) bool { return status(r, bob) == confinfo.Pending })
+	until(t, b, "bob sees himself waiting", func(r confinfo.Roster) bool { return status(r, bob) == confinfo.Pending })
+	if _, seen := b.Roster().Users[alice]; seen {
+		t.Fatal("a lobby participant sees the roster")
+	}
+	// Nor may he chat while waiting.
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := b.IM(ictx, "let me in"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("IM from the lobby: %v", err)
+	}
+	admit := c3p.Cmd("setUserAccess")
+	admit.User, admit.Access = user(bob), "admit"
+	if res := cmd(t, b, admit); res.Code != c3p.Failure || res.Reason != c3p.ReasonForbidden {
+		t.Fatalf("admitting oneself: %+v", res)
+	}
+	if res := cmd(t, a, admit); res.Code != c3p.Success {
+		t.Fatalf("admit: %+v", res)
+	}
+	until(t, b, "bob admitted sees alice", func(r confinfo.Roster) bool {
+		return status(r, bob) == confinfo.Connected && role(r, alice) == "organizer"
+	})
+
+	// A guest waits, is denied (BYE), and may not come back.
+	g, err := joinAs(t, s, pki.CAFile(), guest, m.Key, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "guest in the lobby", func(r confinfo.Roster) bool { return status(r, guest) == confinfo.Pending })
+	deny := c3p.Cmd("setUserAccess")
+	deny.User, deny.Access = user(guest), "deny"
+	if res := cmd(t, a, deny); res.Code != c3p.Success {
+		t.Fatalf("deny: %+v", res)
+	}
+	waitEnded(t, g)
+	if _, err := joinAs(t, s, pki.CAFile(), guest, m.Key, uri); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a denied guest joins again: %v", err)
+	}
+	if res := cmd(t, a, deny); res.Code != c3p.Failure || res.Reason != c3p.ReasonNoUser {
+		t.Fatalf("deny someone not waiting: %+v", res)
+	}
+}

@@ -150,11 +150,23 @@ func (a *accessEdge) trustLink(next handler) handler {
 	}
 }
 
+// anonymousDomain is the From domain of anonymous meeting guests (the core
+// checks their conference key).
+const anonymousDomain = "anonymous.invalid"
+
 func (a *accessEdge) accessLink(next handler) handler {
 	return func(m *msg) {
-		if m.from == fromUser && !a.fed.Config().AllowRemoteUsers {
-			a.refuse(m.tx, m.req, 403, "Forbidden (remote user access is off)", "remote_users_off")
-			return
+		if m.from == fromUser {
+			cfg := a.fed.Config()
+			anonymous := strings.EqualFold(m.req.From().Address.Host, anonymousDomain)
+			switch {
+			case anonymous && !cfg.AllowAnonymous:
+				a.refuse(m.tx, m.req, 403, "Forbidden (anonymous users are off)", "anonymous_off")
+				return
+			case !anonymous && !cfg.AllowRemoteUsers:
+				a.refuse(m.tx, m.req, 403, "Forbidden (remote user access is off)", "remote_users_off")
+				return
+			}
 		}
 		next(m)
 	}

@@ -129,7 +129,7 @@ func DefaultConfig() Config {
 		Federation: policy.DefaultFederationConfig(),
 		IMFilter:   policy.DefaultIMFilterConfig(),
 		External: ExternalConfig{AllowedMethods: []string{"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "MESSAGE",
-			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK"},
+			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK", "SUBSCRIBE", "NOTIFY"},
 			Limits: LimitsConfig{MaxMessageBytes: 64 << 10, RequestsPerSecond: 20, Burst: 40, ConnectionsPerAddress: 20,
 				MaxConnections: 10000, HandshakeTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}},
 		Core: LinkConfig{

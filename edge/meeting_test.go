@@ -1,0 +1,110 @@
+package edge_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"portcullis/core"
+	"portcullis/core/confinfo"
+	"portcullis/edge"
+	"portcullis/internal/sipclient"
+)
+
+// A remote user and an anonymous guest join a meeting through the edge,
+// see the roster and chat with an internal user; guests are refused while
+// the edge's anonymous switch is off.
+func TestMeetingThroughEdge(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess(func(c *edge.Config) { c.Federation.AllowAnonymous = true })
+	ctx := context.Background()
+	m, err := core.NewFactory(c.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := core.ConferenceURI(m.Organizer, m.ID)
+	join := func(server, name, aor, password string) (*sipclient.Conference, error) {
+		cl, err := sipclient.New(sipclient.Options{Server: server, ServerName: name, CAFile: e.pki.CAFile(), AOR: aor, Password: password, DisplayName: "Guest"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return cl.Join(jctx, uri)
+	}
+	alice, err := join(c.UsersAddr(), "core1.internal", "sip:alice@example.test", pw) // inside
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := join(ed.ExternalAddr(), "sip.example.test", "sip:bob@example.test", pw) // remote, through the edge
+	if err != nil {
+		t.Fatalf("remote join: %v", err)
+	}
+	guest, err := join(ed.ExternalAddr(), "sip.example.test", "sip:guest1@anonymous.invalid", m.Key)
+	if err != nil {
+		t.Fatalf("guest join: %v", err)
+	}
+	if _, err := join(ed.ExternalAddr(), "sip.example.test", "sip:guest2@anonymous.invalid", "12345678"); err == nil {
+		t.Fatal("a guest with a wrong key joined")
+	}
+	for name, cf := range map[string]*sipclient.Conference{"alice": alice, "bob": bob, "guest": guest} {
+		waitRoster(t, cf, name, func(r confinfo.Roster) bool { return len(r.Users) == 3 })
+	}
+	// Group IM from the remote user reaches the others; the edge's IM filter
+	// makes its link safe on the way in.
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := bob.IM(ictx, "see http://plans.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	for name, cf := range map[string]*sipclient.Conference{"alice": alice, "guest": guest} {
+		waitConfIM(t, cf, name, "sip:bob@example.test", "see _http://plans.example.com")
+	}
+	if err := alice.IM(ictx, "welcome"); err != nil {
+		t.Fatal(err)
+	}
+	waitConfIM(t, bob, "bob", "sip:alice@example.test", "welcome")
+
+	// With the switch off, guests do not get past the edge.
+	off := ed.Config()
+	off.Federation.AllowAnonymous = false
+	if err := ed.Reload(off); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join(ed.ExternalAddr(), "sip.example.test", "sip:guest3@anonymous.invalid", m.Key); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("guest with anonymous users off: %v", err)
+	}
+}
+
+func waitRoster(t *testing.T, cf *sipclient.Conference, name string, ok func(confinfo.Roster) bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !ok(cf.Roster()) {
+		select {
+		case <-cf.Events():
+		case <-deadline:
+			t.Fatalf("%s: roster %+v", name, cf.Roster())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func waitConfIM(t *testing.T, cf *sipclient.Conference, name, from, text string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, open := <-cf.Events():
+			if !open {
+				t.Fatalf("%s: events ended", name)
+			}
+			if ev.IM != nil && ev.IM.From == from && ev.IM.Text == text {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("%s: no IM %q from %s", name, text, from)
+		}
+	}
+}

@@ -24,35 +24,15 @@ func client(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	verb := args[0]
 	fs := flag.NewFlagSet("portcullis client "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var o sipclient.Options
-	fs.StringVar(&o.Server, "server", "", "the edge's SIP TLS address, host:port")
-	fs.StringVar(&o.ServerName, "server-name", "", "name in the server's certificate (default: the host of --server)")
-	fs.StringVar(&o.CAFile, "ca", "", "CA file that signed the server's certificate")
-	fs.StringVar(&o.AOR, "user", "", "sip:user@domain")
-	pwFile := fs.String("password-file", "", "file holding the password (first line)")
-	data := fs.String("data", "", "dev data folder: server, CA and the user's password from it")
-	internal := fs.Bool("internal", false, "with --data: connect to the core's users listener, as an internal user")
+	cf := connectionFlags(fs)
 	to := fs.String("to", "", "recipient of an IM (im)")
 	positional, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return 2
 	}
-	if *data != "" {
-		if err := devClientOptions(*data, *internal, &o); err != nil {
-			fmt.Fprintln(stderr, "portcullis client:", err)
-			return 1
-		}
-	}
-	if *pwFile != "" {
-		pw, err := password(*pwFile, nil, stderr)
-		if err != nil {
-			fmt.Fprintln(stderr, "portcullis client:", err)
-			return 1
-		}
-		o.Password = pw
-	}
-	if o.Server == "" || o.CAFile == "" || o.AOR == "" || o.Password == "" {
-		fmt.Fprintln(stderr, "portcullis client: give --server, --ca, --user and --password-file (or --data DIR in dev mode)")
+	o, err := cf.options()
+	if err != nil {
+		fmt.Fprintln(stderr, "portcullis client:", err)
 		return 2
 	}
 	c, err := sipclient.New(o)
@@ -99,6 +79,48 @@ func client(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	return 0
+}
+
+// connFlags are the connection flags `client` and `join` share.
+type connFlags struct {
+	o        sipclient.Options
+	pwFile   *string
+	data     *string
+	internal *bool
+}
+
+func connectionFlags(fs *flag.FlagSet) *connFlags {
+	c := &connFlags{}
+	fs.StringVar(&c.o.Server, "server", "", "the edge's SIP TLS address, host:port")
+	fs.StringVar(&c.o.ServerName, "server-name", "", "name in the server's certificate (default: the host of --server)")
+	fs.StringVar(&c.o.CAFile, "ca", "", "CA file that signed the server's certificate")
+	fs.StringVar(&c.o.AOR, "user", "", "sip:user@domain")
+	c.pwFile = fs.String("password-file", "", "file holding the password (first line)")
+	c.data = fs.String("data", "", "dev data folder: server, CA and the user's password from it")
+	c.internal = fs.Bool("internal", false, "with --data: connect to the core's users listener, as an internal user")
+	return c
+}
+
+// options completes the options from dev mode and the password file, and
+// checks that nothing is missing.
+func (c *connFlags) options() (sipclient.Options, error) {
+	o := c.o
+	if *c.data != "" {
+		if err := devClientOptions(*c.data, *c.internal, &o); err != nil {
+			return o, err
+		}
+	}
+	if *c.pwFile != "" {
+		pw, err := password(*c.pwFile, nil, io.Discard)
+		if err != nil {
+			return o, err
+		}
+		o.Password = pw
+	}
+	if o.Server == "" || o.CAFile == "" || o.AOR == "" || o.Password == "" {
+		return o, fmt.Errorf("give --server, --ca, --user and --password-file (or --data DIR in dev mode)")
+	}
+	return o, nil
 }
 
 // devClientOptions fills in what dev mode knows: the edge (or the core's

@@ -25,6 +25,8 @@ const usage = `usage: portcullis <command> [flags]
 
 commands:
   dev [--data DIR] [--config FILE]     run core and edge on loopback (default DIR ./var/dev)
+  demo [--data DIR] [--verbose]        a scripted meeting in dev mode: organiser inside, two
+                                       remote users through the edge, an anonymous guest
   pki init --dir DIR                   create a private CA (ECDSA P-256) in DIR
   pki issue --dir DIR --name NAME [--san S]... [--server] [--client] [--days N]
                                        issue a certificate signed by the CA in DIR
@@ -41,6 +43,11 @@ commands:
                  [--expires 2026-12-31] [--subject S] (--config core.yaml | --data DIR)
   meeting list [--organizer sip:u@d] (--config core.yaml | --data DIR)
   meeting delete <conference URI or ID> (--config core.yaml | --data DIR)
+  join <conference URI> --user sip:u@d (...client connection flags)
+  join <conference URI> --anonymous --name "Guest" --key K (--server H:P --ca F | --data DIR)
+                                       join a meeting: prints the roster and group IM; typed
+                                       lines are IM, /lock /unlock /eject U /promote U /admit U
+                                       /deny U are C3P commands; end of input leaves
 
 Run 'portcullis <command> -h' for a command's flags.
 `
@@ -76,6 +83,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return client(ctx, args[1:], stdout, stderr)
 	case "meeting":
 		return meeting(ctx, args[1:], stdout, stderr)
+	case "join":
+		return join(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "demo":
+		return demo(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -5,6 +5,7 @@ package devmode
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"strings"
 
 	"context"
@@ -46,9 +47,19 @@ type Options struct {
 	Log        *slog.Logger
 	Level      *slog.LevelVar
 	Signals    <-chan os.Signal // tests
+	// Out receives the servers' logs and the dev users' passwords
+	// (default os.Stderr).
+	Out io.Writer
 	// Ready is called once both servers are up and the edge's link to the
 	// core answers, with the endpoints file's contents.
 	Ready func(Endpoints)
+}
+
+func (o Options) out() io.Writer {
+	if o.Out == nil {
+		return os.Stderr
+	}
+	return o.Out
 }
 
 // Endpoints is DIR/endpoints.json.
@@ -125,11 +136,11 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	coreLevel, edgeLevel := levelVar(cfg.Core.Log.Level), levelVar(cfg.Edge.Log.Level)
-	coreSrv, err := core.Start(ctx, cfg.Core, lifecycle.Deps{Log: lifecycle.NewLogger(os.Stderr, coreLevel).With("service", "portcullis-core"), Level: coreLevel, Registry: ops.NewRegistry()})
+	coreSrv, err := core.Start(ctx, cfg.Core, lifecycle.Deps{Log: lifecycle.NewLogger(o.out(), coreLevel).With("service", "portcullis-core"), Level: coreLevel, Registry: ops.NewRegistry()})
 	if err != nil {
 		return fmt.Errorf("core: %w", err)
 	}
-	edgeSrv, err := edge.Start(cfg.Edge, lifecycle.Deps{Log: lifecycle.NewLogger(os.Stderr, edgeLevel).With("service", "portcullis-edge"), Level: edgeLevel, Registry: ops.NewRegistry()})
+	edgeSrv, err := edge.Start(cfg.Edge, lifecycle.Deps{Log: lifecycle.NewLogger(o.out(), edgeLevel).With("service", "portcullis-edge"), Level: edgeLevel, Registry: ops.NewRegistry()})
 	if err != nil {
 		coreSrv.Close()
 		return fmt.Errorf("edge: %w", err)
@@ -140,7 +151,7 @@ func Run(ctx context.Context, o Options) error {
 		coreSrv.Close()
 		return err
 	}
-	if err := seedUsers(ctx, coreSrv, dir, o.Log); err != nil {
+	if err := seedUsers(ctx, coreSrv, dir, o.out(), o.Log); err != nil {
 		edgeSrv.Close()
 		coreSrv.Close()
 		return err
@@ -299,7 +310,7 @@ var devUsers = []string{"sip:alice@example.test", "sip:bob@example.test", "sip:c
 
 // seedUsers creates the demo users with random passwords the first time,
 // writes them to DIR/dev-users.txt (0600) and prints them once.
-func seedUsers(ctx context.Context, c *core.Server, dir string, log *slog.Logger) error {
+func seedUsers(ctx context.Context, c *core.Server, dir string, out io.Writer, log *slog.Logger) error {
 	file := filepath.Join(dir, UsersFile)
 	if _, err := os.Stat(file); err == nil {
 		return nil
@@ -319,7 +330,7 @@ func seedUsers(ctx context.Context, c *core.Server, dir string, log *slog.Logger
 	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "dev users (kept in %s):\n%s", file, b.String())
+	fmt.Fprintf(out, "dev users (kept in %s):\n%s", file, b.String())
 	log.Info("dev users created", "file", file, "users", devUsers)
 	return nil
 }

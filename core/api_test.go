@@ -45,13 +45,17 @@ func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
 	c.SIP.UsersListen = "127.0.0.1:0"
 	c.Registrar.Domains = []core.DomainConfig{{Domain: "example.test", Algorithms: []string{"SHA-256", "MD5"}}}
 	c.Registrar.MinExpires = 2 * time.Second
-	s, err := core.Start(context.Background(), c, lifecycle.Deps{Log: slog.New(slog.NewTextHandler(testlog.Writer(t, ""), &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: ops.NewRegistry()})
+	s, err := core.Start(context.Background(), c, depsFor(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	secret, _ := access.LoadTURNSecret(secretFile)
 	return s, pki, secret
+}
+
+func depsFor(t *testing.T) lifecycle.Deps {
+	return lifecycle.Deps{Log: slog.New(slog.NewTextHandler(testlog.Writer(t, ""), &slog.HandlerOptions{Level: slog.LevelDebug})), Registry: ops.NewRegistry()}
 }
 
 func client(m *access.Material, roots *x509.CertPool) *http.Client {

@@ -68,12 +68,19 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	f.mu.Lock()
 	s := f.subs[callID]
 	if s != nil { // a refresh or an unsubscribe (RFC 6665 §4.1.2)
+		var full *confinfo.Info
 		if expires == 0 {
 			delete(f.subs, callID)
 		} else {
+			// A refresh gets full state (RFC 6665 §4.2.1.2, RFC 4575 §4.6):
+			// it is how a subscriber that saw a gap catches up.
 			s.expires = time.Now().Add(expires)
+			full = f.fullDocFor(s)
 		}
 		f.mu.Unlock()
+		if full != nil {
+			defer s.push(notifyJob{doc: full, state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
+		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
 		_ = tx.Respond(res)

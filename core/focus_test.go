@@ -295,3 +295,84 @@ func TestFocusLobby(t *testing.T) {
 		t.Fatalf("deny someone not waiting: %+v", res)
 	}
 }
+
+// Meetings, roles and the lock survive a core restart; the participants'
+// clients join again on their own and the roster converges.
+func TestFocusSurvivesRestart(t *testing.T) {
+	s, pki, _ := startCore(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := core.ConferenceURI(m.Organizer, m.ID)
+	cfg := s.Config()
+	cfg.SIP.UsersListen = s.UsersAddr()
+	cfg.SIP.Listen, _ = s.Addr()
+	cfg.HTTPS.Listen = s.HTTPSAddr()
+	const alice, bob = "sip:alice@example.test", "sip:bob@example.test"
+	join := func(aor string) *sipclient.Conference {
+		c, err := sipclient.New(sipclient.Options{Server: cfg.SIP.UsersListen, ServerName: "core1.internal", CAFile: pki.CAFile(), AOR: aor, Password: alicePW,
+			ConferenceRefresh: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		cf, err := c.Join(jctx, uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cf
+	}
+	a, b := join(alice), join(bob)
+	until(t, a, "both in", func(r confinfo.Roster) bool { return len(r.Users) == 2 })
+	promote := c3p.Cmd("modifyUserRoles")
+	promote.User = user(bob, "presenter")
+	if res := cmd(t, a, promote); res.Code != c3p.Success {
+		t.Fatalf("promote: %+v", res)
+	}
+	lock := c3p.Cmd("modifyConferenceLock")
+	yes := true
+	lock.Locked = &yes
+	if res := cmd(t, b, lock); res.Code != c3p.Success {
+		t.Fatalf("lock: %+v", res)
+	}
+	until(t, a, "locked", func(r confinfo.Roster) bool { return r.Locked && role(r, bob) == "presenter" })
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := core.Start(ctx, cfg, depsFor(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s2.Close() })
+	// Both come back on their own; the lock and bob's role were kept.
+	for name, cf := range map[string]*sipclient.Conference{"alice": a, "bob": b} {
+		deadline := time.After(10 * time.Second)
+		for rejoined := false; !rejoined; {
+			select {
+			case ev := <-cf.Events():
+				rejoined = ev.Rejoined
+			case <-deadline:
+				t.Fatalf("%s did not join again after the restart", name)
+			}
+		}
+		until(t, cf, name+" back after the restart", func(r confinfo.Roster) bool {
+			return len(r.Users) == 2 && r.Locked && role(r, bob) == "presenter" && role(r, alice) == "organizer"
+		})
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.IM(ictx, "still here"); err != nil {
+		t.Fatal(err)
+	}
+	waitIM(t, b, "bob", alice, "still here")
+}

@@ -137,10 +137,13 @@ type Roster struct {
 // the subscriber must fetch full state again (RFC 4575 §4.6).
 var ErrGap = errors.New("conference-info version gap")
 
-// Apply merges a document into the roster: a full one replaces it; a
-// partial one must carry the next version; users in state deleted leave.
+// Apply merges a document into the roster: a full one replaces it (unless
+// it is older than what was applied); a partial one must carry the next
+// version; users in state deleted leave.
 func (r *Roster) Apply(i *Info) error {
 	switch {
+	case i.State == Full && r.Users != nil && i.Version <= r.Version:
+		return nil // stale: a later document was applied already (out of order delivery)
 	case i.State == Full:
 		r.Entity, r.Users = i.Entity, map[string]User{}
 	case r.Users == nil || i.Version != r.Version+1:

@@ -37,6 +37,10 @@ func TestRoundTripAndRoster(t *testing.T) {
 	if err := r.Apply(part); err != nil || len(r.Users) != 1 || !r.Locked {
 		t.Fatalf("partial: %v %+v", err, r)
 	}
+	// An older full document delivered late changes nothing.
+	if err := r.Apply(got); err != nil || r.Version != 2 || len(r.Users) != 1 {
+		t.Fatalf("stale full: %v %+v", err, r)
+	}
 	part.Version = 4
 	if err := r.Apply(part); !errors.Is(err, confinfo.ErrGap) {
 		t.Fatalf("gap: %v", err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 
@@ -28,6 +29,7 @@ type Conference struct {
 	mu     sync.Mutex
 	roster confinfo.Roster
 	ended  bool
+	stop   chan struct{} // closed when the client leaves or is removed
 }
 
 // dialog is the UAC side of a dialog.
@@ -44,6 +46,9 @@ type Event struct {
 	IM     *IM              // a group IM (From is the sender)
 	C3P    *c3p.Response    // a C3P response the Focus sent later (after pending)
 	Ended  string           // the Focus ended our participation (BYE, or a final NOTIFY)
+	// Rejoined: the Focus had forgotten us (a core restart) and we joined
+	// again.
+	Rejoined bool
 }
 
 // Events delivers the meeting's events; it is closed when the client
@@ -54,7 +59,7 @@ func (cf *Conference) Events() <-chan Event { return cf.events }
 // challenge (an anonymous client's password is the conference key), then a
 // subscription to its roster.
 func (c *Client) Join(ctx context.Context, conferenceURI string) (*Conference, error) {
-	cf := &Conference{c: c, events: make(chan Event, 256)}
+	cf := &Conference{c: c, events: make(chan Event, 256), stop: make(chan struct{})}
 	if err := sip.ParseUri(strings.Trim(conferenceURI, "<>"), &cf.uri); err != nil {
 		return nil, fmt.Errorf("conference URI %q: %w", conferenceURI, err)
 	}
@@ -62,28 +67,90 @@ func (c *Client) Join(ctx context.Context, conferenceURI string) (*Conference, e
 	c.srv.OnMessage(cf.onMessage)
 	c.srv.OnInfo(cf.onInfo)
 	c.srv.OnBye(cf.onBye)
-	inv := cf.outOfDialog(sip.INVITE, &cf.join)
+	if err := cf.enter(ctx); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.confs = append(c.confs, cf)
+	c.mu.Unlock()
+	go cf.refresher()
+	return cf, nil
+}
+
+// enter sends the INVITE (and ACK) and the SUBSCRIBE.
+func (cf *Conference) enter(ctx context.Context) error {
+	c := cf.c
+	cf.mu.Lock()
+	cf.join, cf.sub = dialog{}, dialog{}
+	cf.mu.Unlock()
+	var join, sub dialog
+	inv := cf.outOfDialog(sip.INVITE, &join)
 	res, err := check(c.do(ctx, inv))
 	if err != nil {
-		return nil, fmt.Errorf("join: %w", err)
+		return fmt.Errorf("join: %w", err)
 	}
-	cf.join.established(res)
-	ack := cf.inDialog(sip.ACK, &cf.join)
+	join.established(res)
+	ack := cf.inDialog(sip.ACK, &join)
 	ack.CSeq().SeqNo = res.CSeq().SeqNo
 	if err := c.cl.WriteRequest(ack); err != nil {
-		return nil, fmt.Errorf("join: ACK: %w", err)
+		return fmt.Errorf("join: ACK: %w", err)
 	}
-	sub := cf.outOfDialog(sip.SUBSCRIBE, &cf.sub)
-	sub.AppendHeader(sip.NewHeader("Event", confinfo.Event))
-	sub.AppendHeader(sip.NewHeader("Accept", confinfo.ContentType))
-	sub.AppendHeader(sip.NewHeader("Expires", "3600"))
-	res, err = check(c.do(ctx, sub))
+	r := cf.outOfDialog(sip.SUBSCRIBE, &sub)
+	r.AppendHeader(sip.NewHeader("Event", confinfo.Event))
+	r.AppendHeader(sip.NewHeader("Accept", confinfo.ContentType))
+	r.AppendHeader(sip.NewHeader("Expires", "3600"))
+	cf.mu.Lock()
+	cf.join.callID, cf.sub.callID = join.callID, sub.callID // NOTIFYs may arrive before the 200
+	cf.mu.Unlock()
+	res, err = check(c.do(ctx, r))
 	if err != nil {
-		cf.bye(ctx)
-		return nil, fmt.Errorf("subscribe: %w", err)
+		_, _ = c.cl.Do(ctx, cf.inDialog(sip.BYE, &join))
+		return fmt.Errorf("subscribe: %w", err)
 	}
-	cf.sub.established(res)
-	return cf, nil
+	sub.established(res)
+	cf.mu.Lock()
+	cf.join.set(&join)
+	cf.sub.set(&sub)
+	cf.mu.Unlock()
+	return nil
+}
+
+// set copies a dialog (its counter included).
+func (d *dialog) set(from *dialog) {
+	d.callID, d.localTag, d.remoteTag, d.target, d.routes = from.callID, from.localTag, from.remoteTag, from.target, from.routes
+	d.cseq.Store(from.cseq.Load())
+}
+
+// refresher refreshes the subscription; when the Focus no longer knows it
+// (481, no answer, the connection gone: a core restart), it joins again.
+func (cf *Conference) refresher() {
+	every := cf.c.o.ConferenceRefresh
+	if every <= 0 {
+		every = 60 * defaultTimeout
+	}
+	for {
+		select {
+		case <-cf.stop:
+			return
+		case <-time.After(every):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*defaultTimeout)
+		r := cf.inDialog(sip.SUBSCRIBE, &cf.sub)
+		r.AppendHeader(sip.NewHeader("Event", confinfo.Event))
+		r.AppendHeader(sip.NewHeader("Expires", "3600"))
+		res, err := cf.c.cl.Do(ctx, r)
+		if err == nil && res.IsSuccess() {
+			cancel()
+			continue
+		}
+		cf.mu.Lock()
+		cf.roster = confinfo.Roster{}
+		cf.mu.Unlock()
+		if err := cf.enter(ctx); err == nil {
+			cf.emit(Event{Rejoined: true})
+		}
+		cancel()
+	}
 }
 
 // outOfDialog starts a dialog-creating request to the conference.
@@ -121,8 +188,12 @@ func (d *dialog) established(res *sip.Response) {
 	slices.Reverse(d.routes)
 }
 
+// inDialog builds a request in d (read under the conference's lock: a
+// re-join replaces the dialogs).
 func (cf *Conference) inDialog(method sip.RequestMethod, d *dialog) *sip.Request {
 	c := cf.c
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
 	r := sip.NewRequest(method, d.target)
 	r.SetDestination(c.o.Server)
 	r.SetTransport("TLS")
@@ -200,6 +271,7 @@ func (cf *Conference) end(why string) {
 		return
 	}
 	cf.ended = true
+	close(cf.stop)
 	select {
 	case cf.events <- Event{Ended: why}:
 	default:
@@ -221,7 +293,10 @@ func (cf *Conference) emit(e Event) {
 
 func (cf *Conference) onNotify(req *sip.Request, tx sip.ServerTransaction) {
 	_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
-	if req.CallID().Value() != cf.sub.callID {
+	cf.mu.Lock()
+	subID := cf.sub.callID
+	cf.mu.Unlock()
+	if req.CallID().Value() != subID {
 		return
 	}
 	doc, err := confinfo.Parse(req.Body())
@@ -272,7 +347,10 @@ func (cf *Conference) onInfo(req *sip.Request, tx sip.ServerTransaction) {
 
 func (cf *Conference) onBye(req *sip.Request, tx sip.ServerTransaction) {
 	_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
-	if req.CallID().Value() == cf.join.callID {
+	cf.mu.Lock()
+	joinID := cf.join.callID
+	cf.mu.Unlock()
+	if req.CallID().Value() == joinID {
 		cf.end("removed by the conference")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -28,6 +29,10 @@ type Options struct {
 	Password   string // a guest's is the conference key
 	// DisplayName goes in From (an anonymous guest's name in the roster).
 	DisplayName string
+	// ConferenceRefresh is how often a joined conference's subscription is
+	// refreshed; a refresh the Focus no longer knows (a core restart) makes
+	// the client join again. Default 60 s.
+	ConferenceRefresh time.Duration
 }
 
 // defaultTimeout is the unit of the client's own waits.
@@ -42,6 +47,9 @@ type Client struct {
 	srv    *sipgo.Server
 	callID string
 	cseq   uint32
+
+	mu    sync.Mutex
+	confs []*Conference
 }
 
 // New prepares a client (the connection is made on the first request).
@@ -86,8 +94,18 @@ func New(o Options) (*Client, error) {
 	return &Client{o: o, aor: aor, ua: ua, cl: cl, srv: srv, callID: sip.GenerateTagN(16)}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.ua.Close() }
+// Close ends the client's conferences (without signalling) and closes the
+// connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	confs := c.confs
+	c.confs = nil
+	c.mu.Unlock()
+	for _, cf := range confs {
+		cf.end("client closed")
+	}
+	return c.ua.Close()
+}
 
 func (c *Client) do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
 	res, err := c.cl.Do(ctx, req)

@@ -35,6 +35,7 @@ type api struct {
 	secret  []byte
 	turn    func() TURNConfig
 	factory *Factory
+	csf     *serverFactory
 }
 
 func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
@@ -53,6 +54,7 @@ func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNCo
 	mux.HandleFunc("/v1/turn-credentials", a.turnCredentials)
 	mux.HandleFunc("/v1/meetings", a.meetings)
 	mux.HandleFunc("/v1/meetings/", a.meetings)
+	mux.HandleFunc("/v1/c3p", a.c3pOverHTTPS)
 	a.Server = ops.Serve(ln, mux, log)
 	return a, nil
 }

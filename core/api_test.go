@@ -26,7 +26,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
+func startCore(t *testing.T, tune ...func(*core.Config)) (*core.Server, *accesstest.PKI, []byte) {
 	t.Helper()
 	pki := accesstest.New(t)
 	dir := t.TempDir()
@@ -45,6 +45,9 @@ func startCore(t *testing.T) (*core.Server, *accesstest.PKI, []byte) {
 	c.SIP.UsersListen = "127.0.0.1:0"
 	c.Registrar.Domains = []core.DomainConfig{{Domain: "example.test", Algorithms: []string{"SHA-256", "MD5"}}}
 	c.Registrar.MinExpires = 2 * time.Second
+	for _, f := range tune {
+		f(&c)
+	}
 	s, err := core.Start(context.Background(), c, depsFor(t))
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,8 @@ type Config struct {
 	Registrar    RegistrarConfig `yaml:"registrar"`
 	// Federation sends home users' requests for other domains to an edge.
 	Federation FederationConfig `yaml:"federation"`
+	// Conferencing: the MCUs and the Conferencing Server Factory.
+	Conferencing ConferencingConfig `yaml:"conferencing"`
 }
 
 // FederationConfig is the core's `federation` section.
@@ -62,6 +64,7 @@ func DefaultConfig() Config {
 		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
 			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour},
+		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3},
 	}
 }
 
@@ -83,6 +86,10 @@ func (c *Config) Validate(v *config.V) {
 	if c.Federation.Edge != "" {
 		v.In("federation").CheckHostPort("edge", c.Federation.Edge, false)
 	}
+	cv := v.In("conferencing")
+	cv.Check(c.Conferencing.IMMCUs >= 1 && c.Conferencing.IMMCUs <= 16, "im_mcus", "must be 1 to 16, got %d", c.Conferencing.IMMCUs)
+	cv.Check(c.Conferencing.HeartbeatInterval >= 50*time.Millisecond && c.Conferencing.HeartbeatInterval <= time.Minute, "heartbeat_interval", "must be between 50ms and 1m, got %s", c.Conferencing.HeartbeatInterval)
+	cv.Check(c.Conferencing.HeartbeatMisses >= 1 && c.Conferencing.HeartbeatMisses <= 10, "heartbeat_misses", "must be 1 to 10, got %d", c.Conferencing.HeartbeatMisses)
 }
 
 // Validate checks the turn section.

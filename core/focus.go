@@ -32,7 +32,8 @@ type focusManager struct {
 	*authenticator
 	node  *sipnode.Node
 	log   *slog.Logger
-	mcu   *imMCU
+	csf   *serverFactory
+	mcus  map[string]*IMMCU // the IM MCUs in this process, by ID
 	mu    sync.Mutex
 	confs map[string]*focus
 	// ctx ends (stop) when the core closes: notifiers stop, sends in
@@ -80,9 +81,62 @@ func (fm *focusManager) get(ctx context.Context, id string) (*focus, error) {
 	for _, u := range users {
 		f.durable[u.User] = u
 	}
+	f.mcu = fm.provision(id, "")
 	fm.confs[id] = f
 	fm.log.Info("focus started", "conference", f.uri)
 	return f, nil
+}
+
+// provision asks the Conferencing Server Factory for an IM MCU for a
+// meeting (nil when none is live).
+func (fm *focusManager) provision(meeting, except string) *IMMCU {
+	if fm.csf == nil {
+		return nil
+	}
+	// Group IM is relayed in the participants' dialogs, which this core
+	// holds: only the IM MCUs in its process can carry it.
+	id, err := fm.csf.pick(MediaChat, except, func(id string) bool { return fm.mcus[id] != nil })
+	if err != nil {
+		fm.log.Warn("no IM MCU for a meeting", "meeting", meeting, "error", err)
+		return nil
+	}
+	m := fm.mcus[id]
+	m.host(meeting)
+	return m
+}
+
+// mcuLost moves the meetings of an MCU that stopped reporting to another
+// one, or ends their chat; either way the participants are notified in the
+// roster (new media IDs, or no chat medium).
+func (fm *focusManager) mcuLost(id string) {
+	fm.mu.Lock()
+	var affected []*focus
+	for _, f := range fm.confs {
+		f.mu.Lock()
+		if f.mcu != nil && f.mcu.id == id {
+			affected = append(affected, f)
+		}
+		f.mu.Unlock()
+	}
+	fm.mu.Unlock()
+	for _, f := range affected {
+		next := fm.provision(f.id, id)
+		f.mu.Lock()
+		f.mcu = next
+		var entities []string
+		for e, p := range f.parts {
+			p.chat = next != nil
+			p.chatMediaID = "chat-" + randomString(8, idAlphabet)
+			entities = append(entities, e)
+		}
+		f.mu.Unlock()
+		if next != nil {
+			fm.log.Info("meeting moved to another IM MCU", "conference", f.uri, "from", id, "to", next.id)
+		} else {
+			fm.log.Warn("meeting's chat ended: no IM MCU left", "conference", f.uri, "mcu", id)
+		}
+		f.changed(entities, nil)
+	}
 }
 
 // drop forgets a Focus with nobody in it.
@@ -91,6 +145,11 @@ func (fm *focusManager) drop(f *focus) {
 	defer fm.mu.Unlock()
 	if fm.confs[f.id] == f {
 		delete(fm.confs, f.id)
+		f.mu.Lock()
+		if f.mcu != nil {
+			f.mcu.release(f.id)
+		}
+		f.mu.Unlock()
 		fm.log.Info("focus stopped", "conference", f.uri)
 	}
 }
@@ -158,6 +217,7 @@ type focus struct {
 	mu        sync.Mutex
 	meeting   store.Meeting
 	durable   map[string]store.MeetingUser // roles given and lobby decisions
+	mcu       *IMMCU                       // the meeting's IM MCU (nil: none live)
 	parts     map[string]*participant      // by entity
 	byCall    map[string]*participant      // by the INVITE dialog's Call-ID
 	subs      map[string]*subscription     // by Call-ID

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"github.com/emiago/sipgo/sip"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,13 +25,16 @@ import (
 
 // Server is a running core.
 type Server struct {
-	factory *Factory
-	focus   *focusManager
-	cfg     atomic.Pointer[Config]
-	deps    lifecycle.Deps
-	log     *slog.Logger
-	metrics *metrics
-	allow   *access.AllowList
+	factory  *Factory
+	focus    *focusManager
+	stopMCUs context.CancelFunc
+	mcuDone  sync.WaitGroup
+	reporter *reporter
+	cfg      atomic.Pointer[Config]
+	deps     lifecycle.Deps
+	log      *slog.Logger
+	metrics  *metrics
+	allow    *access.AllowList
 
 	store *store.Store
 	sip   *sipnode.Node
@@ -91,7 +97,9 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens(),
 		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
 	mr := &mras{authenticator: auth, secret: secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
-	fm := &focusManager{authenticator: auth, node: s.sip, log: s.log.With("role", "focus"), mcu: &imMCU{fanout: 64}, confs: map[string]*focus{}}
+	fm := &focusManager{authenticator: auth, node: s.sip, log: s.log.With("role", "focus"), confs: map[string]*focus{}, mcus: map[string]*IMMCU{}}
+	fm.csf = &serverFactory{cfg: func() ConferencingConfig { return s.cfg.Load().Conferencing }, log: s.log.With("role", "conferencing-server-factory"),
+		lost: fm.mcuLost, mcus: map[string]*mcuState{}}
 	fm.ctx, fm.stop = context.WithCancel(context.Background())
 	s.focus = fm
 	s.factory = NewFactory(s.store)
@@ -112,6 +120,10 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https")); err != nil {
 		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
 	}
+	s.api.csf = fm.csf
+	if err := s.startMCUs(cfg, material, fm); err != nil {
+		return nil, err
+	}
 	if s.ops, err = ops.Listen(cfg.Metrics.Listen, deps.Registry, s.Ready, s.log); err != nil {
 		return nil, fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 	}
@@ -120,6 +132,52 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	s.log.Info("core listening", "sip_mtls", s.sip.Addr(), "sip_users", s.sip.UserAddr(), "https", s.api.Addr(), "metrics", s.ops.Addr(),
 		"trusted_edges", cfg.TrustedEdges, "store", cfg.Store.Path, "schema_version", version)
 	return s, nil
+}
+
+// startMCUs starts the in-process IM MCUs and the factory's sweep. Each MCU
+// reports to the factory over HTTPS with the core's certificate, the first
+// time before Start returns.
+func (s *Server) startMCUs(cfg Config, material *access.Material, fm *focusManager) error {
+	host, port, err := net.SplitHostPort(s.api.Addr())
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	url := "https://" + net.JoinHostPort(host, port) + "/v1/c3p"
+	rep := newReporter(url, access.ClientConfig(material, cfg.SIP.Hostname), s.log.With("role", "mcu"))
+	s.reporter = rep
+	ctx, stop := context.WithCancel(context.Background())
+	s.stopMCUs = stop
+	every := func() time.Duration { return s.cfg.Load().Conferencing.HeartbeatInterval }
+	for i := range cfg.Conferencing.IMMCUs {
+		m := &IMMCU{id: "im-" + strconv.Itoa(i+1), fanout: 64, rep: rep, every: every, log: s.log.With("role", "im-mcu"), meetings: map[string]bool{}}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := m.heartbeat(hctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("IM MCU %s: first heartbeat: %w", m.id, err)
+		}
+		fm.mcus[m.id] = m
+		s.mcuDone.Add(1)
+		go func() { defer s.mcuDone.Done(); m.run(ctx) }()
+	}
+	s.mcuDone.Add(1)
+	go func() { defer s.mcuDone.Done(); fm.csf.sweep(ctx) }()
+	return nil
+}
+
+// IMMCUs are the IM MCUs running in this core.
+func (s *Server) IMMCUs() []*IMMCU {
+	var out []*IMMCU
+	for i := 1; ; i++ {
+		m := s.focus.mcus["im-"+strconv.Itoa(i)]
+		if m == nil {
+			return out
+		}
+		out = append(out, m)
+	}
 }
 
 // conferences sends requests for a conference URI to the Focus and the
@@ -197,6 +255,11 @@ func (s *Server) Close() error {
 	if s.stopSweep != nil {
 		s.stopSweep()
 		<-s.sweepDone
+	}
+	if s.stopMCUs != nil {
+		s.stopMCUs()
+		s.mcuDone.Wait()
+		s.reporter.client.CloseIdleConnections()
 	}
 	if s.focus != nil {
 		s.focus.close()

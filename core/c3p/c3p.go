@@ -83,6 +83,16 @@ type Command struct {
 	Access string `xml:"access,omitempty"`
 	// addEndpointMedia, deleteEndpointMedia.
 	Media *Media `xml:"media,omitempty"`
+	// ping from an MCU to the Conferencing Server Factory: its heartbeat.
+	MCU *MCU `xml:"mcu,omitempty"`
+}
+
+// MCU is an MCU's registration and load, sent in its heartbeat.
+type MCU struct {
+	ID   string `xml:"id,attr"`
+	Type string `xml:"type,attr"` // chat | audio-video | data
+	URI  string `xml:"uri,attr"`
+	Load int    `xml:"load,attr"`
 }
 
 // Name is the command's name.

@@ -27,6 +27,8 @@ func TestRoundTrip(t *testing.T) {
 			c.Access = "admit"
 		case "addEndpointMedia", "deleteEndpointMedia":
 			c.Media = &c3p.Media{ID: "chat-1", Type: "chat", Status: "sendrecv"}
+		case "ping":
+			c.MCU = &c3p.MCU{ID: "im-1", Type: "chat", URI: "https://203.0.113.10:443/", Load: 3}
 		}
 		b := c3p.Marshal(c3p.NewRequest("sip:alice@example.test", conf, "7", c))
 		r, err := c3p.Parse(b)

@@ -49,6 +49,12 @@ func (fm *focusManager) close() {
 	fm.notifiers.Wait()
 }
 
+// home reports whether a domain is one of the core's.
+func (fm *focusManager) home(domain string) bool {
+	_, ok := fm.digest.Realms()[strings.ToLower(domain)]
+	return ok
+}
+
 // meetingOf returns the meeting ID a request is for, or false when the
 // Request-URI is not a conference URI.
 func meetingOf(req *sip.Request) (string, bool) {

@@ -108,8 +108,9 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	// whatever the method; the others to the proxy, the Focus Factory or
 	// MRAS.
 	for m, h := range map[sip.RequestMethod]sipnode.Handler{
-		sip.MESSAGE: px.route, sip.OPTIONS: px.route, sip.INVITE: px.invite, sip.SUBSCRIBE: nil,
-		sip.ACK: px.inDialog, sip.BYE: px.inDialog, sip.CANCEL: px.inDialog, sip.UPDATE: px.inDialog, sip.INFO: px.inDialog,
+		// SUBSCRIBE creates a dialog like INVITE: forked, record-routed.
+		sip.MESSAGE: px.route, sip.OPTIONS: px.route, sip.INVITE: px.invite, sip.SUBSCRIBE: px.invite,
+		sip.ACK: px.inDialog, sip.BYE: px.inDialog, sip.CANCEL: px.inDialog, sip.UPDATE: px.inDialog, sip.INFO: px.inDialog, sip.NOTIFY: px.inDialog,
 		"SERVICE": service(&factoryService{authenticator: auth, f: s.factory, log: s.log.With("role", "focus-factory")}, mr),
 	} {
 		s.sip.Handle(m, conferences(fm, h))
@@ -184,12 +185,14 @@ func (s *Server) IMMCUs() []*IMMCU {
 // rest to next (nil: 405).
 func conferences(fm *focusManager, next sipnode.Handler) sipnode.Handler {
 	return func(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
-		if _, ok := meetingOf(req); ok {
+		// Conferences of the home domains are served here; another
+		// organisation's are routed like any request for its domain.
+		if _, ok := meetingOf(req); ok && fm.home(req.Recipient.Host) {
 			fm.serve(peer, req, tx)
 			return
 		}
 		if next == nil {
-			fm.respond(tx, req, 405, "Method Not Allowed", sip.NewHeader("Allow", "REGISTER, INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS, UPDATE, INFO, SERVICE"))
+			fm.respond(tx, req, 405, "Method Not Allowed", sip.NewHeader("Allow", "REGISTER, INVITE, ACK, BYE, CANCEL, MESSAGE, OPTIONS, UPDATE, INFO, SERVICE, SUBSCRIBE, NOTIFY"))
 			return
 		}
 		next(peer, req, tx)

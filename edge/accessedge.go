@@ -279,10 +279,22 @@ func (a *accessEdge) fromCore(m *msg) {
 		a.refuse(tx, req, 403, "Forbidden (no route through this edge)", "no_route")
 		return
 	}
+	node := a.node
 	flow, ok := a.tokens.Open(route.Address.User)
 	if !ok {
-		a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
-		return
+		// A dialog with a partner that we called: its edge, over the
+		// partner's user agent.
+		domain, addr, pok := a.tokens.OpenPartner(route.Address.User)
+		if !pok {
+			a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
+			return
+		}
+		var err error
+		if node, err = a.partners.agent(domain); err != nil {
+			a.refuse(tx, req, 503, "Service Unavailable", "partner_unreachable", sip.NewHeader("Retry-After", "30"))
+			return
+		}
+		flow = addr
 	}
 	out := req.Clone()
 	out.RemoveHeader("Route") // ours, the top one
@@ -294,22 +306,11 @@ func (a *accessEdge) fromCore(m *msg) {
 	sipnode.RemoveAll(out, access.TrustHeader)
 	var fix func(*sip.Response)
 	if req.IsInvite() || req.Method == sip.SUBSCRIBE {
-		fix = a.hideInternalRoutes(out, flow)
-	}
-	node := a.node
-	if fed, ok := strings.CutPrefix(flow, "fed:"); ok {
-		// A dialog with a partner that we called: its edge, over the
-		// partner's user agent.
-		domain, addr, _ := strings.Cut(fed, "|")
-		var err error
-		if node, err = a.partners.agent(domain); err != nil {
-			node = nil
-		}
-		flow = addr
+		fix = a.hideInternalRoutes(out, route.Address.User)
 	}
 	out.SetDestination(flow)
 	out.SetTransport("TLS")
-	if node == nil || a.forward(node, req, out, tx, true, fix) == errNextHop {
+	if a.forward(node, req, out, tx, true, fix) == errNextHop {
 		a.refuse(tx, req, 503, "Service Unavailable", "next_hop_unreachable", sip.NewHeader("Retry-After", "10"))
 	}
 }
@@ -317,8 +318,9 @@ func (a *accessEdge) fromCore(m *msg) {
 // hideInternalRoutes replaces the Record-Routes of a dialog-creating
 // request going out with one route of ours standing for the internal ones
 // (in the order a UAS follows them: §12.1.1), and returns the fix that
-// restores them, with ours to flow, on the responses going back inside.
-func (a *accessEdge) hideInternalRoutes(out *sip.Request, flow string) func(*sip.Response) {
+// restores them, with ours (carrying the flow token tok) on the responses
+// going back inside.
+func (a *accessEdge) hideInternalRoutes(out *sip.Request, tok string) func(*sip.Response) {
 	var inside []string
 	var kept []sip.Header
 	for _, h := range out.GetHeaders("Record-Route") {
@@ -332,7 +334,7 @@ func (a *accessEdge) hideInternalRoutes(out *sip.Request, flow string) func(*sip
 	}
 	sipnode.RemoveAll(out, "Record-Route")
 	out.PrependHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
-	internal := a.recordRoute(a.internalURI(a.tokens.Make(flow)))
+	internal := a.recordRoute(a.internalURI(tok))
 	return func(res *sip.Response) {
 		sipnode.RemoveAll(res, "Record-Route")
 		res.AppendHeader(internal)

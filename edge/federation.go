@@ -36,6 +36,11 @@ type partnerAgents struct {
 	max      int              // message size limit
 	log      *slog.Logger
 
+	// handle serves requests a partner sends on a connection we dialled,
+	// for these methods.
+	handle  sipnode.Handler
+	methods []string
+
 	mu     sync.Mutex
 	agents map[string]*sipnode.Node
 	used   map[string]map[string]time.Time // domain → partner edge address → last request
@@ -121,10 +126,19 @@ func (p *partnerAgents) agent(domain string) (*sipnode.Node, error) {
 	n, err := sipnode.New(sipnode.Config{
 		Name: "portcullis-edge", Hostname: p.hostname, MaxMessage: p.max,
 		ClientTLS: p.clientConfig(domain), Log: p.log.With("partner", domain),
+		// The partner's edge sends requests of dialogs we opened back over
+		// our connection: its certificate named domain when we dialled.
+		DialedPeer: func(source string) (*access.PeerIdentity, bool) {
+			return &access.PeerIdentity{Partner: true, Names: []string{domain}, RemoteAddr: source}, true
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
+	for _, m := range p.methods {
+		n.Handle(sip.RequestMethod(m), p.handle)
+	}
+	n.Serve()
 	p.agents[domain] = n
 	return n, nil
 }
@@ -358,7 +372,7 @@ func (a *accessEdge) toPartner(m *msg) {
 		}
 		var fix func(*sip.Response)
 		if req.IsInvite() || req.Method == sip.SUBSCRIBE {
-			fix = a.hideInternalRoutes(o, "fed:"+m.partner.Domain+"|"+t.Addr)
+			fix = a.hideInternalRoutes(o, a.tokens.MakePartner(m.partner.Domain, t.Addr))
 		}
 		o.SetDestination(t.Addr)
 		if a.forward(node, req, o, tx, true, fix) != errNextHop {

@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"portcullis/access/accesstest"
 	"portcullis/core"
 	"portcullis/core/confinfo"
 	"portcullis/edge"
 	"portcullis/internal/sipclient"
+	"portcullis/policy"
 )
 
 // A remote user and an anonymous guest join a meeting through the edge,
@@ -106,5 +108,60 @@ func waitConfIM(t *testing.T, cf *sipclient.Conference, name, from, text string)
 		case <-deadline:
 			t.Fatalf("%s: no IM %q from %s", name, text, from)
 		}
+	}
+}
+
+// A partner's user joins a meeting of org A through both edges when the
+// meeting admits federated users; a closed meeting refuses them.
+func TestFederatedUserJoinsMeeting(t *testing.T) {
+	pub := accesstest.New(t)
+	var a, b *org
+	b = startOrg(t, pub, "partner.test", nil)
+	a = startOrg(t, pub, "example.test", func(c *edge.Config) {
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "partner.test", Edge: b.edge.ExternalAddr()}}
+	})
+	b.reload(func(c *edge.Config) {
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "example.test", Edge: a.edge.ExternalAddr()}}
+	})
+	ctx := context.Background()
+	f := core.NewFactory(a.core.Store())
+	open, err := f.Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitOpen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed, _ := f.Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
+	join := func(o *org, aor, uri string) (*sipclient.Conference, error) {
+		cl, err := sipclient.New(sipclient.Options{Server: o.core.UsersAddr(), ServerName: "core1.internal", CAFile: o.ecfg.TLS.CAFile, AOR: aor, Password: pw})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return cl.Join(jctx, uri)
+	}
+	uri := core.ConferenceURI(open.Organizer, open.ID)
+	alice, err := join(a, "sip:alice@example.test", uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := join(b, "sip:bob@partner.test", uri) // inside org B, through B's edge and A's edge
+	if err != nil {
+		t.Fatalf("federated join: %v", err)
+	}
+	waitRoster(t, alice, "alice", func(r confinfo.Roster) bool { _, in := r.Users["sip:bob@partner.test"]; return in })
+	waitRoster(t, bob, "bob", func(r confinfo.Roster) bool { return len(r.Users) == 2 })
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := bob.IM(ictx, "hello from the partner"); err != nil {
+		t.Fatal(err)
+	}
+	waitConfIM(t, alice, "alice", "sip:bob@partner.test", "hello from the partner")
+	if err := alice.IM(ictx, "welcome, partner"); err != nil {
+		t.Fatal(err)
+	}
+	waitConfIM(t, bob, "bob", "sip:alice@example.test", "welcome, partner")
+	if _, err := join(b, "sip:alice@partner.test", core.ConferenceURI(closed.Organizer, closed.ID)); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("federated user into a closed meeting: %v", err)
 	}
 }

@@ -116,6 +116,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		}
 		ae.filter.Store(policy.NewIMFilter(cfg.IMFilter))
 		ae.policy = ae.chain()
+		partners.handle, partners.methods = ae.handle, cfg.External.AllowedMethods
 		s.ae = ae
 		for _, m := range cfg.External.AllowedMethods {
 			s.sip.Handle(sip.RequestMethod(m), ae.handle)

@@ -26,8 +26,9 @@ func NewFlowTokens() *FlowTokens {
 }
 
 const (
-	kindFlow   = 'F'
-	kindRoutes = 'R'
+	kindFlow    = 'F'
+	kindRoutes  = 'R'
+	kindPartner = 'P'
 )
 
 func (f *FlowTokens) seal(kind byte, payload string) string {
@@ -83,4 +84,24 @@ func (f *FlowTokens) OpenRoutes(tok string) ([]string, bool) {
 		return nil, true
 	}
 	return strings.Split(s, "\n"), true
+}
+
+// MakePartner seals a flow to a federation partner's edge: its domain (the
+// user agent that dials it) and address.
+func (f *FlowTokens) MakePartner(domain, addr string) string {
+	return f.seal(kindPartner, domain+"|"+addr)
+}
+
+// OpenPartner returns the partner domain and address a token was made for,
+// if we made it.
+func (f *FlowTokens) OpenPartner(tok string) (domain, addr string, ok bool) {
+	s, ok := f.unseal(kindPartner, tok)
+	if !ok {
+		return "", "", false
+	}
+	domain, addr, ok = strings.Cut(s, "|")
+	if _, err := netip.ParseAddrPort(addr); !ok || err != nil {
+		return "", "", false
+	}
+	return domain, addr, true
 }

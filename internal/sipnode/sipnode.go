@@ -59,6 +59,10 @@ type Config struct {
 	OnRequest func(method string)
 	// OnRefused is called for each refused MTLS connection, with the reason.
 	OnRefused func(reason string)
+	// DialedPeer, if set, names the peer of a request that arrives on a
+	// connection this node dialled (no listener of ours knows it): a
+	// federation partner's edge sending in a dialog we opened.
+	DialedPeer func(source string) (*access.PeerIdentity, bool)
 }
 
 // Limits are connection limits of a listener.
@@ -238,6 +242,9 @@ func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 			n.cfg.OnRequest(string(req.Method))
 		}
 		peer, ok := n.Peer(req.Source())
+		if !ok && n.cfg.DialedPeer != nil {
+			peer, ok = n.cfg.DialedPeer(req.Source())
+		}
 		if !ok {
 			// Only verified connections are accepted, so this is a request on
 			// a connection we dialed ourselves or one already closing.

@@ -27,14 +27,7 @@ func TestMeetingThroughEdge(t *testing.T) {
 	}
 	uri := core.ConferenceURI(m.Organizer, m.ID)
 	join := func(server, name, aor, password string) (*sipclient.Conference, error) {
-		cl, err := sipclient.New(sipclient.Options{Server: server, ServerName: name, CAFile: e.pki.CAFile(), AOR: aor, Password: password, DisplayName: "Guest"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return cl.Join(jctx, uri)
+		return joinMeeting(t, sipclient.Options{Server: server, ServerName: name, CAFile: e.pki.CAFile(), AOR: aor, Password: password, DisplayName: "Guest"}, uri)
 	}
 	alice, err := join(c.UsersAddr(), "core1.internal", "sip:alice@example.test", pw) // inside
 	if err != nil {
@@ -78,6 +71,19 @@ func TestMeetingThroughEdge(t *testing.T) {
 	if _, err := join(ed.ExternalAddr(), "sip.example.test", "sip:guest3@anonymous.invalid", m.Key); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("guest with anonymous users off: %v", err)
 	}
+}
+
+// joinMeeting joins a meeting with a new client, closed when the test ends.
+func joinMeeting(t *testing.T, o sipclient.Options, uri string) (*sipclient.Conference, error) {
+	t.Helper()
+	cl, err := sipclient.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return cl.Join(ctx, uri)
 }
 
 func waitRoster(t *testing.T, cf *sipclient.Conference, name string, ok func(confinfo.Roster) bool) {
@@ -131,14 +137,7 @@ func TestFederatedUserJoinsMeeting(t *testing.T) {
 	}
 	closed, _ := f.Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
 	join := func(o *org, aor, uri string) (*sipclient.Conference, error) {
-		cl, err := sipclient.New(sipclient.Options{Server: o.core.UsersAddr(), ServerName: "core1.internal", CAFile: o.ecfg.TLS.CAFile, AOR: aor, Password: pw})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return cl.Join(jctx, uri)
+		return joinMeeting(t, sipclient.Options{Server: o.core.UsersAddr(), ServerName: "core1.internal", CAFile: o.ecfg.TLS.CAFile, AOR: aor, Password: pw}, uri)
 	}
 	uri := core.ConferenceURI(open.Organizer, open.ID)
 	alice, err := join(a, "sip:alice@example.test", uri)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -28,7 +29,8 @@ type subscription struct {
 	entity  string
 	dlg     *uasDialog
 	expires time.Time
-	version uint64 // guarded by the focus lock
+	sent    uint64      // the last version sent; the notifier's own
+	lost    atomic.Bool // a document did not fit in the queue: send full state next
 	// pending: the subscriber was in the lobby when last notified (it saw
 	// only itself); admitted, it gets full state.
 	pending bool
@@ -129,21 +131,85 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	s.push(notifyJob{doc: full, state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
 }
 
-// push queues a document; a full queue drops it (the subscriber will see a
-// version gap and fetch again).
+// push queues a document; when the queue is full the document is dropped
+// and the subscriber gets full state instead as soon as it can.
 func (s *subscription) push(j notifyJob) {
 	select {
 	case s.queue <- j:
 	default:
+		s.lost.Store(true)
 	}
 }
 
-// notifier sends a subscription's NOTIFYs in order until it ends.
+// merge folds job b (newer) into a when both are live documents: full
+// state replaces, a partial document's users replace or remove a's. The
+// subscriber then gets one NOTIFY for a burst of changes (a join wave).
+func merge(a, b notifyJob) (notifyJob, bool) {
+	if !strings.HasPrefix(b.state, "active") || !strings.HasPrefix(a.state, "active") || a.doc.State == confinfo.Deleted {
+		return a, false
+	}
+	switch b.doc.State {
+	case confinfo.Full:
+		return b, true
+	case confinfo.Deleted:
+		return a, false
+	}
+	out := *a.doc
+	users := &confinfo.Users{}
+	index := map[string]int{}
+	if a.doc.Users != nil {
+		for _, u := range a.doc.Users.Users {
+			index[u.Entity] = len(users.Users)
+			users.Users = append(users.Users, u)
+		}
+	}
+	if b.doc.Users != nil {
+		for _, u := range b.doc.Users.Users {
+			i, seen := index[u.Entity]
+			switch {
+			case u.State == confinfo.Deleted && out.State == confinfo.Full:
+				if seen {
+					users.Users[i].Entity = "" // removed below
+				}
+			case seen:
+				users.Users[i] = u
+			default:
+				index[u.Entity] = len(users.Users)
+				users.Users = append(users.Users, u)
+			}
+		}
+	}
+	users.Users = slices.DeleteFunc(users.Users, func(u confinfo.User) bool { return u.Entity == "" })
+	out.Users = users
+	if b.doc.ConfState != nil {
+		out.ConfState = b.doc.ConfState
+	}
+	return notifyJob{doc: &out, state: a.state}, true
+}
+
+// notifier sends a subscription's NOTIFYs in order until it ends, folding
+// the documents queued behind the one at hand into it, and numbering them.
 func (f *focus) notifier(s *subscription) {
 	send := func(j notifyJob) {
-		ctx, cancel := context.WithTimeout(f.fm.ctx, 10*time.Second)
-		defer cancel()
-		f.sendNotify(ctx, s, j.doc, j.state)
+		for more := true; more; {
+			select {
+			case next := <-s.queue:
+				var ok bool
+				if j, ok = merge(j, next); !ok {
+					f.sendJob(s, j)
+					j = next
+				}
+			default:
+				more = false
+			}
+		}
+		f.sendJob(s, j)
+		if s.lost.Swap(false) {
+			f.mu.Lock()
+			full := f.fullDocFor(s)
+			f.mu.Unlock()
+			f.sendJob(s, notifyJob{doc: full, state: "active"})
+		}
 	}
 	for {
 		select {
@@ -162,6 +228,17 @@ func (f *focus) notifier(s *subscription) {
 			}
 		}
 	}
+}
+
+// sendJob numbers a document (the next version of this subscription) and
+// sends it.
+func (f *focus) sendJob(s *subscription, j notifyJob) {
+	s.sent++
+	doc := *j.doc
+	doc.Version = s.sent
+	ctx, cancel := context.WithTimeout(f.fm.ctx, 10*time.Second)
+	defer cancel()
+	f.sendNotify(ctx, s, &doc, j.state)
 }
 
 func (f *focus) sendNotify(ctx context.Context, s *subscription, doc *confinfo.Info, state string) {
@@ -209,8 +286,7 @@ func (f *focus) confState() *confinfo.ConfState {
 // fullDocFor is full state for a subscriber (the focus lock held): everyone,
 // or only itself while it waits in the lobby.
 func (f *focus) fullDocFor(s *subscription) *confinfo.Info {
-	s.version++
-	doc := &confinfo.Info{Entity: f.uri, State: confinfo.Full, Version: s.version,
+	doc := &confinfo.Info{Entity: f.uri, State: confinfo.Full,
 		Description: &confinfo.Description{Subject: f.meeting.Subject},
 		HostInfo:    &confinfo.HostInfo{URI: f.organizer},
 		ConfState:   f.confState(), Users: &confinfo.Users{}}
@@ -231,8 +307,7 @@ func (f *focus) fullDocFor(s *subscription) *confinfo.Info {
 // deletedDocFor is the final document of a subscription (the focus lock
 // held).
 func (f *focus) deletedDocFor(s *subscription) *confinfo.Info {
-	s.version++
-	return &confinfo.Info{Entity: f.uri, State: confinfo.Deleted, Version: s.version}
+	return &confinfo.Info{Entity: f.uri, State: confinfo.Deleted}
 }
 
 func (f *focus) deletedDoc(s *subscription) *confinfo.Info {
@@ -276,8 +351,6 @@ func (f *focus) changed(updated, removed []string) {
 		if s.pending && len(doc.Users.Users) == 0 {
 			continue // nothing this lobby subscriber may see
 		}
-		s.version++
-		doc.Version = s.version
 		s.push(notifyJob{doc: doc, state: "active"})
 	}
 }

@@ -70,19 +70,16 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	f.mu.Lock()
 	s := f.subs[callID]
 	if s != nil { // a refresh or an unsubscribe (RFC 6665 §4.1.2)
-		var full *confinfo.Info
 		if expires == 0 {
 			delete(f.subs, callID)
 		} else {
 			// A refresh gets full state (RFC 6665 §4.2.1.2, RFC 4575 §4.6):
-			// it is how a subscriber that saw a gap catches up.
+			// it is how a subscriber that saw a gap catches up. It is queued
+			// under the lock, so that no later change is queued before it.
 			s.expires = time.Now().Add(expires)
-			full = f.fullDocFor(s)
+			s.push(notifyJob{doc: f.fullDocFor(s), state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
 		}
 		f.mu.Unlock()
-		if full != nil {
-			defer s.push(notifyJob{doc: full, state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
-		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
 		_ = tx.Respond(res)
@@ -116,7 +113,10 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	s = &subscription{entity: p.entity, dlg: newUASDialog(req, tag), expires: time.Now().Add(expires),
 		pending: p.status == confinfo.Pending, queue: make(chan notifyJob, queueLen), done: make(chan struct{})}
 	f.subs[callID] = s
-	full := f.fullDocFor(s)
+	// Full state is queued under the lock: a change made after it was
+	// built is queued after it (the NOTIFY may reach the subscriber
+	// before the 200, as RFC 6665 §4.1.2.4 allows).
+	s.push(notifyJob{doc: f.fullDocFor(s), state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
 	f.mu.Unlock()
 	res.AppendHeader(&sip.ContactHeader{Address: confURI(f.uri)})
 	res.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(expires/time.Second))))
@@ -128,7 +128,6 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 		defer fm.notifiers.Done()
 		f.notifier(s)
 	}()
-	s.push(notifyJob{doc: full, state: "active;expires=" + strconv.Itoa(int(expires/time.Second))})
 }
 
 // push queues a document; when the queue is full the document is dropped
@@ -205,7 +204,16 @@ func (f *focus) notifier(s *subscription) {
 		}
 		f.sendJob(s, j)
 		if s.lost.Swap(false) {
+			// A document was dropped: what is queued is older than the
+			// state now, which goes out whole instead.
 			f.mu.Lock()
+			for drained := false; !drained; {
+				select {
+				case <-s.queue:
+				default:
+					drained = true
+				}
+			}
 			full := f.fullDocFor(s)
 			f.mu.Unlock()
 			f.sendJob(s, notifyJob{doc: full, state: "active"})
@@ -253,12 +261,34 @@ func (f *focus) sendNotify(ctx context.Context, s *subscription, doc *confinfo.I
 		return
 	}
 	f.fm.log.Info("NOTIFY failed", "conference", f.uri, "subscriber", s.entity, "status", status, "error", err)
-	if status == 481 || status == 408 { // the subscription is gone (RFC 6665 §4.1.3)
+	if status == 481 || status == 408 || status == 0 {
+		// The subscription is gone (RFC 6665 §4.1.3), or its subscriber is
+		// unreachable: a participant who vanished without a BYE leaves.
 		f.mu.Lock()
 		delete(f.subs, s.dlg.callID)
 		f.mu.Unlock()
 		s.finish()
+		if f.fm.ctx.Err() == nil { // not when the core is closing
+			f.vanished(s.entity)
+		}
 	}
+}
+
+// vanished removes a participant that no longer answers (no BYE came).
+func (f *focus) vanished(entity string) {
+	f.mu.Lock()
+	p := f.parts[entity]
+	if p != nil {
+		delete(f.parts, entity)
+		delete(f.byCall, p.dlg.callID)
+	}
+	f.mu.Unlock()
+	if p == nil {
+		return
+	}
+	f.fm.log.Info("participant unreachable: removed", "conference", f.uri, "user", entity)
+	f.changed(nil, []string{entity})
+	f.dropIfEmpty()
 }
 
 // userOf is a participant's roster entry.

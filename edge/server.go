@@ -87,6 +87,9 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		UserLimits: sipnode.Limits{HandshakeTimeout: cfg.External.Limits.HandshakeTimeout, MaxConnsPerAddr: cfg.External.Limits.ConnectionsPerAddress,
 			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout},
 		MaxMessage: cfg.External.Limits.MaxMessageBytes,
+		// The core's NOTIFYs carry a meeting's full roster (about 330 bytes a
+		// participant): 1 MiB holds 3,000.
+		ParseLimit: 1 << 20,
 		PartnerRoots: func() *x509.CertPool {
 			if !s.cfg.Load().Federation.AllowFederation {
 				return nil // a certificate offered then is refused

@@ -18,6 +18,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"portcullis/internal/sipnode"
 )
 
 // Options say where and as whom to connect.
@@ -75,7 +77,10 @@ func New(o Options) (*Client, error) {
 		name = host
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("portcullis-client"),
+	// A meeting's full roster can be large (RFC 4575 full state).
+	parser := sip.NewParser()
+	parser.MaxMessageLength = 4 << 20
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("portcullis-client"), sipgo.WithUserAgentParser(parser), sipgo.WithUserAgentDNSResolver(sipnode.NoDNS),
 		sipgo.WithUserAgenTLSConfig(&tls.Config{RootCAs: roots, ServerName: name, MinVersion: tls.VersionTLS12}),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
 	if err != nil {

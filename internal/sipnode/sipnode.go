@@ -45,7 +45,11 @@ type Config struct {
 	// MaxMessage, if set, lets messages up to twice its size be parsed (so
 	// that the handler can answer 413 above it); larger ones close the
 	// connection. Default: sipgo's 65535.
-	MaxMessage       int
+	MaxMessage int
+	// ParseLimit, if larger than twice MaxMessage, is the largest message
+	// parsed (a node whose internal peers send large documents, e.g. a
+	// meeting's full roster).
+	ParseLimit       int
 	Material         *access.Material
 	Allow            *access.AllowList
 	HandshakeTimeout time.Duration
@@ -97,6 +101,10 @@ func New(cfg Config) (*Node, error) {
 	log := cfg.Log
 	opts := []sipgo.UserAgentOption{
 		sipgo.WithUserAgent(cfg.Name),
+		// The SIP stack never resolves names: every next hop is an address
+		// we chose (flows, routes, partners found through our own
+		// resolver). A name would otherwise go to the machine's resolver.
+		sipgo.WithUserAgentDNSResolver(NoDNS),
 		sipgo.WithUserAgentHostname(cfg.Hostname),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(libraryLogger(log).With("layer", "sip-transport"))),
 		// A response that matches no transaction (a 2xx retransmission after
@@ -111,7 +119,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.MaxMessage > 0 {
 		p := sip.NewParser()
-		p.MaxMessageLength = 2 * cfg.MaxMessage
+		p.MaxMessageLength = max(2*cfg.MaxMessage, cfg.ParseLimit)
 		opts = append(opts, sipgo.WithUserAgentParser(p))
 	}
 	ua, err := sipgo.NewUA(opts...)
@@ -358,6 +366,12 @@ func (n *Node) Close() error {
 	})
 	return n.closeErr
 }
+
+// NoDNS is a resolver that answers nothing, for SIP stacks that must not
+// use the machine's resolver.
+var NoDNS = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+	return nil, errors.New("name resolution is off in this SIP stack")
+}}
 
 // RouteLibraryLogs sends sipgo's own package-level logging (it keeps a
 // global default logger) to log at warn level and above. Binaries call it

@@ -2,14 +2,18 @@ package core_test
 
 import (
 	"context"
+	"crypto/tls"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 
 	"portcullis/core"
 	"portcullis/core/c3p"
 	"portcullis/core/confinfo"
 	"portcullis/internal/sipclient"
+	"portcullis/internal/siptest"
 )
 
 // joinAs joins a meeting on the core's users listener as user.
@@ -375,4 +379,69 @@ func TestFocusSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitIM(t, b, "bob", alice, "still here")
+}
+
+// Bad input to a Focus gets a precise answer and changes nothing; deleting
+// a running meeting ends it for everyone; a late joiner gets no history.
+func TestFocusBadInputAndDelete(t *testing.T) {
+	s, pki, _ := startCore(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := core.ConferenceURI(m.Organizer, m.ID)
+	// A conference that does not exist.
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, core.ConferenceURI(m.Organizer, "NOSUCHMEETING123")); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("unknown conference: %v", err)
+	}
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.IM(ictx, "said before bob came"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Malformed C3P in INFO: 400, and the meeting is as it was.
+	ua := siptest.New(t, s.UsersAddr(), &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	if r := ua.Request(sip.INFO, "sip:alice@example.test", uri); r.StatusCode < 400 {
+		t.Fatalf("INFO outside the join dialog: %d", r.StatusCode)
+	}
+	bad := c3p.Cmd("modifyConferenceLock") // a lock without <locked>
+	if res := cmd(t, a, bad); res.Code != c3p.Failure || res.Reason != c3p.ReasonBadArgument {
+		t.Fatalf("lock without an argument: %+v", res)
+	}
+	other := c3p.Cmd("getConference")
+	other.Keys = &c3p.Keys{ConfEntity: core.ConferenceURI(m.Organizer, "SOMEOTHERMEETING1")}
+	if res := cmd(t, a, other); res.Code != c3p.Failure || res.Reason != c3p.ReasonNoConference {
+		t.Fatalf("another conference's entity: %+v", res)
+	}
+	// The late joiner got nothing said before.
+	select {
+	case ev := <-b.Events():
+		if ev.IM != nil {
+			t.Fatalf("history reached a late joiner: %+v", ev.IM)
+		}
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The organiser deletes the meeting: everyone is removed.
+	if res := cmd(t, a, c3p.Cmd("deleteConference")); res.Code != c3p.Success {
+		t.Fatalf("deleteConference: %+v", res)
+	}
+	waitEnded(t, b)
+	waitEnded(t, a)
+	if _, err := s.Store().Meeting(ctx, m.ID); err == nil {
+		t.Fatal("meeting still stored")
+	}
 }

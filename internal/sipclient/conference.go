@@ -292,17 +292,19 @@ func (cf *Conference) emit(e Event) {
 }
 
 func (cf *Conference) onNotify(req *sip.Request, tx sip.ServerTransaction) {
-	_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	cf.mu.Lock()
 	subID := cf.sub.callID
 	cf.mu.Unlock()
 	if req.CallID().Value() != subID {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Subscription Does Not Exist", nil))
 		return
 	}
 	doc, err := confinfo.Parse(req.Body())
 	if err != nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request (conference-info)", nil))
 		return
 	}
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	if doc.State == confinfo.Deleted {
 		cf.end("removed from the conference")
 		return

@@ -365,7 +365,15 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		status = confinfo.Pending
 	}
 	if old := f.parts[j.entity]; old != nil {
-		delete(f.byCall, old.dlg.callID) // a second join replaces the first (a client re-joining)
+		// A second join replaces the first (a client re-joining): the old
+		// dialog and its subscriptions go.
+		delete(f.byCall, old.dlg.callID)
+		for id, sub := range f.subs {
+			if sub.part == old {
+				delete(f.subs, id)
+				sub.finish()
+			}
+		}
 	}
 	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	tag, _ := res.To().Params.Get("tag")

@@ -27,6 +27,7 @@ const maxSubExpires = time.Hour
 // subscription is one subscriber's dialog and what it has been sent.
 type subscription struct {
 	entity  string
+	part    *participant // the participant it was made for (a re-join makes another)
 	dlg     *uasDialog
 	expires time.Time
 	sent    uint64      // the last version sent; the notifier's own
@@ -110,7 +111,7 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 		tag = sip.GenerateTagN(16)
 		res.To().Params.Add("tag", tag)
 	}
-	s = &subscription{entity: p.entity, dlg: newUASDialog(req, tag), expires: time.Now().Add(expires),
+	s = &subscription{entity: p.entity, part: p, dlg: newUASDialog(req, tag), expires: time.Now().Add(expires),
 		pending: p.status == confinfo.Pending, queue: make(chan notifyJob, queueLen), done: make(chan struct{})}
 	f.subs[callID] = s
 	// Full state is queued under the lock: a change made after it was
@@ -269,21 +270,23 @@ func (f *focus) sendNotify(ctx context.Context, s *subscription, doc *confinfo.I
 		f.mu.Unlock()
 		s.finish()
 		if f.fm.ctx.Err() == nil { // not when the core is closing
-			f.vanished(s.entity)
+			f.vanished(s.part)
 		}
 	}
 }
 
-// vanished removes a participant that no longer answers (no BYE came).
-func (f *focus) vanished(entity string) {
+// vanished removes a participant that no longer answers (no BYE came),
+// unless they have joined again since.
+func (f *focus) vanished(p *participant) {
+	entity := p.entity
 	f.mu.Lock()
-	p := f.parts[entity]
-	if p != nil {
+	current := f.parts[entity] == p
+	if current {
 		delete(f.parts, entity)
 		delete(f.byCall, p.dlg.callID)
 	}
 	f.mu.Unlock()
-	if p == nil {
+	if !current {
 		return
 	}
 	f.fm.log.Info("participant unreachable: removed", "conference", f.uri, "user", entity)

@@ -28,6 +28,7 @@ type opts struct {
 	meetings         string
 	n, concurrency   int
 	pids             []int
+	names            []string
 	wait             time.Duration
 }
 
@@ -53,12 +54,16 @@ func main() {
 	flag.IntVar(&o.n, "n", 100, "participants (in the meeting, or per meeting)")
 	flag.IntVar(&o.concurrency, "concurrency", 32, "joins in flight")
 	flag.StringVar(&pids, "pids", "", "server pids (comma-separated) for memory")
+	names := flag.String("names", "", "their names (comma-separated), to report memory per process")
 	flag.DurationVar(&o.wait, "wait", 2*time.Minute, "longest wait for a roster to converge")
 	flag.Parse()
 	for _, p := range strings.Split(pids, ",") {
 		if n, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
 			o.pids = append(o.pids, n)
 		}
+	}
+	if *names != "" {
+		o.names = strings.Split(*names, ",")
 	}
 	var res map[string]any
 	var err error
@@ -196,6 +201,7 @@ func percentiles(v []float64) (p50, p99, max float64) {
 // one: a single meeting of n guests.
 func one(o opts) (map[string]any, error) {
 	rss0 := rssKiB(o.pids)
+	per0 := perProcess(o)
 	t0 := time.Now()
 	ps, lat, err := joinAll(o, o.uri, o.key, o.n, "g")
 	joinTime := time.Since(t0)
@@ -213,6 +219,9 @@ func one(o opts) (map[string]any, error) {
 	res["join_p50_ms"], res["join_p99_ms"], _ = percentiles(lat)
 	if len(o.pids) > 0 {
 		res["server_kib_per_participant"] = float64(rss1-rss0) / float64(o.n)
+		for name, v := range perProcess(o) {
+			res[name+"_kib_per_participant"] = float64(v-per0[name]) / float64(o.n)
+		}
 	}
 	// One roster change: a probe joins; how long until everyone sees it.
 	probe.Store("sip:probe00000@anonymous.invalid")
@@ -259,6 +268,7 @@ func delays(ps []*participant, since time.Time, seen func(*participant) time.Tim
 
 // many: n guests in each meeting of the file, one IM in each.
 func many(o opts) (map[string]any, error) {
+	per0 := perProcess(o)
 	f, err := os.Open(o.meetings)
 	if err != nil {
 		return nil, err
@@ -330,6 +340,9 @@ func many(o opts) (map[string]any, error) {
 	res["im_fanout_p50_ms"], res["im_fanout_p99_ms"], res["im_fanout_max_ms"] = percentiles(fan)
 	if len(o.pids) > 0 {
 		res["server_kib_per_participant"] = float64(rss1-rss0) / float64(len(all))
+		for name, v := range perProcess(o) {
+			res[name+"_kib_per_participant"] = float64(v-per0[name]) / float64(len(all))
+		}
 	}
 	return res, nil
 }
@@ -340,6 +353,17 @@ func closeAll(ps []*participant) {
 			p.c.Close()
 		}
 	}
+}
+
+// perProcess is each named server's resident memory (KiB).
+func perProcess(o opts) map[string]int64 {
+	out := map[string]int64{}
+	for i, name := range o.names {
+		if i < len(o.pids) {
+			out[name] = rssKiB([]int{o.pids[i]})
+		}
+	}
+	return out
 }
 
 // rssKiB sums the resident memory of pids (VmRSS, /proc).

@@ -9,12 +9,31 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"portcullis/access/accesstest"
 	"portcullis/core"
 	"portcullis/core/c3p"
 	"portcullis/core/confinfo"
+	"portcullis/core/store"
 	"portcullis/internal/sipclient"
 	"portcullis/internal/siptest"
 )
+
+// withMeeting starts a core with users (names @example.test) and one
+// meeting, and returns the meeting and its conference URI.
+func withMeeting(t *testing.T, o core.MeetingOptions, users ...string) (*core.Server, *accesstest.PKI, store.Meeting, string) {
+	t.Helper()
+	s, pki, _ := startCore(t)
+	for _, u := range users {
+		if err := core.AddUser(context.Background(), s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := core.NewFactory(s.Store()).Create(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, pki, m, core.ConferenceURI(m.Organizer, m.ID)
+}
 
 // joinAs joins a meeting on the core's users listener as user.
 func joinAs(t *testing.T, s *core.Server, caFile, aor, password, uri string) (*sipclient.Conference, error) {
@@ -79,18 +98,8 @@ func cmd(t *testing.T, cf *sipclient.Conference, c c3p.Command) *c3p.Response {
 func user(entity string, roles ...string) *c3p.User { return &c3p.User{Entity: entity, Roles: roles} }
 
 func TestFocusMeeting(t *testing.T) {
-	s, pki, _ := startCore(t)
+	s, pki, m, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Subject: "Plans"}, "alice", "bob", "carol")
 	ctx := context.Background()
-	for _, u := range []string{"alice", "bob", "carol"} {
-		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Subject: "Plans"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := core.ConferenceURI(m.Organizer, m.ID)
 	const alice, bob, carol = "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test"
 
 	a, err := joinAs(t, s, pki.CAFile(), alice, alicePW, uri)
@@ -235,18 +244,8 @@ func waitEnded(t *testing.T, cf *sipclient.Conference) {
 }
 
 func TestFocusLobby(t *testing.T) {
-	s, pki, _ := startCore(t)
+	s, pki, m, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Lobby: true}, "alice", "bob")
 	ctx := context.Background()
-	for _, u := range []string{"alice", "bob"} {
-		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous, Lobby: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := core.ConferenceURI(m.Organizer, m.ID)
 	const alice, bob, guest = "sip:alice@example.test", "sip:bob@example.test", "sip:guest7@anonymous.invalid"
 	a, err := joinAs(t, s, pki.CAFile(), alice, alicePW, uri)
 	if err != nil {
@@ -303,18 +302,8 @@ func TestFocusLobby(t *testing.T) {
 // Meetings, roles and the lock survive a core restart; the participants'
 // clients join again on their own and the roster converges.
 func TestFocusSurvivesRestart(t *testing.T) {
-	s, pki, _ := startCore(t)
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
 	ctx := context.Background()
-	for _, u := range []string{"alice", "bob"} {
-		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := core.ConferenceURI(m.Organizer, m.ID)
 	cfg := s.Config()
 	cfg.SIP.UsersListen = s.UsersAddr()
 	cfg.SIP.Listen, _ = s.Addr()
@@ -384,18 +373,8 @@ func TestFocusSurvivesRestart(t *testing.T) {
 // Bad input to a Focus gets a precise answer and changes nothing; deleting
 // a running meeting ends it for everyone; a late joiner gets no history.
 func TestFocusBadInputAndDelete(t *testing.T) {
-	s, pki, _ := startCore(t)
+	s, pki, m, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
 	ctx := context.Background()
-	for _, u := range []string{"alice", "bob"} {
-		if err := core.AddUser(ctx, s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := core.NewFactory(s.Store()).Create(ctx, core.MeetingOptions{Organizer: "sip:alice@example.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := core.ConferenceURI(m.Organizer, m.ID)
 	// A conference that does not exist.
 	if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, core.ConferenceURI(m.Organizer, "NOSUCHMEETING123")); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("unknown conference: %v", err)

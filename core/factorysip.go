@@ -47,18 +47,8 @@ func (s *factoryService) serve(req *sip.Request, tx sip.ServerTransaction) {
 		s.refuse(tx, req, 404, "Not Found (not a Focus Factory URI)", "factory_uri")
 		return
 	}
-	from := req.From()
-	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
-	if _, home := s.digest.Realms()[fromDomain]; err != nil || !home {
-		s.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
-		return
-	}
-	user, ok := s.authenticate(ctx, tx, req, fromDomain, true)
+	user, ok := s.homeSender(ctx, tx, req)
 	if !ok {
-		return
-	}
-	if user.AOR != fromAOR {
-		s.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
 		return
 	}
 	r, err := c3p.Parse(req.Body())

@@ -128,13 +128,7 @@ func (m *mras) service(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTr
 		m.refuse(tx, req, 415, "Unsupported Media Type", "service_content_type", sip.NewHeader("Accept", mrasContentType))
 		return
 	}
-	from := req.From()
-	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
-	if _, home := m.digest.Realms()[fromDomain]; err != nil || !home {
-		m.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
-		return
-	}
-	user, ok := m.authenticate(ctx, tx, req, fromDomain, true)
+	user, ok := m.homeSender(ctx, tx, req)
 	if !ok {
 		return
 	}
@@ -143,7 +137,7 @@ func (m *mras) service(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTr
 		m.refuse(tx, req, 400, "Bad Request (media relay credentials request)", "service_body")
 		return
 	}
-	if id, _, _, err := ParseAOR(r.Cred.Identity); err != nil || id != user.AOR || fromAOR != user.AOR {
+	if id, _, _, err := ParseAOR(r.Cred.Identity); err != nil || id != user.AOR {
 		m.refuse(tx, req, 403, "Forbidden (credentials may be asked for oneself only)", "service_identity")
 		return
 	}

@@ -133,6 +133,26 @@ func (a *authenticator) authenticate(ctx context.Context, tx sip.ServerTransacti
 	return user, true
 }
 
+// homeSender authenticates the sender of a request to this server (407):
+// a user of a home domain whose From is their own address of record.
+func (a *authenticator) homeSender(ctx context.Context, tx sip.ServerTransaction, req *sip.Request) (store.User, bool) {
+	from := req.From()
+	fromAOR, _, fromDomain, err := ParseAOR("sip:" + from.Address.User + "@" + from.Address.Host)
+	if _, home := a.digest.Realms()[fromDomain]; err != nil || !home {
+		a.refuse(tx, req, 403, "Forbidden (sender is not a user of a home domain)", "foreign_sender")
+		return store.User{}, false
+	}
+	user, ok := a.authenticate(ctx, tx, req, fromDomain, true)
+	if !ok {
+		return store.User{}, false
+	}
+	if user.AOR != fromAOR {
+		a.refuse(tx, req, 403, "Forbidden (From is not the authenticated user)", "from_mismatch")
+		return store.User{}, false
+	}
+	return user, true
+}
+
 // authenticateWith checks the request's digest credentials against the HA1
 // that ha1 gives (a user's, or one made from a conference key), or answers
 // the request (challenge, stale challenge, 400) and returns false.

@@ -165,7 +165,7 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 			results <- nil
 			continue
 		}
-		go func() { results <- p.send(ctx, out) }()
+		go func() { results <- p.flowCheck(b, p.send(ctx, out)) }()
 	}
 	success, best := collect(results, len(bindings))
 	if success != nil {
@@ -231,6 +231,21 @@ func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
 	}
 	sipnode.DecMaxForwards(out)
 	return out, nil
+}
+
+// flowCheck drops a binding whose flow failed (RFC 5626 §5.3: an edge
+// answers 430 when the user's connection is gone) and passes res on.
+func (p *proxy) flowCheck(b store.Binding, res *sip.Response) *sip.Response {
+	if res != nil && res.StatusCode == 430 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := p.st.DeleteBinding(ctx, b.AOR, b.Contact); err != nil {
+			p.log.Warn("dropping a failed flow's binding", "aor", b.AOR, "error", err)
+		} else {
+			p.log.Info("binding dropped: its flow failed", "aor", b.AOR, "contact", b.Contact)
+		}
+	}
+	return res
 }
 
 // send runs one client transaction and returns its final response, or nil

@@ -361,3 +361,32 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// When a remote user's connection is gone the edge does not dial out to
+// them: it answers 430 Flow Failed (RFC 5626), and the core drops the
+// binding, so the next request gets 480.
+func TestFlowFailedDropsBinding(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remote := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	if res := remote.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d", res.StatusCode)
+	}
+	remote.UA.Close() // the connection goes
+	inside := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("inside REGISTER: %d", res.StatusCode)
+	}
+	var res *sip.Response
+	siptest.Eventually(t, "430 for a closed flow", func() bool {
+		res = inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "are you there?")
+		return res.StatusCode == 430
+	})
+	if bs, _ := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now()); len(bs) != 0 {
+		t.Fatalf("binding kept after its flow failed: %+v", bs)
+	}
+	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
+		t.Fatalf("after the binding was dropped: %d", res.StatusCode)
+	}
+}

@@ -175,9 +175,6 @@ func VerifyPartner(rawCerts [][]byte, roots *x509.CertPool) (*PeerIdentity, erro
 }
 
 func verifyChain(rawCerts [][]byte, roots *x509.CertPool) (*x509.Certificate, []string, error) {
-	if len(rawCerts) == 0 {
-		return nil, nil, &PeerRefusedError{Reason: ReasonNoCertificate}
-	}
 	certs := make([]*x509.Certificate, 0, len(rawCerts))
 	for _, raw := range rawCerts {
 		c, err := x509.ParseCertificate(raw)
@@ -186,18 +183,22 @@ func verifyChain(rawCerts [][]byte, roots *x509.CertPool) (*x509.Certificate, []
 		}
 		certs = append(certs, c)
 	}
+	return VerifyCerts(certs, roots, x509.ExtKeyUsageClientAuth)
+}
+
+// VerifyCerts checks a peer's chain (leaf first) against roots for usage
+// and returns the leaf and its names, or a *PeerRefusedError.
+func VerifyCerts(certs []*x509.Certificate, roots *x509.CertPool, usage x509.ExtKeyUsage) (*x509.Certificate, []string, error) {
+	if len(certs) == 0 {
+		return nil, nil, &PeerRefusedError{Reason: ReasonNoCertificate}
+	}
 	leaf := certs[0]
 	names := CertNames(leaf)
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 		return nil, nil, &PeerRefusedError{Reason: classify(err), Names: names, Err: err}
 	}
 	return leaf, names, nil
@@ -268,19 +269,12 @@ func ClientConfigAllow(m *Material, allow *AllowList) *tls.Config {
 		Certificates:       []tls.Certificate{m.Cert},
 		InsecureSkipVerify: true, // replaced by VerifyConnection below
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return &PeerRefusedError{Reason: ReasonNoCertificate}
+			_, names, err := VerifyCerts(cs.PeerCertificates, m.Roots, x509.ExtKeyUsageServerAuth)
+			if err != nil {
+				return err
 			}
-			inter := x509.NewCertPool()
-			for _, c := range cs.PeerCertificates[1:] {
-				inter.AddCert(c)
-			}
-			leaf := cs.PeerCertificates[0]
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: m.Roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-				return &PeerRefusedError{Reason: classify(err), Names: CertNames(leaf), Err: err}
-			}
-			if _, ok := allow.Match(CertNames(leaf)); !ok {
-				return &PeerRefusedError{Reason: ReasonNameNotAllowed, Names: CertNames(leaf)}
+			if _, ok := allow.Match(names); !ok {
+				return &PeerRefusedError{Reason: ReasonNameNotAllowed, Names: names}
 			}
 			return nil
 		},

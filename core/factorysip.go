@@ -3,7 +3,6 @@ package core
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -43,7 +42,7 @@ func service(f *factoryService, m *mras) func(*access.PeerIdentity, *sip.Request
 func (s *factoryService) serve(req *sip.Request, tx sip.ServerTransaction) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if !strings.Contains(req.Recipient.String(), "opaque=app:conf:focusfactory") {
+	if v, _ := req.Recipient.UriParams.Get("opaque"); v != "app:conf:focusfactory" {
 		s.refuse(tx, req, 404, "Not Found (not a Focus Factory URI)", "factory_uri")
 		return
 	}

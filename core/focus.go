@@ -58,19 +58,25 @@ func (fm *focusManager) home(domain string) bool {
 // meetingOf returns the meeting ID a request is for, or false when the
 // Request-URI is not a conference URI.
 func meetingOf(req *sip.Request) (string, bool) {
-	if !strings.Contains(req.Recipient.String(), "opaque=app:conf:focus:id:") {
+	// Read from the parsed URI parameters: this runs for every request the
+	// core gets.
+	opaque, ok := req.Recipient.UriParams.Get("opaque")
+	if !ok {
 		return "", false
 	}
-	return MeetingID(req.Recipient.String())
+	id, ok := strings.CutPrefix(opaque, "app:conf:focus:id:")
+	return id, ok && meetingIDRE.MatchString(id)
 }
 
 // get returns the running Focus of a meeting, making it from the store.
 func (fm *focusManager) get(ctx context.Context, id string) (*focus, error) {
 	fm.mu.Lock()
-	defer fm.mu.Unlock()
-	if f := fm.confs[id]; f != nil {
+	f := fm.confs[id]
+	fm.mu.Unlock()
+	if f != nil {
 		return f, nil
 	}
+	// Read the store without the lock: other meetings' requests go on.
 	m, err := fm.st.Meeting(ctx, id)
 	if err != nil {
 		return nil, err
@@ -82,7 +88,12 @@ func (fm *focusManager) get(ctx context.Context, id string) (*focus, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &focus{fm: fm, meeting: m, uri: ConferenceURI(m.Organizer, m.ID), id: m.ID, organizer: m.Organizer, durable: map[string]store.MeetingUser{},
+	fm.mu.Lock()
+	defer fm.mu.Unlock()
+	if f := fm.confs[id]; f != nil {
+		return f, nil // made meanwhile by another request
+	}
+	f = &focus{fm: fm, meeting: m, uri: ConferenceURI(m.Organizer, m.ID), id: m.ID, organizer: m.Organizer, durable: map[string]store.MeetingUser{},
 		parts: map[string]*participant{}, byCall: map[string]*participant{}, subs: map[string]*subscription{}}
 	for _, u := range users {
 		f.durable[u.User] = u

@@ -355,6 +355,20 @@ func (f *focus) deletedDoc(s *subscription) *confinfo.Info {
 func (f *focus) changed(updated, removed []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// What changed is the same for every subscriber: built once and shared
+	// (documents are never changed once queued), so that one change costs
+	// O(subscribers), not O(subscribers × participants).
+	state := f.confState()
+	var changes []confinfo.User
+	for _, e := range updated {
+		if p := f.parts[e]; p != nil {
+			changes = append(changes, f.userOf(p)) // the whole user element: state full
+		}
+	}
+	for _, e := range removed {
+		changes = append(changes, confinfo.User{Entity: e, State: confinfo.Deleted})
+	}
+	shared := &confinfo.Users{Users: changes}
 	now := time.Now()
 	for id, s := range f.subs {
 		if now.After(s.expires) {
@@ -370,20 +384,18 @@ func (f *focus) changed(updated, removed []string) {
 			s.push(notifyJob{doc: f.fullDocFor(s), state: "active"})
 			continue
 		}
-		doc := &confinfo.Info{Entity: f.uri, State: confinfo.Partial, ConfState: f.confState(), Users: &confinfo.Users{}}
-		for _, e := range updated {
-			if p := f.parts[e]; p != nil && (!s.pending || e == s.entity) {
-				doc.Users.Users = append(doc.Users.Users, f.userOf(p)) // the whole user element: state full
+		users := shared
+		if s.pending { // a lobby subscriber sees only itself
+			users = &confinfo.Users{}
+			for _, u := range changes {
+				if u.Entity == s.entity {
+					users.Users = append(users.Users, u)
+				}
+			}
+			if len(users.Users) == 0 {
+				continue
 			}
 		}
-		for _, e := range removed {
-			if !s.pending || e == s.entity {
-				doc.Users.Users = append(doc.Users.Users, confinfo.User{Entity: e, State: confinfo.Deleted})
-			}
-		}
-		if s.pending && len(doc.Users.Users) == 0 {
-			continue // nothing this lobby subscriber may see
-		}
-		s.push(notifyJob{doc: doc, state: "active"})
+		s.push(notifyJob{doc: &confinfo.Info{Entity: f.uri, State: confinfo.Partial, ConfState: state, Users: users}, state: "active"})
 	}
 }

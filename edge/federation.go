@@ -165,19 +165,11 @@ func (p *partnerAgents) clientConfig(domain string) *tls.Config {
 		Certificates:       []tls.Certificate{p.public.Cert},
 		InsecureSkipVerify: true, // replaced by VerifyConnection below
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("partner edge sent no certificate")
-			}
-			inter := x509.NewCertPool()
-			for _, c := range cs.PeerCertificates[1:] {
-				inter.AddCert(c)
-			}
-			leaf := cs.PeerCertificates[0]
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: p.roots.Load(), Intermediates: inter,
-				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			_, names, err := access.VerifyCerts(cs.PeerCertificates, p.roots.Load(), x509.ExtKeyUsageServerAuth)
+			if err != nil {
 				return fmt.Errorf("partner edge certificate: %w", err)
 			}
-			if names := access.CertNames(leaf); !policy.DomainNamedBy(names, domain) {
+			if !policy.DomainNamedBy(names, domain) {
 				return fmt.Errorf("partner edge certificate names %v, not %s", names, domain)
 			}
 			return nil

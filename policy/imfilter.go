@@ -344,8 +344,21 @@ func (f *IMFilter) msmsgsinvite(body []byte) Verdict {
 }
 
 // fileSelectorName matches the name in an RFC 5547 file-selector
-// attribute: name:"…" (a quoted string, RFC 5547 §6).
-var fileSelectorName = regexp.MustCompile(`(?i)(?:^|\s)name:"([^"]*)"`)
+// attribute: name:"…", a quoted string (RFC 5547 §6, RFC 4566 §9), which
+// may hold escaped characters (\").
+var fileSelectorName = regexp.MustCompile(`(?i)(?:^|\s)name:"((?:[^"\\]|\\.)*)"`)
+
+// unquote undoes quoted-pair escapes.
+func unquote(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
 
 // SDP screens an offer's RFC 5547 `a=file-selector` attributes.
 func (f *IMFilter) SDP(body []byte) Verdict {
@@ -355,11 +368,16 @@ func (f *IMFilter) SDP(body []byte) Verdict {
 		if !ok {
 			continue
 		}
-		name := ""
-		if m := fileSelectorName.FindStringSubmatch(strings.TrimPrefix(sel, ":")); m != nil {
-			name = m[1]
+		m := fileSelectorName.FindStringSubmatch(strings.TrimPrefix(sel, ":"))
+		if m == nil {
+			// An offer whose name cannot be read could be any file: with a
+			// file filter on, it does not pass.
+			if f.cfg.Files.Mode != "off" {
+				return Verdict{Action: ActionBlock, Reason: "file (unreadable name)"}
+			}
+			continue
 		}
-		if v, blocked := f.file(name); blocked {
+		if v, blocked := f.file(unquote(m[1])); blocked {
 			return v
 		}
 	}

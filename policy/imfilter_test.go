@@ -92,8 +92,13 @@ func TestIMFilterFiles(t *testing.T) {
 	if v := f.SDP(sdp("report.pdf")); v.Action != "" {
 		t.Fatalf("pdf offer: %+v", v)
 	}
-	if v := f.SDP(sdp(`evil"name.exe`)); v.Action != "" {
-		t.Logf("quote inside a name ends the quoted string: %+v", v)
+	// An escaped quote inside the name does not hide the extension, and a
+	// name that cannot be read does not pass.
+	if v := f.SDP(sdp(`evil\"name.exe`)); v.Action != policy.ActionBlock {
+		t.Fatalf("escaped quote: %+v", v)
+	}
+	if v := f.SDP([]byte("m=message 1 TCP/MSRP *\r\na=file-selector:name:setup.exe type:x/y\r\n")); v.Action != policy.ActionBlock {
+		t.Fatalf("unquoted name: %+v", v)
 	}
 	inv := "Application-Name: File Transfer\r\nInvitation-Command: INVITE\r\nApplication-File: run.bat\r\nApplication-FileSize: 10\r\n"
 	if v, _ := f.Message("text/x-msmsgsinvite; charset=UTF-8", []byte(inv)); v.Action != policy.ActionBlock {

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"portcullis/bench/internal/proc"
 	"portcullis/internal/sipclient"
 )
 
@@ -366,20 +367,5 @@ func perProcess(o opts) map[string]int64 {
 	return out
 }
 
-// rssKiB sums the resident memory of pids (VmRSS, /proc).
-func rssKiB(pids []int) int64 {
-	var total int64
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-				n, _ := strconv.ParseInt(f[1], 10, 64)
-				total += n
-			}
-		}
-	}
-	return total
-}
+// rssKiB sums the resident memory of pids.
+func rssKiB(pids []int) int64 { return proc.Sum(pids, proc.RSSKiB) }

@@ -29,6 +29,8 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+
+	"portcullis/bench/internal/proc"
 )
 
 type opts struct {
@@ -515,38 +517,9 @@ func goMemory(url string) float64 {
 	return total
 }
 
-func rssKB(pids []int) int64 {
-	var total int64
-	for _, pid := range procTree(pids) {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-				total += n
-			}
-		}
-	}
-	return total
-}
+func rssKB(pids []int) int64 { return proc.Sum(procTree(pids), proc.RSSKiB) }
 
-func cpuSeconds(pids []int) float64 {
-	var total float64
-	for _, pid := range procTree(pids) {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		u, _ := strconv.ParseFloat(f[11], 64)
-		k, _ := strconv.ParseFloat(f[12], 64)
-		total += (u + k) / 100
-	}
-	return total
-}
+func cpuSeconds(pids []int) float64 { return proc.Sum(procTree(pids), proc.CPUSeconds) }
 
 // procTree is pids and their children (Kamailio forks worker processes).
 func procTree(pids []int) []int {

@@ -19,7 +19,6 @@ import (
 	"os"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"portcullis/access"
+	"portcullis/bench/internal/proc"
 )
 
 type options struct {
@@ -109,7 +109,7 @@ func run(o options) (*Result, error) {
 	}
 	defer peer.close()
 
-	rss0 := rssKB(o.pid)
+	rss0 := proc.RSSKiB(o.pid)
 	t0 := time.Now()
 	sessions := make([]*session, 0, o.sessions)
 	defer func() {
@@ -126,9 +126,9 @@ func run(o options) (*Result, error) {
 	}
 	allocTime := time.Since(t0)
 	time.Sleep(200 * time.Millisecond)
-	rss1 := rssKB(o.pid)
+	rss1 := proc.RSSKiB(o.pid)
 
-	cpu0 := cpuSeconds(o.pid)
+	cpu0 := proc.CPUSeconds(o.pid)
 	ctx, cancel := context.WithTimeout(context.Background(), o.duration)
 	defer cancel()
 	start := time.Now()
@@ -145,7 +145,7 @@ func run(o options) (*Result, error) {
 	<-ctx.Done()
 	elapsed := time.Since(start)
 	time.Sleep(500 * time.Millisecond) // let packets in flight come back
-	cpu1 := cpuSeconds(o.pid)
+	cpu1 := proc.CPUSeconds(o.pid)
 	for _, s := range sessions {
 		s.stop()
 	}
@@ -353,39 +353,6 @@ func (p *echoPeer) close() {
 		s.Close()
 	}
 	p.wg.Wait()
-}
-
-// /proc readings.
-func rssKB(pid int) int64 {
-	if pid <= 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-func cpuSeconds(pid int) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name (which may hold spaces) start after ')'.
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // USER_HZ is 100 on Linux
 }
 
 // stunClient does the long-term credential exchange (RFC 8489 §9.2).

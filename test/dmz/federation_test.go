@@ -357,22 +357,14 @@ func (l *lab) startKamailio(pub *accesstest.PKI, edgeA string) *proc {
 	}
 	dir := t.TempDir()
 	cert := pub.Issue(t, access.IssueRequest{Name: "sip.third.test", SANs: []string{"sip.third.test", "third.test"}, Usage: access.UsageServer | access.UsageClient})
-	tlsCfg := write(t, filepath.Join(dir, "tls.cfg"), fmt.Sprintf(`[server:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-private_key = %[1]s
-certificate = %[2]s
-ca_list = %[3]s
-
-[client:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-private_key = %[1]s
-certificate = %[2]s
-ca_list = %[3]s
-`, cert.KeyFile, cert.CertFile, pub.CAFile()))
+	// Certificates required and verified both ways: as a server and when it
+	// calls A's edge.
+	var tlsSections strings.Builder
+	for _, role := range []string{"server", "client"} {
+		fmt.Fprintf(&tlsSections, "[%s:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\nprivate_key = %s\ncertificate = %s\nca_list = %s\n\n",
+			role, cert.KeyFile, cert.CertFile, pub.CAFile())
+	}
+	tlsCfg := write(t, filepath.Join(dir, "tls.cfg"), tlsSections.String())
 	cfg := write(t, filepath.Join(dir, "kamailio.cfg"), strings.NewReplacer("@LISTEN@", kamailioAddr, "@TLSCFG@", tlsCfg, "@EDGE@", edgeA).Replace(kamailioCfg))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -9,11 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
-	"syscall"
 	"time"
 
 	"github.com/pion/turn/v5"
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"portcullis/access"
@@ -61,7 +59,11 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	if cfg.AlternateServer != "" {
 		alt = netip.MustParseAddrPort(cfg.AlternateServer)
 	}
-	s.eng = engine.New(engine.Config{
+	n := cfg.UDPSockets
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	s.eng, err = engine.New(engine.Config{
 		Log:          log,
 		Realm:        cfg.Realm,
 		Secret:       secret,
@@ -73,8 +75,12 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		UserRate:     float64(cfg.Bandwidth.PerUserKbps) * 1000 / 8,
 		UnauthRate:   rate.Limit(cfg.Unauthenticated.PerSecond),
 		UnauthBurst:  cfg.Unauthenticated.Burst,
+		Loops:        n,
 		Events:       s.metrics.events(),
 	})
+	if err != nil {
+		return nil, err
+	}
 	gen := &engine.Generator{E: s.eng, Min: cfg.Relay.PortMin, Max: cfg.Relay.PortMax}
 	if cfg.Relay.BindIPv4 != "" {
 		gen.V4 = family(cfg.Relay.BindIPv4, cfg.Relay.AdvertiseIPv4)
@@ -106,17 +112,12 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 			OnChannelDeleted:    s.eng.ChannelDeleted,
 		},
 	}
-	n := cfg.UDPSockets
-	if n == 0 {
-		n = runtime.NumCPU()
-	}
 	for _, a := range cfg.ListenUDP {
-		socks, err := listenUDPGroup(netip.MustParseAddrPort(a), n)
+		group, err := s.eng.ListenUDP(netip.MustParseAddrPort(a), n)
 		if err != nil {
 			return nil, fmt.Errorf("turn.listen_udp %s: %w", a, err)
 		}
-		addr := socks[0].LocalAddr().(*net.UDPAddr).AddrPort()
-		group := s.eng.NewGroup(addr, socks)
+		addr := group.Addr()
 		s.closers = append(s.closers, group.Close)
 		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{PacketConn: group, RelayAddressGenerator: gen, PermissionHandler: s.eng.Permission})
 		s.bound = append(s.bound, Listener{"turn-udp", addr.String()})
@@ -162,36 +163,6 @@ func family(bind, advertise string) *engine.Family {
 	return &engine.Family{Bind: b, Advertise: a}
 }
 
-// listenUDPGroup binds n SO_REUSEPORT sockets to addr (the first picks the
-// port when addr's port is 0).
-func listenUDPGroup(addr netip.AddrPort, n int) ([]*net.UDPConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		})
-		return errors.Join(err, serr)
-	}}
-	var socks []*net.UDPConn
-	for i := 0; i < n; i++ {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr.String())
-		if err != nil {
-			for _, s := range socks {
-				s.Close()
-			}
-			return nil, err
-		}
-		u := pc.(*net.UDPConn)
-		_ = u.SetReadBuffer(4 << 20)
-		_ = u.SetWriteBuffer(4 << 20)
-		socks = append(socks, u)
-		if i == 0 {
-			addr = u.LocalAddr().(*net.UDPAddr).AddrPort()
-		}
-	}
-	return socks, nil
-}
-
 // Listeners are the bound listeners.
 func (s *Server) Listeners() []Listener { return s.bound }
 
@@ -232,5 +203,8 @@ func (s *Server) closeListeners() error {
 		}
 	}
 	s.closers = nil
+	if s.eng != nil {
+		errs = append(errs, s.eng.Stop())
+	}
 	return errors.Join(errs...)
 }

@@ -21,9 +21,11 @@ const mtu = 1600
 // permissions and channels (learned from pion's events) so that bound
 // traffic is forwarded here, without pion.
 type Alloc struct {
-	*net.UDPConn
-	e     *Engine
-	relay netip.AddrPort // advertised relay address
+	s      *sock
+	e      *Engine
+	relay  netip.AddrPort // advertised relay address
+	toPion chan packet    // peer datagrams pion makes Data indications of
+	done   chan struct{}
 
 	// Set when pion reports the allocation created.
 	linked   atomic.Bool
@@ -44,8 +46,9 @@ type Alloc struct {
 	once  sync.Once
 }
 
-func newAlloc(e *Engine, conn *net.UDPConn, relay netip.AddrPort) *Alloc {
-	a := &Alloc{UDPConn: conn, e: e, relay: relay}
+func newAlloc(e *Engine, s *sock, relay netip.AddrPort) *Alloc {
+	a := &Alloc{s: s, e: e, relay: relay, toPion: make(chan packet, 16), done: make(chan struct{})}
+	s.alloc = a
 	a.perms.Store(&map[netip.Addr]struct{}{})
 	a.chans.Store(&map[netip.AddrPort]uint16{})
 	return a
@@ -74,44 +77,42 @@ func (a *Alloc) allow(n int) bool {
 	return true
 }
 
-// ReadFrom serves pion's read loop on the relay socket. RFC 8656 §12.3:
-// a datagram from a peer without a permission is discarded; with a channel
-// bound and a UDP client it goes out as ChannelData here (RFC 8656 §12.7);
-// otherwise pion makes it a Data indication. It reads into pion's own
-// buffer 4 bytes in, leaving room for the ChannelData header: no buffer of
-// its own per allocation.
-func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
-	if len(p) < 4+64 {
-		return 0, nil, errShortBuffer
+// readable handles a datagram from a peer on the relay socket (the loop
+// found it readable; level-triggered, so one read per event). RFC 8656
+// §12.3: a datagram from a peer without a permission is discarded; with a
+// channel bound and a UDP client it goes out as ChannelData here (RFC 8656
+// §12.7); otherwise pion makes it a Data indication. It is read 4 bytes
+// into the loop's buffer, leaving room for the ChannelData header.
+func (a *Alloc) readable(l *loop) {
+	n, from, ok := l.recv(a.s, 4)
+	if !ok {
+		return
 	}
-	for {
-		n, from, err := a.UDPConn.ReadFromUDPAddrPort(p[4:])
-		if err != nil {
-			return 0, nil, err
-		}
-		if !a.linked.Load() || !a.permitted(from.Addr()) {
-			a.e.cfg.Events.Drop(DropNoPermission, n)
-			continue
-		}
-		if !a.allow(n) {
-			a.e.cfg.Events.Drop(DropBandwidth, n)
-			continue
-		}
-		a.stats.ToClientPackets.Add(1)
-		a.stats.ToClientBytes.Add(uint64(n))
-		if a.udp {
-			if number, ok := (*a.chans.Load())[from]; ok {
-				putChannelHeader(p, number, n)
-				a.group.writeTo(p[:4+n], a.client)
-				continue
-			}
-		}
-		copy(p, p[4:4+n])
-		return n, net.UDPAddrFromAddrPort(from), nil
+	if !a.linked.Load() || !a.permitted(from.Addr()) {
+		a.e.cfg.Events.Drop(DropNoPermission, n)
+		return
 	}
+	if !a.allow(n) {
+		a.e.cfg.Events.Drop(DropBandwidth, n)
+		return
+	}
+	a.stats.ToClientPackets.Add(1)
+	a.stats.ToClientBytes.Add(uint64(n))
+	if a.udp {
+		if number, ok := (*a.chans.Load())[from]; ok {
+			putChannelHeader(l.buf[:], number, n)
+			a.group.writeTo(l.buf[:4+n], a.client)
+			return
+		}
+	}
+	a.e.enqueue(a.toPion, l.buf[4:4+n], from)
 }
 
-var errShortBuffer = errors.New("relay read buffer too short")
+// ReadFrom serves pion's read loop on the relay socket: the peer datagrams
+// that go to the client as Data indications.
+func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
+	return dequeue(a.toPion, a.done, p)
+}
 
 // WriteTo relays what pion decoded from a client (Send indication, or
 // ChannelData from a TCP client) to a peer.
@@ -131,15 +132,30 @@ func (a *Alloc) toPeer(p []byte, peer netip.AddrPort) (int, error) {
 	}
 	a.stats.ToPeerPackets.Add(1)
 	a.stats.ToPeerBytes.Add(uint64(len(p)))
-	return a.UDPConn.WriteToUDPAddrPort(p, peer)
+	if err := a.s.send(p, peer); err != nil {
+		if errors.Is(err, errSockClosed) {
+			return 0, net.ErrClosed
+		}
+		a.e.cfg.Events.Drop(DropOverload, len(p))
+	}
+	return len(p), nil
 }
 
 // Close is called by pion when the allocation ends.
 func (a *Alloc) Close() error {
-	err := a.UDPConn.Close()
-	a.once.Do(func() { a.e.ended(a) })
+	var err error
+	a.once.Do(func() {
+		err = a.s.close()
+		close(a.done)
+		a.e.ended(a)
+	})
 	return err
 }
+
+// Deadlines are not used by pion's read loop; Close ends it.
+func (a *Alloc) SetDeadline(time.Time) error      { return nil }
+func (a *Alloc) SetReadDeadline(time.Time) error  { return nil }
+func (a *Alloc) SetWriteDeadline(time.Time) error { return nil }
 
 func addrPort(addr net.Addr) netip.AddrPort {
 	switch v := addr.(type) {

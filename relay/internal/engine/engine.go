@@ -37,6 +37,9 @@ type Config struct {
 	UnauthRate  rate.Limit
 	UnauthBurst int
 
+	// Loops is the number of epoll loops of the UDP data plane (0: one).
+	Loops int
+
 	// Events for metrics; each may be nil.
 	Events Events
 }
@@ -77,6 +80,7 @@ type Engine struct {
 
 	unauth *policy.SourceLimiter
 	totals Totals // of allocations that have ended
+	poll   *poller
 }
 
 type tuple struct{ client, local netip.AddrPort }
@@ -91,8 +95,8 @@ type Totals struct {
 	ToPeerPackets, ToPeerBytes, ToClientPackets, ToClientBytes atomic.Uint64
 }
 
-// New creates an engine.
-func New(cfg Config) *Engine {
+// New creates an engine and starts its loops; Stop ends them.
+func New(cfg Config) (*Engine, error) {
 	if cfg.Events.AuthFailure == nil {
 		cfg.Events.AuthFailure = func(string) {}
 	}
@@ -105,7 +109,7 @@ func New(cfg Config) *Engine {
 	if cfg.Events.Unauth401Dropped == nil {
 		cfg.Events.Unauth401Dropped = func() {}
 	}
-	return &Engine{
+	e := &Engine{
 		cfg:     cfg,
 		log:     cfg.Log,
 		byRelay: map[netip.AddrPort]*Alloc{},
@@ -115,6 +119,18 @@ func New(cfg Config) *Engine {
 		groups:  map[netip.AddrPort]*Group{},
 		unauth:  policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
 	}
+	var err error
+	if e.poll, err = newPoller(e, max(cfg.Loops, 1)); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Stop ends the engine's loops; call it after the groups and allocations
+// are closed.
+func (e *Engine) Stop() error {
+	e.poll.stop()
+	return nil
 }
 
 // Active is the number of allocations in use.

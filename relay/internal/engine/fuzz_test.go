@@ -87,8 +87,12 @@ func FuzzReadFrame(f *testing.F) {
 func FuzzFilter(f *testing.F) {
 	seeds(f)
 	pol, _ := policy.NewPeerPolicy([]string{"127.0.0.1/32"}, nil)
-	e := New(Config{Log: slog.New(slog.DiscardHandler), Realm: "example.test", Secret: []byte("0123456789abcdef0123456789abcdef"),
+	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Realm: "example.test", Secret: []byte("0123456789abcdef0123456789abcdef"),
 		Policy: pol, QuotaTotal: 1, UnauthRate: rate.Inf})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = e.Stop() })
 	client, local := netip.MustParseAddrPort("198.51.100.7:4000"), netip.MustParseAddrPort("203.0.113.70:3478")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		k, h := classify(b)

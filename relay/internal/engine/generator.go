@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/pion/turn/v5"
+	"golang.org/x/sys/unix"
 
 	"portcullis/policy"
 )
@@ -84,12 +85,19 @@ func (g *Generator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 		return nil, nil, err
 	}
 	for _, port := range g.ports(c.RequestedPort) {
-		pc, err := g.ListenConf.ListenPacket(context.Background(), c.Network, net.JoinHostPort(f.Bind.String(), strconv.Itoa(port)))
+		s, err := openUDP(netip.AddrPortFrom(f.Bind, uint16(port)), false, 0)
 		if err != nil {
-			continue
+			if errors.Is(err, unix.EADDRINUSE) {
+				continue
+			}
+			return nil, nil, err
 		}
 		relay := netip.AddrPortFrom(f.Advertise, uint16(port))
-		a := newAlloc(g.E, pc.(*net.UDPConn), relay)
+		a := newAlloc(g.E, s, relay)
+		if err := g.E.poll.add(s, -1); err != nil {
+			s.close()
+			return nil, nil, err
+		}
 		g.E.register(a)
 		return a, net.UDPAddrFromAddrPort(relay), nil
 	}

@@ -12,20 +12,19 @@ import (
 // Group is the set of SO_REUSEPORT UDP sockets bound to one listen address,
 // presented to pion as one net.PacketConn so that pion has one allocation
 // manager per address (EVEN-PORT reservations and 5-tuple lookups must see
-// every client, whichever socket the kernel hashed it to). One reader per
-// socket runs the ChannelData fast path in parallel and queues for pion only
-// what pion must handle.
+// every client, whichever socket the kernel hashed it to). Each socket is
+// polled by its own loop, which runs the ChannelData fast path and queues
+// for pion only what pion must handle.
 type Group struct {
 	e     *Engine
 	addr  netip.AddrPort
-	socks []*net.UDPConn
+	socks []*sock
 	mu    sync.Mutex // serialises writers of table
 	table atomic.Pointer[map[chanKey]*bound]
 
 	toPion chan packet
 	done   chan struct{}
 	once   sync.Once
-	wg     sync.WaitGroup
 }
 
 type packet struct {
@@ -46,19 +45,35 @@ type bound struct {
 	peer  netip.AddrPort
 }
 
-// NewGroup takes over the sockets bound to addr and returns the one
+// ListenUDP binds n SO_REUSEPORT sockets to addr (the first picks the port
+// when addr's port is 0), polls socket i on loop i, and returns the one
 // net.PacketConn pion serves them through.
-func (e *Engine) NewGroup(addr netip.AddrPort, socks []*net.UDPConn) net.PacketConn {
-	g := &Group{e: e, addr: normal(addr), socks: socks, toPion: make(chan packet, 1024), done: make(chan struct{})}
+func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
+	g := &Group{e: e, toPion: make(chan packet, 1024), done: make(chan struct{})}
 	g.table.Store(&map[chanKey]*bound{})
+	for range n {
+		s, err := openUDP(addr, true, 4<<20)
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		s.group = g
+		g.socks = append(g.socks, s)
+		addr = s.local
+	}
+	g.addr = normal(addr)
+	// Polled only once the group is complete: its loops read g.addr and
+	// g.socks.
+	for i, s := range g.socks {
+		if err := e.poll.add(s, i); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
 	e.mu.Lock()
 	e.groups[g.addr] = g
 	e.mu.Unlock()
-	for _, s := range socks {
-		g.wg.Add(1)
-		go g.read(s)
-	}
-	return g
+	return g, nil
 }
 
 func (g *Group) bind(k chanKey, b *bound, add bool) {
@@ -81,30 +96,30 @@ func (g *Group) unbindAll(a *Alloc) {
 }
 
 // writeTo sends to a client from the group (the socket picked by the
-// client's port spreads the write load).
+// client's port spreads the write load). A full socket buffer drops the
+// datagram, counted.
 func (g *Group) writeTo(b []byte, client netip.AddrPort) {
-	s := g.socks[int(client.Port())%len(g.socks)]
-	_, _ = s.WriteToUDPAddrPort(b, client)
+	if g.socks[int(client.Port())%len(g.socks)].send(b, client) != nil {
+		g.e.cfg.Events.Drop(DropOverload, len(b))
+	}
 }
 
-// read is one socket's reader. ChannelData on a bound, permitted channel
-// goes straight to the peer (RFC 8656 §12.6); malformed datagrams are
-// dropped (RFC 8489 §6.3); the front filter answers requests pion must not
-// see; the rest is queued for pion.
-func (g *Group) read(s *net.UDPConn) {
-	defer g.wg.Done()
+// readBurst bounds the datagrams read from one listen socket per event, so
+// that one busy socket cannot starve the loop's relay sockets.
+const readBurst = 16
+
+// readable handles a listen socket the loop found readable. ChannelData on
+// a bound, permitted channel goes straight to the peer (RFC 8656 §12.6);
+// malformed datagrams are dropped (RFC 8489 §6.3); the front filter answers
+// requests pion must not see; the rest is queued for pion.
+func (g *Group) readable(l *loop, s *sock) {
 	e := g.e
-	buf := packetPool.Get().(*[mtu]byte)
-	for {
-		n, src, err := s.ReadFromUDPAddrPort(buf[:])
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
+	for range readBurst {
+		n, src, ok := l.recv(s, 0)
+		if !ok {
+			return
 		}
-		src = normal(src)
-		p := buf[:n]
+		p := l.buf[:n]
 		k, h := classify(p)
 		switch k {
 		case kindChannelData:
@@ -116,36 +131,47 @@ func (g *Group) read(s *net.UDPConn) {
 			case !b.alloc.permitted(b.peer.Addr()):
 				e.cfg.Events.Drop(DropNoPermission, n)
 			default:
-				_, _ = b.alloc.toPeer(payload, b.peer)
+				b.alloc.toPeer(payload, b.peer)
 			}
 			continue
 		case kindMalformed:
 			e.cfg.Events.Drop(DropMalformed, n)
 			continue
 		}
-		if !e.filter(p, h, src, g.addr, true, func(b []byte) { _, _ = s.WriteToUDPAddrPort(b, src) }) {
+		if !e.filter(p, h, src, g.addr, true, func(b []byte) { _ = s.send(b, src) }) {
 			continue
 		}
-		select {
-		case g.toPion <- packet{buf: buf, n: n, src: src}:
-			buf = packetPool.Get().(*[mtu]byte)
-		case <-g.done:
-			return
-		default:
-			e.cfg.Events.Drop(DropOverload, n) // pion is behind: shed control load, never block the data path
-		}
+		e.enqueue(g.toPion, p, src)
 	}
 }
 
 // ReadFrom gives pion the next message it must handle.
 func (g *Group) ReadFrom(p []byte) (int, net.Addr, error) {
+	return dequeue(g.toPion, g.done, p)
+}
+
+// dequeue is pion's read from a queue the loops fill.
+func dequeue(q <-chan packet, done <-chan struct{}, p []byte) (int, net.Addr, error) {
 	select {
-	case pk := <-g.toPion:
+	case pk := <-q:
 		n := copy(p, pk.buf[:pk.n])
 		packetPool.Put(pk.buf)
 		return n, net.UDPAddrFromAddrPort(pk.src), nil
-	case <-g.done:
+	case <-done:
 		return 0, nil, net.ErrClosed
+	}
+}
+
+// enqueue copies a datagram for pion; when pion is behind it is dropped
+// (counted): the loops never block.
+func (e *Engine) enqueue(q chan<- packet, b []byte, src netip.AddrPort) {
+	buf := packetPool.Get().(*[mtu]byte)
+	n := copy(buf[:], b)
+	select {
+	case q <- packet{buf: buf, n: n, src: src}:
+	default:
+		packetPool.Put(buf)
+		e.cfg.Events.Drop(DropOverload, n)
 	}
 }
 
@@ -156,25 +182,27 @@ func (g *Group) WriteTo(p []byte, addr net.Addr) (int, error) {
 	if !g.e.outgoing(p, addr, true) {
 		return len(p), nil
 	}
-	client := addrPort(addr)
-	return g.socks[int(client.Port())%len(g.socks)].WriteToUDPAddrPort(p, client)
+	g.writeTo(p, addrPort(addr))
+	return len(p), nil
 }
 
-// Close closes every socket and stops the readers.
+// Close closes every socket and ends pion's reads.
 func (g *Group) Close() error {
 	var errs []error
 	g.once.Do(func() {
 		close(g.done)
 		for _, s := range g.socks {
-			errs = append(errs, s.Close())
+			errs = append(errs, s.close())
 		}
-		g.wg.Wait()
 	})
 	return errors.Join(errs...)
 }
 
 // LocalAddr is the listen address.
 func (g *Group) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(g.addr) }
+
+// Addr is the listen address.
+func (g *Group) Addr() netip.AddrPort { return g.addr }
 
 // Deadlines are not used by pion's read loop; Close ends it.
 func (g *Group) SetDeadline(time.Time) error      { return nil }

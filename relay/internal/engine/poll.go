@@ -1,0 +1,324 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The UDP data plane is coturn's shape: a few loops, each blocking in
+// epoll_wait (level-triggered) over non-blocking socket descriptors the
+// engine owns, instead of one goroutine per socket parked in Go's netpoller.
+// A relay socket that became readable is read once per event; nothing reads
+// until EAGAIN just to learn that it is drained, and no goroutine is woken
+// per datagram.
+
+// sock is a non-blocking UDP socket owned by the engine. Its descriptor is
+// polled by one of the engine's loops, never by Go's netpoller.
+type sock struct {
+	fd    int
+	v6    bool // AF_INET6 (IPv4 destinations are sent as mapped addresses)
+	local netip.AddrPort
+
+	mu     sync.RWMutex // I/O holds it shared; close holds it exclusively
+	closed bool
+
+	// What readability means: exactly one is set.
+	group *Group
+	alloc *Alloc
+	loop  *loop
+}
+
+var errSockClosed = errors.New("relay socket closed")
+
+// openUDP makes a non-blocking UDP socket bound to addr (port 0: any),
+// SO_REUSEPORT when reuse is set. IPv4 datagrams leave with DF set
+// (IP_PMTUDISC_PROBE, as media stacks do: no ID generation, no local MTU
+// errors).
+func openUDP(addr netip.AddrPort, reuse bool, bufBytes int) (*sock, error) {
+	domain := unix.AF_INET
+	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
+	if v6 {
+		domain = unix.AF_INET6
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	fail := func(what string, err error) (*sock, error) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s %s: %w", what, addr, err)
+	}
+	if reuse {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("SO_REUSEPORT", err)
+		}
+	}
+	if bufBytes > 0 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, bufBytes)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, bufBytes)
+	}
+	var sa unix.Sockaddr
+	if v6 {
+		// A wildcard IPv6 address serves both families, as Go's "udp" does.
+		only := 1
+		if addr.Addr().IsUnspecified() {
+			only = 0
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only); err != nil {
+			return fail("IPV6_V6ONLY", err)
+		}
+		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().Unmap().As4()}
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("bind", err)
+	}
+	got, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("getsockname", err)
+	}
+	s := &sock{fd: fd, v6: v6}
+	switch g := got.(type) {
+	case *unix.SockaddrInet4:
+		s.local = netip.AddrPortFrom(netip.AddrFrom4(g.Addr), uint16(g.Port))
+	case *unix.SockaddrInet6:
+		s.local = netip.AddrPortFrom(netip.AddrFrom16(g.Addr), uint16(g.Port))
+	}
+	return s, nil
+}
+
+// send writes one datagram to dst; a full socket buffer drops it (UDP: the
+// relay never blocks on a slow receiver).
+func (s *sock) send(b []byte, dst netip.AddrPort) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return errSockClosed
+	}
+	if errno := sendto(s.fd, b, dst, s.v6); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// close stops polling the descriptor and closes it; I/O under way finishes
+// first, and none starts after.
+func (s *sock) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.loop != nil {
+		s.loop.remove(s)
+	}
+	return unix.Close(s.fd)
+}
+
+// sendto is sendto(2) without allocation: the address is built on the stack.
+// The socket is non-blocking, so the raw form (no scheduler hand-off) is safe.
+func sendto(fd int, b []byte, dst netip.AddrPort, v6 bool) syscall.Errno {
+	if len(b) == 0 {
+		return 0
+	}
+	// Both forms live on the stack; one of them is passed.
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
+	sa, size := unsafe.Pointer(&sa4), uintptr(unix.SizeofSockaddrInet4)
+	if ip := dst.Addr(); v6 || !ip.Is4() {
+		sa6.Family = unix.AF_INET6
+		putPort(&sa6.Port, dst.Port())
+		sa6.Addr = ip.As16()
+		sa, size = unsafe.Pointer(&sa6), unix.SizeofSockaddrInet6
+	} else {
+		sa4.Family = unix.AF_INET
+		putPort(&sa4.Port, dst.Port())
+		sa4.Addr = ip.As4()
+	}
+	_, _, errno := syscall.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, uintptr(sa), size)
+	return errno
+}
+
+// putPort stores a port in network byte order.
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
+// recvfrom is recvfrom(2) into b without allocation; the source comes back
+// normalised (IPv4-mapped addresses as IPv4).
+func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort, syscall.Errno) {
+	l := uint32(unix.SizeofSockaddrInet6)
+	n, _, errno := syscall.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
+		uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&l)))
+	if errno != 0 {
+		return 0, netip.AddrPort{}, errno
+	}
+	pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	port := uint16(pb[0])<<8 | uint16(pb[1])
+	var ip netip.Addr
+	if sa.Family == unix.AF_INET {
+		ip = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	} else {
+		ip = netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return int(n), netip.AddrPortFrom(ip, port), 0
+}
+
+// loop is one epoll loop over its share of the engine's sockets. Its epoll
+// descriptor is itself parked in Go's netpoller: the goroutine sleeps like
+// any other (no thread blocked in a system call, which would make the
+// scheduler hand its P around), and once woken it takes every ready event
+// with epoll_wait(0) until there are none.
+type loop struct {
+	e    *Engine
+	epfd int
+	file *os.File // epfd, as Go's netpoller sees it
+
+	mu    sync.RWMutex
+	socks map[int32]*sock
+
+	buf *[mtu + 4]byte        // the datagram being handled (4 bytes of room for a ChannelData header)
+	sa  unix.RawSockaddrInet6 // its source
+}
+
+// poller is the engine's set of loops.
+type poller struct {
+	loops []*loop
+	next  atomic.Uint32
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+func newPoller(e *Engine, n int) (*poller, error) {
+	p := &poller{}
+	for i := 0; i < n; i++ {
+		l, err := newLoop(e)
+		if err != nil {
+			p.stop()
+			return nil, err
+		}
+		p.loops = append(p.loops, l)
+	}
+	for _, l := range p.loops {
+		p.wg.Add(1)
+		go l.run(&p.wg)
+	}
+	return p, nil
+}
+
+func newLoop(e *Engine) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll descriptor: %w", err)
+	}
+	// A non-blocking descriptor makes a pollable *os.File.
+	return &loop{e: e, epfd: epfd, file: os.NewFile(uintptr(epfd), "relay-epoll"), socks: map[int32]*sock{}, buf: new([mtu + 4]byte)}, nil
+}
+
+// add polls s on loop i (i < 0: the next loop in turn).
+func (p *poller) add(s *sock, i int) error {
+	if i < 0 {
+		i = int(p.next.Add(1))
+	}
+	l := p.loops[i%len(p.loops)]
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s.loop = l
+	l.socks[int32(s.fd)] = s
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		delete(l.socks, int32(s.fd))
+		s.loop = nil
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
+// remove stops polling s; called with s.mu held exclusively, before its
+// descriptor is closed.
+func (l *loop) remove(s *sock) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	if l.socks[int32(s.fd)] == s {
+		delete(l.socks, int32(s.fd))
+	}
+}
+
+// stop ends every loop and waits for them.
+func (p *poller) stop() {
+	p.once.Do(func() {
+		for _, l := range p.loops {
+			_ = l.file.Close() // wakes the loop's goroutine with an error
+		}
+		p.wg.Wait()
+	})
+}
+
+func (l *loop) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		l.e.log.Error("relay epoll loop not started", "error", err)
+		return
+	}
+	events := make([]unix.EpollEvent, 128)
+	ready := make([]*sock, 0, len(events))
+	take := func(fd uintptr) bool {
+		n, err := unix.EpollWait(int(fd), events, 0)
+		if err != nil || n <= 0 {
+			return false // nothing ready: park in the netpoller
+		}
+		ready = ready[:0]
+		l.mu.RLock()
+		for _, ev := range events[:n] {
+			if s := l.socks[ev.Fd]; s != nil {
+				ready = append(ready, s)
+			}
+		}
+		l.mu.RUnlock()
+		for _, s := range ready {
+			switch {
+			case s.group != nil:
+				s.group.readable(l, s)
+			case s.alloc != nil:
+				s.alloc.readable(l)
+			}
+		}
+		clear(ready)
+		return true
+	}
+	for {
+		if err := rc.Read(take); err != nil {
+			return // closed by stop
+		}
+	}
+}
+
+// recv reads one datagram from s into the loop's buffer at off. ok is false
+// when there is nothing to read or s is closed.
+func (l *loop) recv(s *sock, off int) (n int, src netip.AddrPort, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return 0, src, false
+	}
+	n, src, errno := recvfrom(s.fd, l.buf[off:], &l.sa)
+	return n, src, errno == 0
+}

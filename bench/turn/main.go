@@ -202,18 +202,28 @@ func openSession(o options, i int, peer netip.AddrPort) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := net.DialUDP("udp", nil, raddr)
-	if err != nil {
-		return nil, err
-	}
-	_ = conn.SetReadBuffer(1 << 20)
-	_ = conn.SetWriteBuffer(1 << 20)
 	cred := access.IssueTURN([]byte(o.secret), "load"+strconv.Itoa(i), time.Hour, time.Now())
-	c := &stunClient{conn: conn, user: cred.Username, pass: cred.Password}
 	transport := rawAttr{stun.AttrRequestedTransport, []byte{17, 0, 0, 0}}
-	if err := c.do(stun.MethodAllocate, transport); err != nil {
+	var conn *net.UDPConn
+	var c *stunClient
+	for attempt := 0; ; attempt++ {
+		if conn, err = net.DialUDP("udp", nil, raddr); err != nil {
+			return nil, err
+		}
+		_ = conn.SetReadBuffer(1 << 20)
+		_ = conn.SetWriteBuffer(1 << 20)
+		c = &stunClient{conn: conn, user: cred.Username, pass: cred.Password}
+		err = c.do(stun.MethodAllocate, transport)
+		if err == nil {
+			break
+		}
 		conn.Close()
-		return nil, fmt.Errorf("allocate: %w", err)
+		// 437: the kernel gave this socket a port an earlier run's
+		// allocation still holds (coturn keeps deleted allocations for a
+		// while): RFC 8656 §7.2, try another 5-tuple.
+		if !errors.Is(err, errMismatch) || attempt == 4 {
+			return nil, fmt.Errorf("allocate: %w", err)
+		}
 	}
 	peerAttr := setter(func(m *stun.Message) error {
 		return stun.XORMappedAddress{IP: peer.Addr().AsSlice(), Port: int(peer.Port())}.AddToAs(m, stun.AttrXORPeerAddress)
@@ -400,10 +410,15 @@ func (c *stunClient) do(method stun.Method, attrs ...stun.Setter) error {
 			_ = c.realm.GetFrom(res)
 			continue
 		}
+		if ec.Code == stun.CodeAllocMismatch {
+			return errMismatch
+		}
 		return fmt.Errorf("error %d", ec.Code)
 	}
 	return errors.New("no success after retries")
 }
+
+var errMismatch = errors.New("error 437 (allocation mismatch)")
 
 func (c *stunClient) read(tid [stun.TransactionIDSize]byte) (*stun.Message, error) {
 	buf := make([]byte, 2048)

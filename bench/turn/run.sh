@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 SESSIONS=${SESSIONS:-100}
 DURATION=${DURATION:-10s}
 RATE=${RATE:-20000}          # offered load for the loss comparison (packets/s, all sessions)
+ROUNDS=${ROUNDS:-3}          # alternating rounds per phase; medians are reported
 CORES=$(nproc)
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -56,16 +57,26 @@ load() { # label port pid extra-args...
 		-pid "$pid" -label "$label" "$@"
 }
 
-echo "== closed loop (as fast as each session's window allows), $SESSIONS sessions, $DURATION" >&2
-load portcullis 23478 $PORTCULLIS_PID >"$WORK/p-max.json"
-load coturn 33478 $COTURN_PID >"$WORK/c-max.json"
-echo "== offered load $RATE packets/s, $SESSIONS sessions, $DURATION" >&2
-load portcullis 23478 $PORTCULLIS_PID -rate "$RATE" >"$WORK/p-rate.json"
-load coturn 33478 $COTURN_PID -rate "$RATE" >"$WORK/c-rate.json"
+# Each phase alternates the servers, ROUNDS times, the order swapped every
+# round (p c, c p, ...), so that drift on the machine hits both alike.
+for phase in max rate; do
+	extra=(); [ "$phase" = rate ] && extra=(-rate "$RATE")
+	echo "== $phase: $SESSIONS sessions, $DURATION, $ROUNDS rounds${extra[*]:+, ${extra[*]}}" >&2
+	for r in $(seq 1 "$ROUNDS"); do
+		order="p c"; [ $((r % 2)) -eq 0 ] && order="c p"
+		for who in $order; do
+			if [ "$who" = p ]; then
+				load portcullis 23478 $PORTCULLIS_PID "${extra[@]}" >"$WORK/p-$phase-$r.json"
+			else
+				load coturn 33478 $COTURN_PID "${extra[@]}" >"$WORK/c-$phase-$r.json"
+			fi
+		done
+	done
+done
 
-python3 - "$WORK" <<'PY'
-import json, sys, os
-w = sys.argv[1]
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, sys, os, statistics
+w, rounds = sys.argv[1], int(sys.argv[2])
 def rd(n): return json.load(open(os.path.join(w, n)))
 rows = [
   ("relayed packets/s", "relayed_pps", "higher"),
@@ -75,16 +86,22 @@ rows = [
   ("RTT p50 (us)", "rtt_p50_us", "lower"),
   ("RTT p99 (us)", "rtt_p99_us", "lower"),
   ("allocations/s", "allocations_per_sec", "higher"),
-  ("server KB per allocation", "server_kb_per_allocation", "lower"),
 ]
-for title, pf, cf in (("closed loop", "p-max.json", "c-max.json"), ("offered load", "p-rate.json", "c-rate.json")):
-    p, c = rd(pf), rd(cf)
-    print(f"\n{title} ({p['sessions']} sessions{', %d pps offered' % p['offered_pps'] if p['offered_pps'] else ''})")
-    print(f"{'':42} {'portcullis':>12} {'coturn':>12} {'ratio':>8}")
+for title, phase in (("closed loop", "max"), ("offered load", "rate")):
+    p = [rd(f"p-{phase}-{r}.json") for r in range(1, rounds + 1)]
+    c = [rd(f"c-{phase}-{r}.json") for r in range(1, rounds + 1)]
+    offered = f", {p[0]['offered_pps']} pps offered" if p[0]['offered_pps'] else ""
+    print(f"\n{title} ({p[0]['sessions']} sessions{offered}; median of {rounds} alternating rounds)")
+    print(f"{'':40} {'portcullis':>12} {'coturn':>12} {'ratio':>7}  per-round ratios")
     for name, key, better in rows:
-        if key == "server_kb_per_allocation" and p["offered_pps"]:
-            continue  # the second phase reuses memory freed by the first: not a per-allocation figure
-        a, b = p[key], c[key]
+        a = statistics.median(x[key] for x in p)
+        b = statistics.median(x[key] for x in c)
         ratio = (a / b) if b else float('nan')
-        print(f"{name:42} {a:12.2f} {b:12.2f} {ratio:8.2f}  ({better} is better)")
+        per = " ".join(f"{x[key] / y[key]:.2f}" if y[key] else "nan" for x, y in zip(p, c))
+        print(f"{name:40} {a:12.2f} {b:12.2f} {ratio:7.2f}  {per}  ({better} is better)")
+    if phase == "max":
+        # Only the first round runs on a fresh server: later rounds reuse
+        # memory the previous one freed.
+        a, b = p[0]["server_kb_per_allocation"], c[0]["server_kb_per_allocation"]
+        print(f"{'server KB per allocation (first round)':40} {a:12.2f} {b:12.2f} {a / b:7.2f}  (lower is better)")
 PY

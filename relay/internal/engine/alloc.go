@@ -80,11 +80,19 @@ func (a *Alloc) allow(n int) bool {
 // readable handles a datagram from a peer on the relay socket (the loop
 // found it readable; level-triggered, so one read per event). RFC 8656
 // §12.3: a datagram from a peer without a permission is discarded; with a
-// channel bound and a UDP client it goes out as ChannelData here (RFC 8656
-// §12.7); otherwise pion makes it a Data indication. It is read 4 bytes
-// into the loop's buffer, leaving room for the ChannelData header.
+// channel bound and a UDP client it goes out as ChannelData (RFC 8656
+// §12.7), read 4 bytes into the loop's send batch toward the client's group
+// so that the header goes in front without a copy; otherwise pion makes it a
+// Data indication.
 func (a *Alloc) readable(l *loop) {
-	n, from, ok := l.recv(a.s, 4)
+	buf := l.buf[:]
+	var out *mmsg
+	fast := a.linked.Load() && a.udp
+	if fast {
+		out = l.out(a.group)
+		buf = out.slot()
+	}
+	n, from, ok := l.recv(a.s, buf[4:])
 	if !ok {
 		return
 	}
@@ -98,14 +106,14 @@ func (a *Alloc) readable(l *loop) {
 	}
 	a.stats.ToClientPackets.Add(1)
 	a.stats.ToClientBytes.Add(uint64(n))
-	if a.udp {
+	if fast {
 		if number, ok := (*a.chans.Load())[from]; ok {
-			putChannelHeader(l.buf[:], number, n)
-			a.group.writeTo(l.buf[:4+n], a.client)
+			putChannelHeader(buf, number, n)
+			out.queue(4+n, a.client)
 			return
 		}
 	}
-	a.e.enqueue(a.toPion, l.buf[4:4+n], from)
+	a.e.enqueue(a.toPion, buf[4:4+n], from)
 }
 
 // ReadFrom serves pion's read loop on the relay socket: the peer datagrams

@@ -104,22 +104,19 @@ func (g *Group) writeTo(b []byte, client netip.AddrPort) {
 	}
 }
 
-// readBurst bounds the datagrams read from one listen socket per event, so
-// that one busy socket cannot starve the loop's relay sockets.
-const readBurst = 16
-
-// readable handles a listen socket the loop found readable. ChannelData on
-// a bound, permitted channel goes straight to the peer (RFC 8656 §12.6);
-// malformed datagrams are dropped (RFC 8489 §6.3); the front filter answers
-// requests pion must not see; the rest is queued for pion.
+// readable handles a listen socket the loop found readable: one recvmmsg
+// of up to batchLen datagrams (level-triggered: the rest are seen on the
+// next round). ChannelData on a bound, permitted channel goes straight to
+// the peer (RFC 8656 §12.6); malformed datagrams are dropped (RFC 8489
+// §6.3); the front filter answers requests pion must not see; the rest is
+// queued for pion.
 func (g *Group) readable(l *loop, s *sock) {
 	e := g.e
-	for range readBurst {
-		n, src, ok := l.recv(s, 0)
-		if !ok {
-			return
-		}
-		p := l.buf[:n]
+	if !l.in.recv(s) {
+		return
+	}
+	for i := range l.in.n {
+		p, src := l.in.datagram(i)
 		k, h := classify(p)
 		switch k {
 		case kindChannelData:
@@ -127,15 +124,15 @@ func (g *Group) readable(l *loop, s *sock) {
 			b := (*g.table.Load())[chanKey{src, number}]
 			switch {
 			case b == nil:
-				e.cfg.Events.Drop(DropNoChannel, n)
+				e.cfg.Events.Drop(DropNoChannel, len(p))
 			case !b.alloc.permitted(b.peer.Addr()):
-				e.cfg.Events.Drop(DropNoPermission, n)
+				e.cfg.Events.Drop(DropNoPermission, len(p))
 			default:
 				b.alloc.toPeer(payload, b.peer)
 			}
 			continue
 		case kindMalformed:
-			e.cfg.Events.Drop(DropMalformed, n)
+			e.cfg.Events.Drop(DropMalformed, len(p))
 			continue
 		}
 		if !e.filter(p, h, src, g.addr, true, func(b []byte) { _ = s.send(b, src) }) {

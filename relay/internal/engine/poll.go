@@ -132,21 +132,10 @@ func sendto(fd int, b []byte, dst netip.AddrPort, v6 bool) syscall.Errno {
 	if len(b) == 0 {
 		return 0
 	}
-	// Both forms live on the stack; one of them is passed.
-	var sa4 unix.RawSockaddrInet4
-	var sa6 unix.RawSockaddrInet6
-	sa, size := unsafe.Pointer(&sa4), uintptr(unix.SizeofSockaddrInet4)
-	if ip := dst.Addr(); v6 || !ip.Is4() {
-		sa6.Family = unix.AF_INET6
-		putPort(&sa6.Port, dst.Port())
-		sa6.Addr = ip.As16()
-		sa, size = unsafe.Pointer(&sa6), unix.SizeofSockaddrInet6
-	} else {
-		sa4.Family = unix.AF_INET
-		putPort(&sa4.Port, dst.Port())
-		sa4.Addr = ip.As4()
-	}
-	_, _, errno := syscall.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, uintptr(sa), size)
+	var sa unix.RawSockaddrInet6
+	size := putSockaddr(&sa, dst, v6)
+	_, _, errno := syscall.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
+		uintptr(unsafe.Pointer(&sa)), uintptr(size))
 	return errno
 }
 
@@ -165,15 +154,7 @@ func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort,
 	if errno != 0 {
 		return 0, netip.AddrPort{}, errno
 	}
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	port := uint16(pb[0])<<8 | uint16(pb[1])
-	var ip netip.Addr
-	if sa.Family == unix.AF_INET {
-		ip = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
-	} else {
-		ip = netip.AddrFrom16(sa.Addr).Unmap()
-	}
-	return int(n), netip.AddrPortFrom(ip, port), 0
+	return int(n), addrFrom(sa), 0
 }
 
 // loop is one epoll loop over its share of the engine's sockets. Its epoll
@@ -182,15 +163,18 @@ func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort,
 // scheduler hand its P around), and once woken it takes every ready event
 // with epoll_wait(0) until there are none.
 type loop struct {
-	e    *Engine
-	epfd int
-	file *os.File // epfd, as Go's netpoller sees it
+	e     *Engine
+	index int
+	epfd  int
+	file  *os.File // epfd, as Go's netpoller sees it
 
 	mu    sync.RWMutex
 	socks map[int32]*sock
 
-	buf *[mtu + 4]byte        // the datagram being handled (4 bytes of room for a ChannelData header)
-	sa  unix.RawSockaddrInet6 // its source
+	buf  *[mtu + 4]byte        // a peer datagram for pion (4 bytes of room for a ChannelData header)
+	sa   unix.RawSockaddrInet6 // its source
+	in   *mmsg                 // datagrams read from a listen socket
+	outs []*mmsg               // ChannelData for clients, one batch per listen group
 }
 
 // poller is the engine's set of loops.
@@ -203,8 +187,8 @@ type poller struct {
 
 func newPoller(e *Engine, n int) (*poller, error) {
 	p := &poller{}
-	for i := 0; i < n; i++ {
-		l, err := newLoop(e)
+	for i := range n {
+		l, err := newLoop(e, i)
 		if err != nil {
 			p.stop()
 			return nil, err
@@ -218,7 +202,7 @@ func newPoller(e *Engine, n int) (*poller, error) {
 	return p, nil
 }
 
-func newLoop(e *Engine) (*loop, error) {
+func newLoop(e *Engine, index int) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -228,7 +212,8 @@ func newLoop(e *Engine) (*loop, error) {
 		return nil, fmt.Errorf("epoll descriptor: %w", err)
 	}
 	// A non-blocking descriptor makes a pollable *os.File.
-	return &loop{e: e, epfd: epfd, file: os.NewFile(uintptr(epfd), "relay-epoll"), socks: map[int32]*sock{}, buf: new([mtu + 4]byte)}, nil
+	return &loop{e: e, index: index, epfd: epfd, file: os.NewFile(uintptr(epfd), "relay-epoll"), socks: map[int32]*sock{},
+		buf: new([mtu + 4]byte), in: newMmsg(e, nil)}, nil
 }
 
 // add polls s on loop i (i < 0: the next loop in turn).
@@ -302,6 +287,9 @@ func (l *loop) run(wg *sync.WaitGroup) {
 			}
 		}
 		clear(ready)
+		for _, out := range l.outs {
+			out.flush()
+		}
 		return true
 	}
 	for {
@@ -311,14 +299,27 @@ func (l *loop) run(wg *sync.WaitGroup) {
 	}
 }
 
-// recv reads one datagram from s into the loop's buffer at off. ok is false
-// when there is nothing to read or s is closed.
-func (l *loop) recv(s *sock, off int) (n int, src netip.AddrPort, ok bool) {
+// recv reads one datagram from s into b. ok is false when there is nothing
+// to read or s is closed.
+func (l *loop) recv(s *sock, b []byte) (n int, src netip.AddrPort, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return 0, src, false
 	}
-	n, src, errno := recvfrom(s.fd, l.buf[off:], &l.sa)
+	n, src, errno := recvfrom(s.fd, b, &l.sa)
 	return n, src, errno == 0
+}
+
+// out is the loop's send batch toward the clients of group g: it leaves
+// from the group's socket this loop polls.
+func (l *loop) out(g *Group) *mmsg {
+	for _, m := range l.outs {
+		if m.s.group == g {
+			return m
+		}
+	}
+	m := newMmsg(l.e, g.socks[l.index%len(g.socks)])
+	l.outs = append(l.outs, m)
+	return m
 }

@@ -145,6 +145,18 @@ func putPort(p *uint16, port uint16) {
 	b[0], b[1] = byte(port>>8), byte(port)
 }
 
+// epollPoll takes ready events without waiting: epoll_pwait(2) with a zero
+// timeout never blocks, so the raw form keeps the scheduler out of it (a
+// system call the scheduler sees can have its P handed away when the
+// thread is preempted in it, and sysmon then keeps polling fast).
+func epollPoll(epfd int, events []unix.EpollEvent) int {
+	n, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if errno != 0 {
+		return 0
+	}
+	return int(n)
+}
+
 // recvfrom is recvfrom(2) into b without allocation; the source comes back
 // normalised (IPv4-mapped addresses as IPv4).
 func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort, syscall.Errno) {
@@ -266,8 +278,8 @@ func (l *loop) run(wg *sync.WaitGroup) {
 	events := make([]unix.EpollEvent, 128)
 	ready := make([]*sock, 0, len(events))
 	take := func(fd uintptr) bool {
-		n, err := unix.EpollWait(int(fd), events, 0)
-		if err != nil || n <= 0 {
+		n := epollPoll(int(fd), events)
+		if n <= 0 {
 			return false // nothing ready: park in the netpoller
 		}
 		ready = ready[:0]

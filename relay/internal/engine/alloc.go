@@ -24,7 +24,7 @@ type Alloc struct {
 	s      *sock
 	e      *Engine
 	relay  netip.AddrPort // advertised relay address
-	toPion chan packet    // peer datagrams pion makes Data indications of
+	toPion chan packet    // peer datagrams for a TCP or TLS client, which pion frames
 	done   chan struct{}
 
 	// Set when pion reports the allocation created.
@@ -47,7 +47,7 @@ type Alloc struct {
 }
 
 func newAlloc(e *Engine, s *sock, relay netip.AddrPort) *Alloc {
-	a := &Alloc{s: s, e: e, relay: relay, toPion: make(chan packet, 16), done: make(chan struct{})}
+	a := &Alloc{s: s, e: e, relay: relay, toPion: make(chan packet, 4), done: make(chan struct{})}
 	s.alloc = a
 	a.perms.Store(&map[netip.Addr]struct{}{})
 	a.chans.Store(&map[netip.AddrPort]uint16{})
@@ -79,20 +79,20 @@ func (a *Alloc) allow(n int) bool {
 
 // readable handles a datagram from a peer on the relay socket (the loop
 // found it readable; level-triggered, so one read per event). RFC 8656
-// §12.3: a datagram from a peer without a permission is discarded; with a
-// channel bound and a UDP client it goes out as ChannelData (RFC 8656
-// §12.7), read 4 bytes into the loop's send batch toward the client's group
-// so that the header goes in front without a copy; otherwise pion makes it a
-// Data indication.
+// §12.3: a datagram from a peer without a permission is discarded. For a
+// UDP client it is read into the loop's send batch toward the client's
+// group, with headroom in front, and goes out as ChannelData when a channel
+// is bound to the peer (RFC 8656 §12.7), else as a Data indication (§11.4),
+// built here. For a TCP or TLS client pion frames it on the stream.
 func (a *Alloc) readable(l *loop) {
 	buf := l.buf[:]
 	var out *mmsg
-	fast := a.linked.Load() && a.udp
-	if fast {
+	udp := a.linked.Load() && a.udp
+	if udp {
 		out = l.out(a.group)
 		buf = out.slot()
 	}
-	n, from, ok := l.recv(a.s, buf[4:])
+	n, from, ok := l.recv(a.s, buf[headroom:headroom+mtu])
 	if !ok {
 		return
 	}
@@ -106,14 +106,17 @@ func (a *Alloc) readable(l *loop) {
 	}
 	a.stats.ToClientPackets.Add(1)
 	a.stats.ToClientBytes.Add(uint64(n))
-	if fast {
-		if number, ok := (*a.chans.Load())[from]; ok {
-			putChannelHeader(buf, number, n)
-			out.queue(4+n, a.client)
-			return
-		}
+	if !udp {
+		a.e.enqueue(a.toPion, buf[headroom:headroom+n], from)
+		return
 	}
-	a.e.enqueue(a.toPion, buf[4:4+n], from)
+	if number, ok := (*a.chans.Load())[from]; ok {
+		putChannelHeader(buf[headroom-4:], number, n)
+		out.queue(headroom-4, 4+n, a.client)
+		return
+	}
+	start, length := putDataIndication(buf, n, from, l.tid())
+	out.queue(start, length, a.client)
 }
 
 // ReadFrom serves pion's read loop on the relay socket: the peer datagrams

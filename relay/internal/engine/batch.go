@@ -19,11 +19,16 @@ type mmsg struct {
 	hdrs  [batchLen]unix.Mmsghdr
 	iovs  [batchLen]unix.Iovec
 	names [batchLen]unix.RawSockaddrInet6
-	bufs  [batchLen][mtu + 4]byte
+	bufs  [batchLen][bufLen]byte
 	n     int     // datagrams queued (send) or read (receive)
 	s     *sock   // the socket a send batch leaves from
 	e     *Engine // counts what a send batch drops
+	// listed: the owning loop flushes this batch at the end of its rounds.
+	listed bool
 }
+
+// bufLen is a send buffer: header room, a datagram, padding.
+const bufLen = headroom + mtu + 4
 
 func newMmsg(e *Engine, s *sock) *mmsg {
 	m := &mmsg{s: s, e: e}
@@ -39,6 +44,7 @@ func newMmsg(e *Engine, s *sock) *mmsg {
 // recv reads up to batchLen datagrams from s; m.n says how many.
 func (m *mmsg) recv(s *sock) bool {
 	for i := range m.hdrs {
+		m.iovs[i].Base = &m.bufs[i][0]
 		m.iovs[i].SetLen(mtu)
 		m.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}
@@ -64,8 +70,10 @@ func (m *mmsg) datagram(i int) ([]byte, netip.AddrPort) {
 // slot is the buffer the next queued datagram is built in.
 func (m *mmsg) slot() []byte { return m.bufs[m.n][:] }
 
-// queue commits the first n bytes of the slot, to dst; a full batch is sent.
-func (m *mmsg) queue(n int, dst netip.AddrPort) {
+// queue commits n bytes of the slot from start, to dst; a full batch is
+// sent.
+func (m *mmsg) queue(start, n int, dst netip.AddrPort) {
+	m.iovs[m.n].Base = &m.bufs[m.n][start]
 	m.iovs[m.n].SetLen(n)
 	m.hdrs[m.n].Hdr.Namelen = putSockaddr(&m.names[m.n], dst, m.s.v6)
 	m.n++

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -20,11 +21,15 @@ type Group struct {
 	addr  netip.AddrPort
 	socks []*sock
 	mu    sync.Mutex // serialises writers of table
-	table atomic.Pointer[map[chanKey]*bound]
+	table [tableShards]atomic.Pointer[map[chanKey]*bound]
 
 	toPion chan packet
 	done   chan struct{}
 	once   sync.Once
+
+	// outs[i] is loop i's send batch toward this group's clients; it
+	// leaves from the group's socket loop i polls.
+	outs []*mmsg
 }
 
 type packet struct {
@@ -50,7 +55,9 @@ type bound struct {
 // net.PacketConn pion serves them through.
 func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
 	g := &Group{e: e, toPion: make(chan packet, 1024), done: make(chan struct{})}
-	g.table.Store(&map[chanKey]*bound{})
+	for i := range g.table {
+		g.table[i].Store(&map[chanKey]*bound{})
+	}
 	for range n {
 		s, err := openUDP(addr, true, 4<<20)
 		if err != nil {
@@ -62,6 +69,9 @@ func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
 		addr = s.local
 	}
 	g.addr = normal(addr)
+	for i := range e.poll.loops {
+		g.outs = append(g.outs, newMmsg(e, g.socks[i%len(g.socks)]))
+	}
 	// Polled only once the group is complete: its loops read g.addr and
 	// g.socks.
 	for i, s := range g.socks {
@@ -76,23 +86,40 @@ func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
 	return g, nil
 }
 
+// tableShards splits the channel table so that a bind copies a
+// sixty-fourth of it (copy-on-write: the loops read it without locking).
+const tableShards = 64
+
+func (k chanKey) shard() int { return int(k.client.Port()^k.number) % tableShards }
+
+// lookup finds the binding of a ChannelData message.
+func (g *Group) lookup(k chanKey) *bound { return (*g.table[k.shard()].Load())[k] }
+
 func (g *Group) bind(k chanKey, b *bound, add bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	cowSet(&g.table, k, b, add)
+	cowSet(&g.table[k.shard()], k, b, add)
 }
 
 func (g *Group) unbindAll(a *Alloc) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	old := *g.table.Load()
-	m := make(map[chanKey]*bound, len(old))
-	for k, b := range old {
-		if b.alloc != a {
-			m[k] = b
+	for i := range g.table {
+		old := *g.table[i].Load()
+		var m map[chanKey]*bound
+		for k, b := range old {
+			if b.alloc != a {
+				continue
+			}
+			if m == nil {
+				m = maps.Clone(old)
+			}
+			delete(m, k)
+		}
+		if m != nil {
+			g.table[i].Store(&m)
 		}
 	}
-	g.table.Store(&m)
 }
 
 // writeTo sends to a client from the group (the socket picked by the
@@ -121,7 +148,7 @@ func (g *Group) readable(l *loop, s *sock) {
 		switch k {
 		case kindChannelData:
 			number, payload := channelData(p)
-			b := (*g.table.Load())[chanKey{src, number}]
+			b := g.lookup(chanKey{src, number})
 			switch {
 			case b == nil:
 				e.cfg.Events.Drop(DropNoChannel, len(p))

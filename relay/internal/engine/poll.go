@@ -1,8 +1,10 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"sync"
@@ -183,7 +185,7 @@ type loop struct {
 	mu    sync.RWMutex
 	socks map[int32]*sock
 
-	buf  *[mtu + 4]byte        // a peer datagram for pion (4 bytes of room for a ChannelData header)
+	buf  *[bufLen]byte         // a peer datagram for pion
 	sa   unix.RawSockaddrInet6 // its source
 	in   *mmsg                 // datagrams read from a listen socket
 	outs []*mmsg               // ChannelData for clients, one batch per listen group
@@ -225,7 +227,7 @@ func newLoop(e *Engine, index int) (*loop, error) {
 	}
 	// A non-blocking descriptor makes a pollable *os.File.
 	return &loop{e: e, index: index, epfd: epfd, file: os.NewFile(uintptr(epfd), "relay-epoll"), socks: map[int32]*sock{},
-		buf: new([mtu + 4]byte), in: newMmsg(e, nil)}, nil
+		buf: new([bufLen]byte), in: newMmsg(e, nil)}, nil
 }
 
 // add polls s on loop i (i < 0: the next loop in turn).
@@ -323,15 +325,21 @@ func (l *loop) recv(s *sock, b []byte) (n int, src netip.AddrPort, ok bool) {
 	return n, src, errno == 0
 }
 
-// out is the loop's send batch toward the clients of group g: it leaves
-// from the group's socket this loop polls.
+// tid is a transaction ID for a Data indication.
+func (l *loop) tid() (t [12]byte) {
+	binary.LittleEndian.PutUint64(t[0:8], rand.Uint64())
+	binary.LittleEndian.PutUint32(t[8:12], rand.Uint32())
+	return t
+}
+
+// out is the loop's send batch toward the clients of group g (made with the
+// group: a fixed cost, not one per allocation). The loop lists it for its
+// end-of-round flush on first use.
 func (l *loop) out(g *Group) *mmsg {
-	for _, m := range l.outs {
-		if m.s.group == g {
-			return m
-		}
+	m := g.outs[l.index]
+	if !m.listed {
+		m.listed = true
+		l.outs = append(l.outs, m)
 	}
-	m := newMmsg(l.e, g.socks[l.index%len(g.socks)])
-	l.outs = append(l.outs, m)
 	return m
 }

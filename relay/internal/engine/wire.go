@@ -7,7 +7,10 @@
 // bound and permitted.
 package engine
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"net/netip"
+)
 
 // STUN header facts (RFC 8489 §5).
 const (
@@ -91,6 +94,51 @@ func channelData(b []byte) (uint16, []byte) {
 func putChannelHeader(b []byte, number uint16, length int) {
 	binary.BigEndian.PutUint16(b[0:2], number)
 	binary.BigEndian.PutUint16(b[2:4], uint16(length))
+}
+
+// headroom is the room kept in front of a peer datagram in a send buffer:
+// enough for a Data indication's header with an IPv6 peer (STUN header 20,
+// XOR-PEER-ADDRESS 4+20, DATA header 4).
+const headroom = 48
+
+// putDataIndication writes, in front of the n-byte payload at b[headroom:],
+// a Data indication (RFC 8656 §11.4: no MESSAGE-INTEGRITY) from peer with
+// transaction ID tid, pads the DATA attribute to 4 bytes after the payload,
+// and returns where the message starts and its length.
+func putDataIndication(b []byte, n int, peer netip.AddrPort, tid [12]byte) (start, length int) {
+	addrLen := 8
+	if peer.Addr().Is6() {
+		addrLen = 20
+	}
+	start = headroom - (stunHeaderLen + 4 + addrLen + 4)
+	pad := (4 - n%4) % 4
+	clear(b[headroom+n : headroom+n+pad])
+	h := b[start:headroom]
+	binary.BigEndian.PutUint16(h[0:2], 0x0017) // Data indication
+	binary.BigEndian.PutUint16(h[2:4], uint16(len(h)-stunHeaderLen+n+pad))
+	binary.BigEndian.PutUint32(h[4:8], magicCookie)
+	copy(h[8:20], tid[:])
+	a := h[20:]
+	binary.BigEndian.PutUint16(a[0:2], 0x0012) // XOR-PEER-ADDRESS
+	binary.BigEndian.PutUint16(a[2:4], uint16(addrLen))
+	a[4] = 0
+	binary.BigEndian.PutUint16(a[6:8], peer.Port()^uint16(magicCookie>>16))
+	if addrLen == 8 {
+		a[5] = 0x01
+		ip := peer.Addr().As4()
+		binary.BigEndian.PutUint32(a[8:12], binary.BigEndian.Uint32(ip[:])^magicCookie)
+	} else {
+		a[5] = 0x02
+		ip := peer.Addr().As16()
+		copy(a[8:24], ip[:])
+		for i, k := range h[4:20] { // the cookie, then the transaction ID
+			a[8+i] ^= k
+		}
+	}
+	d := a[4+addrLen:]
+	binary.BigEndian.PutUint16(d[0:2], 0x0013) // DATA
+	binary.BigEndian.PutUint16(d[2:4], uint16(n))
+	return start, headroom - start + n + pad
 }
 
 // knownMethod reports whether the relay handles method in class.

@@ -27,7 +27,8 @@ type Config struct {
 	TLSCertFile string   `yaml:"tls_cert_file"` // the public certificate for TURN over TLS
 	TLSKeyFile  string   `yaml:"tls_key_file"`
 	// UDPSockets is the number of SO_REUSEPORT sockets per UDP listen
-	// address (0: one per CPU).
+	// address, and of the epoll loops that poll them and the relay sockets
+	// (0: one per CPU).
 	UDPSockets int `yaml:"udp_sockets"`
 
 	Relay RelayConfig `yaml:"relay"`

@@ -182,8 +182,9 @@ type loop struct {
 	epfd  int
 	file  *os.File // epfd, as Go's netpoller sees it
 
-	mu    sync.RWMutex
-	socks map[int32]*sock
+	mu      sync.RWMutex
+	socks   map[int32]*sock
+	stopped bool // epfd is closed (its number may be another descriptor's now)
 
 	buf  *[bufLen]byte         // a peer datagram for pion
 	sa   unix.RawSockaddrInet6 // its source
@@ -238,6 +239,9 @@ func (p *poller) add(s *sock, i int) error {
 	l := p.loops[i%len(p.loops)]
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.stopped {
+		return errSockClosed
+	}
 	s.loop = l
 	l.socks[int32(s.fd)] = s
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(s.fd)}
@@ -254,7 +258,9 @@ func (p *poller) add(s *sock, i int) error {
 func (l *loop) remove(s *sock) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	if !l.stopped {
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
 	if l.socks[int32(s.fd)] == s {
 		delete(l.socks, int32(s.fd))
 	}
@@ -264,7 +270,10 @@ func (l *loop) remove(s *sock) {
 func (p *poller) stop() {
 	p.once.Do(func() {
 		for _, l := range p.loops {
+			l.mu.Lock()
+			l.stopped = true
 			_ = l.file.Close() // wakes the loop's goroutine with an error
+			l.mu.Unlock()
 		}
 		p.wg.Wait()
 	})

@@ -120,7 +120,8 @@ func (a *Alloc) readable(l *loop) {
 }
 
 // ReadFrom serves pion's read loop on the relay socket: the peer datagrams
-// that go to the client as Data indications.
+// for a TCP or TLS client, which pion frames on the client's stream. (For a
+// UDP client the loop sends them itself; this read then waits for Close.)
 func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
 	return dequeue(a.toPion, a.done, p)
 }

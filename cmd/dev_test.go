@@ -12,10 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/turn/v5"
-
 	"portcullis/access"
 	"portcullis/internal/testlog"
+	"portcullis/internal/turntest"
 )
 
 // Dev mode on the built-in configuration: the real dev ports.
@@ -180,15 +179,7 @@ func relayRoundTrip(t *testing.T, user, pass string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cl, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: "127.0.0.1:13478", STUNServerAddr: "127.0.0.1:13478",
-		Conn: conn, Username: user, Password: pass, Realm: "example.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	cl := turntest.Client(t, "127.0.0.1:13478", conn, user, pass, "example.test")
 	rc, err := cl.Allocate()
 	if err != nil {
 		t.Fatalf("allocate with %s: %v", user, err)

@@ -39,27 +39,34 @@ const MinPasswordLen = 10
 
 // AddUser creates a user with a password; only its digests are stored.
 func AddUser(ctx context.Context, st *store.Store, aor, password string) error {
-	aor, user, domain, err := ParseAOR(aor)
+	u, err := withDigests(aor, password)
 	if err != nil {
 		return err
 	}
-	if err := checkPassword(password); err != nil {
-		return err
-	}
-	return st.AddUser(ctx, store.User{AOR: aor, Username: user, Realm: domain,
-		HA1MD5: access.HA1(access.DigestMD5, user, domain, password), HA1SHA256: access.HA1(access.DigestSHA256, user, domain, password)})
+	return st.AddUser(ctx, u)
 }
 
 // SetPassword changes a user's password.
 func SetPassword(ctx context.Context, st *store.Store, aor, password string) error {
-	aor, user, domain, err := ParseAOR(aor)
+	u, err := withDigests(aor, password)
 	if err != nil {
 		return err
 	}
-	if err := checkPassword(password); err != nil {
-		return err
+	return st.SetHA1(ctx, u.AOR, u.HA1MD5, u.HA1SHA256)
+}
+
+// withDigests checks an address and a password and returns the user with
+// the password's digests (HA1 per algorithm, in the user's realm).
+func withDigests(aor, password string) (store.User, error) {
+	aor, user, domain, err := ParseAOR(aor)
+	if err != nil {
+		return store.User{}, err
 	}
-	return st.SetHA1(ctx, aor, access.HA1(access.DigestMD5, user, domain, password), access.HA1(access.DigestSHA256, user, domain, password))
+	if err := checkPassword(password); err != nil {
+		return store.User{}, err
+	}
+	return store.User{AOR: aor, Username: user, Realm: domain,
+		HA1MD5: access.HA1(access.DigestMD5, user, domain, password), HA1SHA256: access.HA1(access.DigestSHA256, user, domain, password)}, nil
 }
 
 func checkPassword(p string) error {

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"portcullis/access"
+	"portcullis/internal/turntest"
 	"portcullis/relay"
 )
 
@@ -109,15 +110,7 @@ func TestPionClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cl, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: e.udp, STUNServerAddr: e.udp, Conn: conn,
-		Username: cred.Username, Password: cred.Password, Realm: realm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	cl := turntest.Client(t, e.udp, conn, cred.Username, cred.Password, realm)
 	mapped, err := cl.SendBindingRequest()
 	if err != nil || !strings.HasPrefix(mapped.String(), "127.0.0.1:") {
 		t.Fatalf("binding: %v %v", mapped, err)
@@ -195,15 +188,7 @@ func TestTCPAllocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: e.tcp, STUNServerAddr: e.tcp, Conn: turn.NewSTUNConn(ctrl),
-		Username: cred.Username, Password: cred.Password, Realm: realm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	cl := turntest.Client(t, e.tcp, turn.NewSTUNConn(ctrl), cred.Username, cred.Password, realm)
 	alloc, err := cl.AllocateTCP()
 	if err != nil {
 		t.Fatal(err)

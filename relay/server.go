@@ -204,7 +204,7 @@ func (s *Server) closeListeners() error {
 	}
 	s.closers = nil
 	if s.eng != nil {
-		errs = append(errs, s.eng.Stop())
+		s.eng.Stop()
 	}
 	return errors.Join(errs...)
 }

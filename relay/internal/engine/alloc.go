@@ -87,7 +87,8 @@ func (a *Alloc) allow(n int) bool {
 func (a *Alloc) readable(l *loop) {
 	buf := l.buf[:]
 	var out *mmsg
-	udp := a.linked.Load() && a.udp
+	linked := a.linked.Load()
+	udp := linked && a.udp
 	if udp {
 		out = l.out(a.group)
 		buf = out.slot()
@@ -96,7 +97,7 @@ func (a *Alloc) readable(l *loop) {
 	if !ok {
 		return
 	}
-	if !a.linked.Load() || !a.permitted(from.Addr()) {
+	if !linked || !a.permitted(from.Addr()) {
 		a.e.cfg.Events.Drop(DropNoPermission, n)
 		return
 	}

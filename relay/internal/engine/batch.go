@@ -37,14 +37,17 @@ func newMmsg(e *Engine, s *sock) *mmsg {
 		m.hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&m.names[i]))
 		m.hdrs[i].Hdr.Iov = &m.iovs[i]
 		m.hdrs[i].Hdr.SetIovlen(1)
+		m.iovs[i].SetLen(mtu)
+		m.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}
 	return m
 }
 
-// recv reads up to batchLen datagrams from s; m.n says how many.
+// recv reads up to batchLen datagrams from s; m.n says how many. (A
+// receive batch never queues, so only the lengths the last call overwrote
+// are reset.)
 func (m *mmsg) recv(s *sock) bool {
-	for i := range m.hdrs {
-		m.iovs[i].Base = &m.bufs[i][0]
+	for i := range m.n {
 		m.iovs[i].SetLen(mtu)
 		m.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}

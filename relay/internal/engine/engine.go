@@ -128,10 +128,7 @@ func New(cfg Config) (*Engine, error) {
 
 // Stop ends the engine's loops; call it after the groups and allocations
 // are closed.
-func (e *Engine) Stop() error {
-	e.poll.stop()
-	return nil
-}
+func (e *Engine) Stop() { e.poll.stop() }
 
 // Active is the number of allocations in use.
 func (e *Engine) Active() int { return int(e.active.Load()) }

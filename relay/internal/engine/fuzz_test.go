@@ -92,7 +92,7 @@ func FuzzFilter(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { _ = e.Stop() })
+	f.Cleanup(e.Stop)
 	client, local := netip.MustParseAddrPort("198.51.100.7:4000"), netip.MustParseAddrPort("203.0.113.70:3478")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		k, h := classify(b)

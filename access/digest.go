@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"portcullis/internal/keyedmac"
 )
 
 // Digest algorithms (RFC 8760 §2).
@@ -144,7 +146,7 @@ var (
 // so replays are refused and an attacker without a password cannot grow the
 // state.
 type Digest struct {
-	key      []byte
+	mac      *keyedmac.Key
 	lifetime time.Duration
 	realms   map[string][]string // realm → algorithms offered, preferred first
 
@@ -162,7 +164,7 @@ type ncEntry struct {
 func NewDigest(realms map[string][]string, lifetime time.Duration) *Digest {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	return &Digest{key: key, lifetime: lifetime, realms: realms, ncs: map[string]ncEntry{}}
+	return &Digest{mac: keyedmac.New(key), lifetime: lifetime, realms: realms, ncs: map[string]ncEntry{}}
 }
 
 // Realms lists the realms served.
@@ -171,9 +173,7 @@ func (d *Digest) Realms() map[string][]string { return d.realms }
 func (d *Digest) nonceAt(t time.Time) string {
 	b := make([]byte, 8, 8+16)
 	binary.BigEndian.PutUint64(b, uint64(t.UnixNano()))
-	mac := hmac.New(sha256.New, d.key)
-	mac.Write(b)
-	b = mac.Sum(b)[:8+16]
+	b = d.mac.Sum(b, b)[:8+16]
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
@@ -182,9 +182,8 @@ func (d *Digest) checkNonce(n string, now time.Time) (time.Time, error) {
 	if err != nil || len(b) != 24 {
 		return time.Time{}, ErrDigestBadNonce
 	}
-	mac := hmac.New(sha256.New, d.key)
-	mac.Write(b[:8])
-	if !hmac.Equal(mac.Sum(nil)[:16], b[8:]) {
+	var buf [32]byte
+	if !hmac.Equal(d.mac.Sum(buf[:0], b[:8])[:16], b[8:]) {
 		return time.Time{}, ErrDigestBadNonce
 	}
 	issued := time.Unix(0, int64(binary.BigEndian.Uint64(b[:8])))

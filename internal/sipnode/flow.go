@@ -3,10 +3,11 @@ package sipnode
 import (
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"net/netip"
 	"strings"
+
+	"portcullis/internal/keyedmac"
 )
 
 // FlowTokens seal small values into signed tokens usable as the user part of
@@ -15,14 +16,14 @@ import (
 // connection the dialog or registration came on; or a route set, which an
 // edge hides from the outside and restores on the way in. Only tokens this
 // node made open.
-type FlowTokens struct{ key []byte }
+type FlowTokens struct{ mac *keyedmac.Key }
 
 // NewFlowTokens makes a signer with a fresh key (tokens do not outlive the
 // process: a restarted node makes its dialogs and Paths unroutable).
 func NewFlowTokens() *FlowTokens {
 	k := make([]byte, 32)
 	_, _ = rand.Read(k)
-	return &FlowTokens{key: k}
+	return &FlowTokens{mac: keyedmac.New(k)}
 }
 
 const (
@@ -32,11 +33,10 @@ const (
 )
 
 func (f *FlowTokens) seal(kind byte, payload string) string {
-	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte{kind})
-	mac.Write([]byte(payload))
-	b := append([]byte{kind}, payload...)
-	return base64.RawURLEncoding.EncodeToString(append(b, mac.Sum(nil)[:12]...))
+	b := make([]byte, 0, 1+len(payload)+32)
+	b = append(append(b, kind), payload...)
+	b = f.mac.Sum(b, b)
+	return base64.RawURLEncoding.EncodeToString(b[:len(b)-20])
 }
 
 func (f *FlowTokens) unseal(kind byte, tok string) (string, bool) {
@@ -44,14 +44,12 @@ func (f *FlowTokens) unseal(kind byte, tok string) (string, bool) {
 	if err != nil || len(b) < 13 || b[0] != kind {
 		return "", false
 	}
-	payload, sum := b[1:len(b)-12], b[len(b)-12:]
-	mac := hmac.New(sha256.New, f.key)
-	mac.Write([]byte{kind})
-	mac.Write(payload)
-	if !hmac.Equal(mac.Sum(nil)[:12], sum) {
+	signed, sum := b[:len(b)-12], b[len(b)-12:]
+	var buf [32]byte
+	if !hmac.Equal(f.mac.Sum(buf[:0], signed)[:12], sum) {
 		return "", false
 	}
-	return string(payload), true
+	return string(signed[1:]), true
 }
 
 // Make seals a flow (a transport address).

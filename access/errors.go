@@ -22,6 +22,7 @@ const (
 	ReasonHandshakeFailed = "handshake_failed"
 	ReasonTimeout         = "handshake_timeout"
 	ReasonConnectionCap   = "connection_cap"
+	ReasonSlowMessage     = "slow_message" // a SIP message not complete within the message timeout
 )
 
 // PeerRefusedError says why a peer's certificate was not accepted.

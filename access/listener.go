@@ -41,6 +41,10 @@ type ListenerConfig struct {
 	// IdleTimeout closes a connection that sends nothing for this long
 	// (slow-read and idle connections cannot pile up); 0: none.
 	IdleTimeout time.Duration
+	// MessageTimeout closes a connection on which a SIP message has begun
+	// and is not complete this long after its first byte, however slowly
+	// the bytes trickle in (slow-read, "slowloris"); 0: none.
+	MessageTimeout time.Duration
 	// OnRefused is called once per refused connection with the reason.
 	OnRefused func(reason string)
 	// OnAccepted is called once per verified connection.
@@ -227,7 +231,7 @@ func (l *Listener) handshake(raw net.Conn) {
 	} else if id.Partner {
 		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
-	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout}
+	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout}
 	select {
 	case l.conns <- c:
 	case <-l.ctx.Done():
@@ -301,14 +305,46 @@ type trackedConn struct {
 	raw    net.Conn
 	idle   time.Duration
 	once   sync.Once
+
+	msgTimeout  time.Duration
+	clock       msgClock
+	inMessage   bool
+	msgDeadline time.Time
 }
 
 // Read applies the idle timeout: each read must bring data within it.
+// Read reads with the connection's deadlines: the idle timeout from now,
+// and while a SIP message is in progress, no later than its message
+// deadline. Reads are sequential (one reader per connection), so the
+// message clock needs no lock.
 func (c *trackedConn) Read(b []byte) (int, error) {
-	if c.idle > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	var deadline time.Time
+	if c.idle > 0 || c.inMessage {
+		now := time.Now()
+		if c.idle > 0 {
+			deadline = now.Add(c.idle)
+		}
+		if c.inMessage && (deadline.IsZero() || c.msgDeadline.Before(deadline)) {
+			deadline = c.msgDeadline
+		}
+		_ = c.Conn.SetReadDeadline(deadline)
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if c.msgTimeout > 0 && n > 0 {
+		in, began := c.clock.feed(b[:n])
+		if began {
+			c.msgDeadline = time.Now().Add(c.msgTimeout)
+		}
+		c.inMessage = in
+	}
+	if err != nil && c.inMessage && deadline.Equal(c.msgDeadline) && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.l.cfg.Log.Warn("connection closed: SIP message not complete in time", "remote", c.remote,
+			"reason", ReasonSlowMessage, "message_timeout", c.msgTimeout.String())
+		if c.l.cfg.OnRefused != nil {
+			c.l.cfg.OnRefused(ReasonSlowMessage)
+		}
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {

@@ -390,3 +390,54 @@ func TestFlowFailedDropsBinding(t *testing.T) {
 		t.Fatalf("after the binding was dropped: %d", res.StatusCode)
 	}
 }
+
+// Slow read: a peer that trickles a message a byte at a time, each byte
+// well inside the idle timeout, is cut off once the message is not complete
+// within the message timeout; CRLF keep-alives at the same pace are not a
+// message, and a request sent slowly but completed in time is answered.
+func TestAccessEdgeSlowMessage(t *testing.T) {
+	e := newEnv(t)
+	_, ed := e.startAccess(func(c *edge.Config) {
+		c.External.Limits.RequestsPerSecond, c.External.Limits.Burst = 1000, 1000
+		c.External.Limits.IdleTimeout = 800 * time.Millisecond
+		c.External.Limits.MessageTimeout = 1500 * time.Millisecond
+	})
+	roots := accessRoots(t, e)
+	trickle := func(r *rawConn, s string, every time.Duration, until time.Time) error {
+		for i := 0; i < len(s) && time.Now().Before(until); i++ {
+			if _, err := r.c.Write([]byte{s[i]}); err != nil {
+				return err
+			}
+			time.Sleep(every)
+		}
+		return nil
+	}
+	start := time.Now()
+	slow := dialRaw(t, ed.ExternalAddr(), roots)
+	closed := make(chan time.Duration, 1)
+	go func() {
+		_ = slow.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := slow.r.ReadByte()
+		if err != nil && !isTimeout(err) {
+			closed <- time.Since(start)
+		}
+		close(closed)
+	}()
+	_ = trickle(slow, "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/TLS 198.51.100.7:5061;branch=z9hG4bK-slow\r\n", 200*time.Millisecond, time.Now().Add(5*time.Second))
+	took, ok := <-closed
+	if !ok {
+		t.Fatal("a message trickled for 5 s was not cut off")
+	}
+	if took > 4*time.Second {
+		t.Errorf("cut off after %s; the message timeout is 1.5 s", took)
+	}
+
+	// Keep-alives at the same pace, for longer than the message timeout.
+	alive := dialRaw(t, ed.ExternalAddr(), roots)
+	if err := trickle(alive, strings.Repeat("\r\n", 6), 400*time.Millisecond, time.Now().Add(5*time.Second)); err != nil {
+		t.Fatalf("keep-alives: %v", err)
+	}
+	if got := alive.send("OPTIONS sip:example.test SIP/2.0", "CSeq: 1 OPTIONS\r\n", ""); got != 200 {
+		t.Fatalf("after %s of keep-alives: %d, want 200", 2400*time.Millisecond, got)
+	}
+}

@@ -81,6 +81,10 @@ type LimitsConfig struct {
 	// connection silent that long (clients keep alive with CRLF or REGISTER).
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+	// MessageTimeout closes a connection whose SIP message, once begun, is
+	// not complete this long after its first byte (slow-read protection:
+	// the idle timeout alone restarts with every byte).
+	MessageTimeout time.Duration `yaml:"message_timeout"`
 }
 
 // Validate checks the section (nothing when there is no listener).
@@ -104,6 +108,7 @@ func (c *ExternalConfig) Validate(v *config.V) {
 	lv.Check(l.MaxConnections >= l.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
 	lv.Check(l.HandshakeTimeout > 0 && l.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m")
 	lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s")
+	lv.Check(l.MessageTimeout >= time.Second && l.MessageTimeout <= 10*time.Minute, "message_timeout", "must be between 1s and 10m, got %s", l.MessageTimeout)
 }
 
 // LinkConfig is the `core` section: where the core is and how the edge keeps
@@ -132,7 +137,7 @@ func DefaultConfig() Config {
 		External: ExternalConfig{AllowedMethods: []string{"REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "MESSAGE",
 			"OPTIONS", "UPDATE", "INFO", "SERVICE", "PRACK", "SUBSCRIBE", "NOTIFY"},
 			Limits: LimitsConfig{MaxMessageBytes: 64 << 10, RequestsPerSecond: 20, Burst: 40, ConnectionsPerAddress: 20,
-				MaxConnections: 10000, HandshakeTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}},
+				MaxConnections: 10000, HandshakeTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, MessageTimeout: 30 * time.Second}},
 		Core: LinkConfig{
 			KeepaliveInterval: 15 * time.Second,
 			KeepaliveTimeout:  5 * time.Second,

@@ -85,7 +85,8 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		UserListen:   cfg.External.Listen,
 		UserMaterial: public,
 		UserLimits: sipnode.Limits{HandshakeTimeout: cfg.External.Limits.HandshakeTimeout, MaxConnsPerAddr: cfg.External.Limits.ConnectionsPerAddress,
-			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout},
+			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout,
+			MessageTimeout: cfg.External.Limits.MessageTimeout},
 		MaxMessage: cfg.External.Limits.MaxMessageBytes,
 		// The core's NOTIFYs carry a meeting's full roster (about 330 bytes a
 		// participant): 1 MiB holds 3,000.

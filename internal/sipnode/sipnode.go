@@ -75,6 +75,7 @@ type Limits struct {
 	MaxConnsPerAddr  int
 	MaxConns         int
 	IdleTimeout      time.Duration
+	MessageTimeout   time.Duration // a begun SIP message must be complete within this
 }
 
 // Node is a running SIP endpoint.
@@ -169,7 +170,7 @@ func New(cfg Config) (*Node, error) {
 		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
 			Material: m, HandshakeTimeout: hs, Log: log, OnRefused: cfg.OnRefused,
 			MaxConnsPerAddr: cfg.UserLimits.MaxConnsPerAddr, MaxConns: cfg.UserLimits.MaxConns, IdleTimeout: cfg.UserLimits.IdleTimeout,
-			PartnerRoots: cfg.PartnerRoots,
+			MessageTimeout: cfg.UserLimits.MessageTimeout, PartnerRoots: cfg.PartnerRoots,
 		})
 		if err != nil {
 			if n.listener != nil {

@@ -402,10 +402,12 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 			if res.StatusCode == 100 {
 				continue
 			}
-			up := res.Clone()
-			up.RemoveHeader("Via")
+			var up *sip.Response
 			if hide {
 				up = restore(req, res)
+			} else {
+				up = res.Clone()
+				up.RemoveHeader("Via")
 			}
 			if fix != nil {
 				fix(up)

@@ -14,6 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"portcullis/access"
+	"portcullis/internal/logthrottle"
 	"portcullis/internal/sipnode"
 	"portcullis/policy"
 )
@@ -34,6 +35,7 @@ type accessEdge struct {
 	tokens   *sipnode.FlowTokens
 	rate     *policy.SourceLimiter // requests per source address
 	log      *slog.Logger
+	quiet    *logthrottle.Logger // for lines anyone outside can cause per request
 	refused  func(reason string)
 
 	policy    handler // the policy chain (chain.go), built once
@@ -54,7 +56,7 @@ const (
 )
 
 func (a *accessEdge) refuse(tx sip.ServerTransaction, req *sip.Request, code int, reason, why string, hdrs ...sip.Header) {
-	a.log.Info("request refused", "method", req.Method, "status", code, "why", why, "source", req.Source(), "uri", req.Recipient.String())
+	a.quiet.Info("request refused", "method", req.Method, "status", code, "why", why, "source", req.Source(), "uri", req.Recipient.String())
 	a.refused(why)
 	if tx == nil || req.Method == sip.ACK {
 		return

@@ -143,7 +143,7 @@ func (a *accessEdge) trustLink(next handler) handler {
 	return func(m *msg) {
 		if m.from != fromCore {
 			if n := sipnode.RemoveAll(m.req, access.TrustHeader); n > 0 {
-				a.log.Warn("trust header from outside removed", "count", n, "source", m.req.Source())
+				a.quiet.Warn("trust header from outside removed", "count", n, "source", m.req.Source())
 			}
 		}
 		next(m)

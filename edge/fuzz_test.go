@@ -7,6 +7,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"portcullis/access"
+	"portcullis/internal/logthrottle"
 	"portcullis/internal/sipnode"
 )
 
@@ -18,7 +19,7 @@ func FuzzAccessEdgeHeaders(f *testing.F) {
 	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 1.2.3.4;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nRecord-Route: <sip:abc@1.2.3.4:5;lr>, <sip:def@5.6.7.8:9;lr>\r\nContent-Length: 0\r\n\r\n"))
 	f.Add([]byte("OPTIONS tel:+1 SIP/2.0\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"))
 	a := &accessEdge{internal: "203.0.113.70:5061", external: "198.51.100.10:5061", cfg: ExternalConfig{HomeDomains: []string{"example.test"}, Limits: LimitsConfig{MaxMessageBytes: 65536}},
-		tokens: sipnode.NewFlowTokens(), log: slog.New(slog.DiscardHandler), refused: func(string) {}}
+		tokens: sipnode.NewFlowTokens(), log: slog.New(slog.DiscardHandler), quiet: logthrottle.New(slog.New(slog.DiscardHandler)), refused: func(string) {}}
 	p := sip.NewParser()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		msg, err := p.ParseSIP(b)

@@ -18,6 +18,7 @@ import (
 
 	"portcullis/access"
 	"portcullis/internal/lifecycle"
+	"portcullis/internal/logthrottle"
 	"portcullis/internal/ops"
 	"portcullis/internal/sipnode"
 	"portcullis/policy"
@@ -110,7 +111,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	}
 	if cfg.External.Listen != "" {
 		ae := &accessEdge{node: s.sip, internal: s.sip.Addr(), external: s.sip.UserAddr(), cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
-			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"),
+			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"), quiet: logthrottle.New(s.log.With("role", "access-edge")),
 			rate:      policy.NewSourceLimiter(rate.Limit(cfg.External.Limits.RequestsPerSecond), cfg.External.Limits.Burst),
 			refused:   func(r string) { s.metrics.refused.WithLabelValues(r).Inc() },
 			fed:       policy.NewFederation(cfg.Federation),

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"portcullis/access"
+	"portcullis/internal/logthrottle"
 	"portcullis/policy"
 )
 
@@ -66,6 +67,9 @@ const (
 type Engine struct {
 	cfg Config
 	log *slog.Logger
+	// quiet carries the per-request refusal lines an unauthenticated
+	// source can cause.
+	quiet *logthrottle.Logger
 
 	mu      sync.Mutex
 	byRelay map[netip.AddrPort]*Alloc
@@ -112,6 +116,7 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:     cfg,
 		log:     cfg.Log,
+		quiet:   logthrottle.New(cfg.Log),
 		byRelay: map[netip.AddrPort]*Alloc{},
 		byTuple: map[tuple]*Alloc{},
 		tcpRel:  map[tuple]struct{}{},
@@ -226,7 +231,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		// RFC 8489 §9.2.4: an invalid username or integrity gets 401 with
 		// REALM and NONCE (the client's nonce: still one pion accepts).
 		e.cfg.Events.AuthFailure(reason)
-		e.log.Info("turn auth refused", "client", client.String(), "reason", reason, "method", methodName(h.method))
+		e.quiet.Info("turn auth refused", "client", client.String(), "reason", reason, "method", methodName(h.method))
 		if h.method == methodAllocate {
 			e.cfg.Events.AllocationFailed("unauthorized")
 		}
@@ -252,7 +257,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		// would answer ChannelBind with 401; its PermissionHandler stays as a
 		// second check.)
 		if peer, ok := e.deniedPeer(m); ok {
-			e.log.Info("turn peer refused", "client", client.String(), "peer", peer.String(), "method", methodName(h.method))
+			e.quiet.Info("turn peer refused", "client", client.String(), "peer", peer.String(), "method", methodName(h.method))
 			e.cfg.Events.Drop(DropDeniedPeer, 0)
 			e.answer(b, h, key, reply, stun.CodeForbidden)
 			return false

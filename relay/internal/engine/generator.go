@@ -148,7 +148,7 @@ func (e *Engine) Permission(client net.Addr, peer net.IP) bool {
 		return false
 	}
 	if r := e.cfg.Policy.Check(ip); r != policy.Allowed {
-		e.log.Info("turn peer refused", "client", client.String(), "peer", ip.Unmap().String(), "reason", string(r))
+		e.quiet.Info("turn peer refused", "client", client.String(), "peer", ip.Unmap().String(), "reason", string(r))
 		e.cfg.Events.Drop(DropDeniedPeer, 0)
 		return false
 	}

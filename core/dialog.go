@@ -17,17 +17,28 @@ import (
 	"portcullis/internal/sipnode"
 )
 
-// recordRoute is our Record-Route for a dialog whose caller is at flow: on
-// the listener the caller reached us on (the users' one, or the MTLS one
-// when the caller came through an edge).
-func (p *proxy) recordRoute(flow string, viaEdge bool) *sip.RecordRouteHeader {
-	addr := p.node.UserAddr()
-	if addr == "" || viaEdge {
-		addr = p.node.Addr()
+// recordRoutes are our Record-Routes for a dialog whose caller is at flow,
+// topmost (the callee's side) first. A caller on the users' listener gets
+// one, on that listener. A caller who came through an edge gets two (double
+// record-routing, RFC 5658): the callee's side reaches us on the users'
+// listener (an internal user has no certificate for the MTLS one), the
+// caller's edge on the MTLS one. Both carry the caller's flow; inDialog
+// pops both.
+func (p *proxy) recordRoutes(flow string, viaEdge bool) []*sip.RecordRouteHeader {
+	rr := func(addr string) *sip.RecordRouteHeader {
+		ap := netip.MustParseAddrPort(addr)
+		return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.Make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
+			UriParams: sip.HeaderParams{{K: "transport", V: "tls"}, {K: "lr", V: ""}}}}
 	}
-	ap := netip.MustParseAddrPort(addr)
-	return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.Make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
-		UriParams: sip.HeaderParams{{K: "transport", V: "tls"}, {K: "lr", V: ""}}}}
+	users := p.node.UserAddr()
+	switch {
+	case users == "":
+		return []*sip.RecordRouteHeader{rr(p.node.Addr())}
+	case viaEdge:
+		return []*sip.RecordRouteHeader{rr(users), rr(p.node.Addr())}
+	default:
+		return []*sip.RecordRouteHeader{rr(users)}
+	}
 }
 
 // branch is one fork of an INVITE. Its fields are guarded by the call's
@@ -55,7 +66,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	if !ok {
 		return
 	}
-	rr := p.recordRoute(req.Source(), viaEdge)
+	rrs := p.recordRoutes(req.Source(), viaEdge)
 	var mu sync.Mutex
 	var branches []*branch
 	cancelled := false
@@ -88,7 +99,9 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 			results <- nil
 			continue
 		}
-		out.PrependHeader(rr.Clone())
+		for i := len(rrs) - 1; i >= 0; i-- {
+			out.PrependHeader(rrs[i].Clone())
+		}
 		// ctx only bounds dialling: the transaction lives by its own timers.
 		ctxTx, err := p.node.Client.TransactionRequest(ctx, out, sipgo.ClientRequestAddVia)
 		if err != nil {
@@ -187,6 +200,12 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 	}
 	out := req.Clone()
 	out.RemoveHeader("Route") // pop our Route (the top one)
+	for next := out.Route(); next != nil; next = out.Route() {
+		if _, also := p.tokens.Open(next.Address.User); !also {
+			break
+		}
+		out.RemoveHeader("Route") // our second one (double record-routing)
+	}
 	if !sipnode.DecMaxForwards(out) {
 		if tx != nil {
 			p.refuse(tx, req, 483, "Too Many Hops", "max_forwards")

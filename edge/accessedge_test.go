@@ -164,10 +164,47 @@ func TestAccessEdgeCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	siptest.Eventually(t, "bob gets the ACK", func() bool { return bob.Acks.Load() == 1 })
+	// UPDATE and INFO in the dialog, both ways through the edge and the
+	// core; INFO and OPTIONS out of dialog, authenticated by the core.
+	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO} {
+		if res, err := siptest.InDialog(ctx, sess, nil, m); err != nil || res.StatusCode != 200 {
+			t.Fatalf("%s in dialog from the remote caller: %v %v", m, res, err)
+		}
+		if res, err := siptest.InDialog(ctx, nil, bob.Incoming(), m); err != nil || res.StatusCode != 200 {
+			t.Fatalf("%s in dialog from the internal callee: %v %v", m, res, err)
+		}
+	}
+	if bob.Others.Load() != 2 || alice.Others.Load() != 2 {
+		t.Fatalf("in-dialog requests received: bob %d, alice %d (want 2 each)", bob.Others.Load(), alice.Others.Load())
+	}
+	for _, m := range []sip.RequestMethod{sip.INFO, sip.OPTIONS} {
+		if res := remoteUA.RequestAuth(m, "sip:alice@example.test", "alice", pw, "sip:bob@example.test"); res.StatusCode != 200 {
+			t.Fatalf("%s out of dialog from the remote user: %d", m, res.StatusCode)
+		}
+	}
+	if bob.Others.Load() != 4 {
+		t.Fatalf("bob received %d requests, want 4", bob.Others.Load())
+	}
 	if err := sess.Bye(ctx); err != nil {
 		t.Fatalf("BYE from the remote caller: %v", err)
 	}
 	siptest.Eventually(t, "bob gets the BYE", func() bool { return bob.Byes.Load() == 1 })
+
+	// A remote user calls an internal one, and the internal callee hangs up
+	// (the core double-record-routes: bob reaches it on the users'
+	// listener, the edge on the MTLS one).
+	sessB, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	if err != nil || sessB.InviteResponse.StatusCode != 200 {
+		t.Fatalf("second call in: %v", err)
+	}
+	if err := sessB.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "bob gets the second ACK", func() bool { return bob.Acks.Load() == 2 })
+	if err := bob.Incoming().Bye(ctx); err != nil {
+		t.Fatalf("BYE from the internal callee: %v", err)
+	}
+	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
 
 	// An internal user calls the remote one; the remote callee hangs up.
 	sess2, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
@@ -213,7 +250,7 @@ func TestAccessEdgeCalls(t *testing.T) {
 	bob.Answer = false
 	rctx, rcancel := context.WithCancel(ctx)
 	go func() {
-		siptest.Eventually(t, "bob rings", func() bool { return bob.Invites.Load() == 2 })
+		siptest.Eventually(t, "bob rings", func() bool { return bob.Invites.Load() == 3 })
 		rcancel()
 	}()
 	if _, err := alice.Call(rctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test"); err == nil {

@@ -23,6 +23,9 @@ type Phone struct {
 	Acks    atomic.Int32
 	Byes    atomic.Int32
 	Cancels atomic.Int32
+	// Others counts UPDATE, INFO and OPTIONS received (answered 200 in a
+	// dialog of this phone or out of dialog, 481 for an unknown dialog).
+	Others atomic.Int32
 
 	mu         sync.Mutex
 	incoming   map[string]*sipgo.DialogServerSession
@@ -74,7 +77,36 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 		}
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 	})
+	other := func(req *sip.Request, tx sip.ServerTransaction) {
+		p.Others.Add(1)
+		code, reason := 200, "OK"
+		if to := req.To(); to != nil && to.Params.Has("tag") && !p.knows(req) {
+			code, reason = 481, "Call/Transaction Does Not Exist"
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, code, reason, nil))
+	}
+	u.Server.OnUpdate(other)
+	u.Server.OnInfo(other)
+	u.Server.OnOptions(other)
 	return p
+}
+
+// knows says whether req belongs to a dialog of this phone.
+func (p *Phone) knows(req *sip.Request) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := req.CallID().Value()
+	return p.incoming[id] != nil || p.outgoing[id] != nil
+}
+
+// InDialog sends method (UPDATE, INFO, …) in the dialog of a call this
+// phone placed (sess) or answered (in), to the remote target, and returns
+// the final response.
+func InDialog(ctx context.Context, sess *sipgo.DialogClientSession, in *sipgo.DialogServerSession, method sip.RequestMethod) (*sip.Response, error) {
+	if sess != nil {
+		return sess.Do(ctx, sip.NewRequest(method, *sess.InviteResponse.Contact().Address.Clone()))
+	}
+	return in.Do(ctx, sip.NewRequest(method, *in.InviteRequest.Contact().Address.Clone()))
 }
 
 func (p *Phone) in(req *sip.Request) *sipgo.DialogServerSession {

@@ -144,6 +144,13 @@ func (u *UA) typed(method sip.RequestMethod, from, to, contentType, body string)
 	return u.do(req, "", "")
 }
 
+// RequestAuth sends any out-of-dialog request to `to` (no body),
+// answering a challenge as username.
+func (u *UA) RequestAuth(method sip.RequestMethod, from, username, password, to string) *sip.Response {
+	u.T.Helper()
+	return u.do(u.newRequest(method, from, to), username, password)
+}
+
 // Request sends any out-of-dialog request to `to` (no body).
 func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
 	u.T.Helper()

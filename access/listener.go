@@ -312,22 +312,20 @@ type trackedConn struct {
 	msgDeadline time.Time
 }
 
-// Read applies the idle timeout: each read must bring data within it.
 // Read reads with the connection's deadlines: the idle timeout from now,
 // and while a SIP message is in progress, no later than its message
 // deadline. Reads are sequential (one reader per connection), so the
 // message clock needs no lock.
 func (c *trackedConn) Read(b []byte) (int, error) {
 	var deadline time.Time
-	if c.idle > 0 || c.inMessage {
-		now := time.Now()
+	if c.idle > 0 || c.msgTimeout > 0 {
 		if c.idle > 0 {
-			deadline = now.Add(c.idle)
+			deadline = time.Now().Add(c.idle)
 		}
 		if c.inMessage && (deadline.IsZero() || c.msgDeadline.Before(deadline)) {
 			deadline = c.msgDeadline
 		}
-		_ = c.Conn.SetReadDeadline(deadline)
+		_ = c.Conn.SetReadDeadline(deadline) // zero: none (between messages, no idle timeout)
 	}
 	n, err := c.Conn.Read(b)
 	if c.msgTimeout > 0 && n > 0 {

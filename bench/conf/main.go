@@ -12,14 +12,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"portcullis/bench/internal/proc"
+	"portcullis/bench/internal/stats"
 	"portcullis/internal/sipclient"
 )
 
@@ -58,11 +57,7 @@ func main() {
 	names := flag.String("names", "", "their names (comma-separated), to report memory per process")
 	flag.DurationVar(&o.wait, "wait", 2*time.Minute, "longest wait for a roster to converge")
 	flag.Parse()
-	for _, p := range strings.Split(pids, ",") {
-		if n, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
-			o.pids = append(o.pids, n)
-		}
-	}
+	o.pids = proc.ParsePIDs(pids)
 	if *names != "" {
 		o.names = strings.Split(*names, ",")
 	}
@@ -190,15 +185,6 @@ func waitConverged(ps []*participant, n int, d time.Duration) int {
 	}
 }
 
-func percentiles(v []float64) (p50, p99, max float64) {
-	if len(v) == 0 {
-		return 0, 0, 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2], s[min(len(s)-1, len(s)*99/100)], s[len(s)-1]
-}
-
 // one: a single meeting of n guests.
 func one(o opts) (map[string]any, error) {
 	rss0 := rssKiB(o.pids)
@@ -217,7 +203,7 @@ func one(o opts) (map[string]any, error) {
 	rss1 := rssKiB(o.pids)
 	res := map[string]any{"mode": "one", "participants": o.n, "join_seconds": joinTime.Seconds(),
 		"joins_per_sec": float64(o.n) / joinTime.Seconds(), "roster_converge_seconds": converge.Seconds(), "rosters_not_converged": missing}
-	res["join_p50_ms"], res["join_p99_ms"], _ = percentiles(lat)
+	res["join_p50_ms"], res["join_p99_ms"], _ = stats.Percentiles(lat)
 	if len(o.pids) > 0 {
 		res["server_kib_per_participant"] = float64(rss1-rss0) / float64(o.n)
 		for name, v := range perProcess(o) {
@@ -234,7 +220,7 @@ func one(o opts) (map[string]any, error) {
 	}
 	notSeen := waitFor(ps, 30*time.Second, func(p *participant) bool { return !p.sawProbe.IsZero() })
 	roster := delays(ps, tp, func(p *participant) time.Time { return p.sawProbe })
-	res["roster_change_p50_ms"], res["roster_change_p99_ms"], res["roster_change_max_ms"] = percentiles(roster)
+	res["roster_change_p50_ms"], res["roster_change_p99_ms"], res["roster_change_max_ms"] = stats.Percentiles(roster)
 	res["roster_change_not_delivered"] = notSeen
 	// Group IM fan-out: the first participant speaks.
 	ti := time.Now()
@@ -247,7 +233,7 @@ func one(o opts) (map[string]any, error) {
 	others := ps[1:]
 	notGot := waitFor(others, 30*time.Second, func(p *participant) bool { return !p.sawIM.IsZero() })
 	fan := delays(others, ti, func(p *participant) time.Time { return p.sawIM })
-	res["im_fanout_p50_ms"], res["im_fanout_p99_ms"], res["im_fanout_max_ms"] = percentiles(fan)
+	res["im_fanout_p50_ms"], res["im_fanout_p99_ms"], res["im_fanout_max_ms"] = stats.Percentiles(fan)
 	res["im_not_delivered"] = notGot
 	return res, nil
 }
@@ -337,8 +323,8 @@ func many(o opts) (map[string]any, error) {
 	fan := delays(others, ti, func(p *participant) time.Time { return p.sawIM })
 	res := map[string]any{"mode": "many", "meetings": len(meetings), "participants": len(all), "join_seconds": joinTime.Seconds(),
 		"joins_per_sec": float64(len(all)) / joinTime.Seconds(), "rosters_not_converged": missing, "im_not_delivered": notGot}
-	res["join_p50_ms"], res["join_p99_ms"], _ = percentiles(lat)
-	res["im_fanout_p50_ms"], res["im_fanout_p99_ms"], res["im_fanout_max_ms"] = percentiles(fan)
+	res["join_p50_ms"], res["join_p99_ms"], _ = stats.Percentiles(lat)
+	res["im_fanout_p50_ms"], res["im_fanout_p99_ms"], res["im_fanout_max_ms"] = stats.Percentiles(fan)
 	if len(o.pids) > 0 {
 		res["server_kib_per_participant"] = float64(rss1-rss0) / float64(len(all))
 		for name, v := range perProcess(o) {

@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +30,7 @@ import (
 	"github.com/icholy/digest"
 
 	"portcullis/bench/internal/proc"
+	"portcullis/bench/internal/stats"
 )
 
 type opts struct {
@@ -89,11 +89,7 @@ func main() {
 			o.rates = append(o.rates, n)
 		}
 	}
-	for _, p := range strings.Split(pids, ",") {
-		if n, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
-			o.pids = append(o.pids, n)
-		}
-	}
+	o.pids = proc.ParsePIDs(pids)
 	if o.server == "" || o.ca == "" || o.step <= 0 || o.step > time.Minute || o.workers < 1 || o.workers > 1000 || o.conns > 5000 {
 		fail(errors.New("need -server and -ca; 0 < -step <= 1m; 1 <= -workers <= 1000; -conns <= 5000"))
 	}
@@ -435,10 +431,7 @@ func runStep(o opts, rate int, workers []*worker, one func(context.Context, *wor
 	if total := ok.Load() + failed.Load(); total > 0 {
 		s.FailedPct = 100 * float64(failed.Load()) / float64(total)
 	}
-	sort.Float64s(lat)
-	if len(lat) > 0 {
-		s.P50ms, s.P99ms = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	}
+	s.P50ms, s.P99ms, _ = stats.Percentiles(lat)
 	return s
 }
 

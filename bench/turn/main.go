@@ -13,11 +13,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"net"
 	"net/netip"
 	"os"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -29,6 +27,7 @@ import (
 
 	"portcullis/access"
 	"portcullis/bench/internal/proc"
+	"portcullis/bench/internal/stats"
 )
 
 type options struct {
@@ -164,11 +163,8 @@ func run(o options) (*Result, error) {
 	}
 	relayed := float64(res.PeerReceived + res.Received)
 	res.RelayedPPS = relayed / elapsed.Seconds()
-	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
-	if len(rtts) > 0 {
-		res.RTTP50us = float64(rtts[len(rtts)/2])
-		res.RTTP99us = float64(rtts[int(math.Min(float64(len(rtts)-1), float64(len(rtts))*0.99))])
-	}
+	p50, p99, _ := stats.Percentiles(rtts)
+	res.RTTP50us, res.RTTP99us = float64(p50), float64(p99)
 	res.AllocsPerSec = float64(o.sessions) / allocTime.Seconds()
 	if o.pid > 0 {
 		res.MemPerAllocKB = float64(rss1-rss0) / float64(o.sessions)

@@ -58,3 +58,15 @@ func Sum[T int64 | float64](pids []int, read func(int) T) T {
 	}
 	return total
 }
+
+// ParsePIDs reads a comma-separated list of process IDs (the load tools'
+// -pids flag); entries that are not numbers are skipped.
+func ParsePIDs(s string) []int {
+	var pids []int
+	for _, p := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(p)); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
+}

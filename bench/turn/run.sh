@@ -6,7 +6,8 @@ cd "$(dirname "$0")/../.."
 
 SESSIONS=${SESSIONS:-100}
 DURATION=${DURATION:-10s}
-RATE=${RATE:-20000}          # offered load for the loss comparison (packets/s, all sessions)
+RATE=${RATE:-20000}          # offered load(s) for the loss comparison (packets/s, all sessions; a comma list sweeps)
+CLOSED=${CLOSED:-1}          # 0 skips the closed-loop phase
 ROUNDS=${ROUNDS:-3}          # alternating rounds per phase; medians are reported
 CORES=$(nproc)
 WORK=$(mktemp -d)
@@ -59,8 +60,11 @@ load() { # label port pid extra-args...
 
 # Each phase alternates the servers, ROUNDS times, the order swapped every
 # round (p c, c p, ...), so that drift on the machine hits both alike.
-for phase in max rate; do
-	extra=(); [ "$phase" = rate ] && extra=(-rate "$RATE")
+PHASES=""
+[ "$CLOSED" = 0 ] || PHASES=max
+for r in ${RATE//,/ }; do PHASES="$PHASES rate$r"; done
+for phase in $PHASES; do
+	extra=(); [ "$phase" != max ] && extra=(-rate "${phase#rate}")
 	echo "== $phase: $SESSIONS sessions, $DURATION, $ROUNDS rounds${extra[*]:+, ${extra[*]}}" >&2
 	for r in $(seq 1 "$ROUNDS"); do
 		order="p c"; [ $((r % 2)) -eq 0 ] && order="c p"
@@ -74,9 +78,9 @@ for phase in max rate; do
 	done
 done
 
-python3 - "$WORK" "$ROUNDS" <<'PY'
+python3 - "$WORK" "$ROUNDS" $PHASES <<'PY'
 import json, sys, os, statistics
-w, rounds = sys.argv[1], int(sys.argv[2])
+w, rounds, phases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def rd(n): return json.load(open(os.path.join(w, n)))
 rows = [
   ("relayed packets/s", "relayed_pps", "higher"),
@@ -87,7 +91,8 @@ rows = [
   ("RTT p99 (us)", "rtt_p99_us", "lower"),
   ("allocations/s", "allocations_per_sec", "higher"),
 ]
-for title, phase in (("closed loop", "max"), ("offered load", "rate")):
+for phase in phases:
+    title = "closed loop" if phase == "max" else "offered load"
     p = [rd(f"p-{phase}-{r}.json") for r in range(1, rounds + 1)]
     c = [rd(f"c-{phase}-{r}.json") for r in range(1, rounds + 1)]
     offered = f", {p[0]['offered_pps']} pps offered" if p[0]['offered_pps'] else ""
@@ -99,7 +104,7 @@ for title, phase in (("closed loop", "max"), ("offered load", "rate")):
         ratio = (a / b) if b else float('nan')
         per = " ".join(f"{x[key] / y[key]:.2f}" if y[key] else "nan" for x, y in zip(p, c))
         print(f"{name:40} {a:12.2f} {b:12.2f} {ratio:7.2f}  {per}  ({better} is better)")
-    if phase == "max":
+    if phase == phases[0]:
         # Only the first round runs on a fresh server: later rounds reuse
         # memory the previous one freed.
         a, b = p[0]["server_kb_per_allocation"], c[0]["server_kb_per_allocation"]

@@ -231,7 +231,8 @@ func (l *Listener) handshake(raw net.Conn) {
 	} else if id.Partner {
 		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
-	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout}
+	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout,
+		localAddr: addrString{raw.LocalAddr(), raw.LocalAddr().String()}, remoteAddr: addrString{raw.RemoteAddr(), remote}}
 	select {
 	case l.conns <- c:
 	case <-l.ctx.Done():
@@ -306,6 +307,8 @@ type trackedConn struct {
 	idle   time.Duration
 	once   sync.Once
 
+	localAddr, remoteAddr addrString
+
 	msgTimeout  time.Duration
 	clock       msgClock
 	inMessage   bool
@@ -344,6 +347,19 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// addrString is a connection address whose String is made once: sipgo
+// formats both addresses of a connection for every request it sends over
+// it (for a debug line, built even when debug logging is off).
+type addrString struct {
+	net.Addr
+	s string
+}
+
+func (a addrString) String() string { return a.s }
+
+func (c *trackedConn) LocalAddr() net.Addr  { return c.localAddr }
+func (c *trackedConn) RemoteAddr() net.Addr { return c.remoteAddr }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {

@@ -261,12 +261,13 @@ func (p *proxy) send(ctx context.Context, out *sip.Request) *sip.Response {
 	return res
 }
 
-// upstream is a downstream response made ready to forward: our Via removed
-// (§16.7 step 3), leaving the request's own.
+// upstream makes a downstream response ready to forward: our Via removed
+// (§16.7 step 3), leaving the request's own. It changes res in place (no
+// copy per forwarded response): a client transaction is done with a
+// response once it has passed it up, and nothing here reads its Via after.
 func (p *proxy) upstream(res *sip.Response) *sip.Response {
-	out := res.Clone()
-	out.RemoveHeader("Via")
-	return out
+	res.RemoveHeader("Via")
+	return res
 }
 
 // better says whether a is a better final response than b (§16.7 step 6):

@@ -408,7 +408,7 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 			if hide {
 				up = restore(req, res)
 			} else {
-				up = res.Clone()
+				up = res // the client transaction is done with it
 				up.RemoveHeader("Via")
 			}
 			if fix != nil {
@@ -440,14 +440,25 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 // other headers of res.
 func restore(req *sip.Request, res *sip.Response) *sip.Response {
 	up := sip.NewResponseFromRequest(req, res.StatusCode, res.Reason, res.Body())
-	skip := map[string]bool{"via": true, "from": true, "to": true, "call-id": true, "cseq": true, "content-length": true}
 	if to := res.To(); to != nil {
 		up.ReplaceHeader(sip.HeaderClone(to))
 	}
 	for _, h := range res.Headers() {
-		if !skip[strings.ToLower(h.Name())] {
+		if !restoredFromRequest(h.Name()) {
 			up.AppendHeader(sip.HeaderClone(h))
 		}
 	}
 	return up
+}
+
+// restoredFromRequest names the headers restore takes from the request (or
+// has set already), in any letter case (sipgo gives compact forms their
+// full names).
+func restoredFromRequest(name string) bool {
+	for _, n := range [...]string{"Via", "From", "To", "Call-ID", "CSeq", "Content-Length"} {
+		if strings.EqualFold(name, n) {
+			return true
+		}
+	}
+	return false
 }

@@ -84,10 +84,14 @@ for mode, unit in (("message", "MESSAGE transactions/s"), ("call", "calls/s (INV
     print(f"{unit}: every step (offered, completed, failed %, p50 ms, p99 ms, server CPU s)")
     for side in ("portcullis", "kamailio"):
         for s in steps(f"{side}-{mode}.json"):
-            print(f"  {side:10} {s['offered_per_sec']:6d} {s['completed_per_sec']:9.1f} {s['failed_pct']:7.2f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['server_cpu_seconds']:7.2f}")
+            why = ", ".join(f"{n} {e}" for e, n in sorted((s.get("errors") or {}).items(), key=lambda x: -x[1])[:3])
+            print(f"  {side:10} {s['offered_per_sec']:6d} {s['completed_per_sec']:9.1f} {s['failed_pct']:7.2f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['server_cpu_seconds']:7.2f}" + (f"  failures: {why}" if why else ""))
     p, k = best(steps(f"portcullis-{mode}.json")), best(steps(f"kamailio-{mode}.json"))
     if p and k:
         print(f"  max rate under 0.1% failed: portcullis {p['completed_per_sec']:.0f} (p99 {p['p99_ms']:.2f} ms), kamailio {k['completed_per_sec']:.0f} (p99 {k['p99_ms']:.2f} ms); ratio {p['completed_per_sec']/k['completed_per_sec']:.2f}, p99 ratio {p['p99_ms']/k['p99_ms']:.2f}")
+    else:
+        for side, b in (("portcullis", p), ("kamailio", k)):
+            print(f"  max rate under 0.1% failed: {side} " + (f"{b['completed_per_sec']:.0f} (p99 {b['p99_ms']:.2f} ms)" if b else "none of the steps"))
     print()
 pc, kc = one("portcullis-connect.json"), one("kamailio-connect.json")
 pi = one("portcullis-idle.json")

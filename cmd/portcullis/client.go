@@ -30,12 +30,7 @@ func client(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return 2
 	}
-	o, err := cf.options()
-	if err != nil {
-		fmt.Fprintln(stderr, "portcullis client:", err)
-		return 2
-	}
-	c, err := sipclient.New(o)
+	c, o, err := cf.connect()
 	if err != nil {
 		fmt.Fprintln(stderr, "portcullis client:", err)
 		return 2
@@ -99,6 +94,17 @@ func connectionFlags(fs *flag.FlagSet) *connFlags {
 	c.data = fs.String("data", "", "dev data folder: server, CA and the user's password from it")
 	c.internal = fs.Bool("internal", false, "with --data: connect to the core's users listener, as an internal user")
 	return c
+}
+
+// connect connects a client with the options the flags give, and returns
+// them too.
+func (c *connFlags) connect() (*sipclient.Client, sipclient.Options, error) {
+	o, err := c.options()
+	if err != nil {
+		return nil, o, err
+	}
+	cl, err := sipclient.New(o)
+	return cl, o, err
 }
 
 // options completes the options from dev mode and the password file, and

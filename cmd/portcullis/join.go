@@ -46,12 +46,7 @@ func join(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}
 		cf.o.AOR, cf.o.Password, cf.o.DisplayName = guestAOR(*name), *key, *name
 	}
-	o, err := cf.options()
-	if err != nil {
-		fmt.Fprintln(stderr, "portcullis join:", err)
-		return 2
-	}
-	c, err := sipclient.New(o)
+	c, o, err := cf.connect()
 	if err != nil {
 		fmt.Fprintln(stderr, "portcullis join:", err)
 		return 2

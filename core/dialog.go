@@ -114,7 +114,10 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		br.cancelled = over // follow CANCELs it on its first provisional
 		branches = append(branches, br)
 		mu.Unlock()
-		go func() { results <- p.flowCheck(b, p.follow(br, tx, &mu, cancelAll)) }()
+		go func() {
+			sipnode.GrowStack()
+			results <- p.flowCheck(b, p.follow(br, tx, &mu, cancelAll))
+		}()
 	}
 	success, best := collect(results, len(bindings))
 	if success != nil {

@@ -165,7 +165,10 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 			results <- nil
 			continue
 		}
-		go func() { results <- p.flowCheck(b, p.send(ctx, out)) }()
+		go func() {
+			sipnode.GrowStack()
+			results <- p.flowCheck(b, p.send(ctx, out))
+		}()
 	}
 	success, best := collect(results, len(bindings))
 	if success != nil {

@@ -247,6 +247,7 @@ func (n *Node) Handle(method sip.RequestMethod, h Handler) {
 
 func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
+		GrowStack()
 		if n.cfg.OnRequest != nil {
 			n.cfg.OnRequest(string(req.Method))
 		}

@@ -13,10 +13,10 @@ import (
 )
 
 // An INVITE answered 2xx over TCP leaves nothing of its transactions in
-// memory once Timers L and M (T4 here) have run: sipgo keeps both
+// memory once Timers L and M (acceptedHold) have run: sipgo keeps both
 // transactions, with their messages, until those timers fire, even after
 // they have ended. With RFC 6026's 64×T1 this test would wait 32 s.
-func TestInviteTransactionsReleasedAfterT4(t *testing.T) {
+func TestInviteTransactionsReleasedAfterAcceptedHold(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,11 +55,11 @@ func TestInviteTransactionsReleasedAfterT4(t *testing.T) {
 		t.Fatal("the server saw no INVITE")
 	}
 
-	deadline := time.Now().Add(sip.T4 + 3*time.Second)
+	deadline := time.Now().Add(acceptedHold + 3*time.Second)
 	for sent.Value() != nil || inServer.Value() != nil {
 		if time.Now().After(deadline) {
 			t.Fatalf("INVITE still held %v after the call was answered (client side: %v, server side: %v)",
-				sip.T4+3*time.Second, sent.Value() != nil, inServer.Value() != nil)
+				acceptedHold+3*time.Second, sent.Value() != nil, inServer.Value() != nil)
 		}
 		runtime.GC()
 		time.Sleep(200 * time.Millisecond)

@@ -467,11 +467,11 @@ func connectRate(o opts, conf *tls.Config) map[string]any {
 }
 
 // idleMemory opens conns idle TLS connections and reads the servers' RSS
-// before and after, and for a Go server its heap and stack in use (from
+// before and after, and for a Go server its live heap and stacks (from
 // /metrics: exact, where RSS moves with the runtime's returns to the OS).
 func idleMemory(o opts, conf *tls.Config) map[string]any {
 	before := rssKB(o.pids)
-	goBefore := goMemory(o.metrics)
+	goBefore, gcBefore := goLive(o, conf)
 	var conns []*tls.Conn
 	for range o.conns {
 		c, err := tls.Dial("tcp", o.server, conf)
@@ -482,39 +482,64 @@ func idleMemory(o opts, conf *tls.Config) map[string]any {
 	}
 	time.Sleep(time.Second)
 	after := rssKB(o.pids)
-	goAfter := goMemory(o.metrics)
+	goAfter, gcAfter := goLive(o, conf)
 	for _, c := range conns {
 		c.Close()
 	}
 	n := float64(max(len(conns), 1))
 	out := map[string]any{"label": o.label, "mode": "idle", "connections": len(conns), "rss_kib_per_idle_tls_connection": float64(after-before) / n}
-	if o.metrics != "" {
+	if o.metrics != "" && gcBefore && gcAfter {
 		out["go_heap_stack_kib_per_idle_tls_connection"] = (goAfter - goBefore) / 1024 / n
 	}
 	return out
 }
 
-// goMemory is go_memstats_heap_inuse_bytes + go_memstats_stack_inuse_bytes.
-func goMemory(url string) float64 {
-	if url == "" {
-		return 0
+// goLive is a Go server's live heap (as of a garbage collection) plus its
+// stacks in use. Heap in use would also count garbage not yet collected,
+// which the servers let grow above what is live (lifecycle.TuneGC), so it
+// first has the server collect: it opens and closes TLS connections (their
+// handshakes are garbage once closed) until the server's count of
+// collections moves, for at most a minute. collected is false if it did
+// not, or the server has no /metrics.
+func goLive(o opts, conf *tls.Config) (bytes float64, collected bool) {
+	if o.metrics == "" {
+		return 0, false
 	}
-	res, err := http.Get(url)
-	if err != nil {
-		return 0
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	var total float64
-	for _, line := range strings.Split(string(b), "\n") {
-		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
-			if v, ok := strings.CutPrefix(line, name); ok {
-				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				total += f
+	const cycles = "go_gc_cycles_total_gc_cycles_total"
+	start, ok := metrics(o.metrics)[cycles]
+	for deadline := time.Now().Add(time.Minute); ok && time.Now().Before(deadline); {
+		if m := metrics(o.metrics); m[cycles] > start {
+			return m["go_gc_heap_live_bytes"] + m["go_memstats_stack_inuse_bytes"], true
+		}
+		for range 20 {
+			if c, err := tls.Dial("tcp", o.server, conf); err == nil {
+				c.Close()
 			}
 		}
 	}
-	return total
+	return 0, false
+}
+
+// metrics reads a Prometheus text page into name → value (unlabelled
+// series only).
+func metrics(url string) map[string]float64 {
+	out := map[string]float64{}
+	res, err := http.Get(url)
+	if err != nil {
+		return out
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+			out[name] = f
+		}
+	}
+	return out
 }
 
 func rssKB(pids []int) int64 { return proc.Sum(procTree(pids), proc.RSSKiB) }

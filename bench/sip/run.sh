@@ -88,6 +88,6 @@ for mode, unit in (("message", "MESSAGE transactions/s"), ("call", "calls/s (INV
 pc, kc = one("portcullis-connect.json"), one("kamailio-connect.json")
 pi = one("portcullis-idle.json")
 print(f"TLS connections/s accepted: portcullis {pc['tls_connections_per_sec']:.0f}, kamailio {kc['tls_connections_per_sec']:.0f}, ratio {pc['tls_connections_per_sec']/kc['tls_connections_per_sec']:.2f}")
-print(f"KiB per idle TLS connection ({pi['connections']} connections): portcullis {pi.get('go_heap_stack_kib_per_idle_tls_connection', float('nan')):.1f} (Go heap+stack in use), RSS delta {pi['rss_kib_per_idle_tls_connection']:.1f}")
+print(f"KiB per idle TLS connection ({pi['connections']} connections): portcullis {pi.get('go_heap_stack_kib_per_idle_tls_connection', float('nan')):.1f} (Go live heap after a collection, and stacks), RSS delta {pi['rss_kib_per_idle_tls_connection']:.1f}")
 print("  kamailio: not measured here (its connections live in preallocated shared memory, which RSS does not show); the issue cites 50-60 KiB")
 PY

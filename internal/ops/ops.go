@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,9 +37,17 @@ func (c *Config) Validate(v *config.V, internalOnly bool) {
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
+// Besides the Go collector's defaults it exports the live heap as of the
+// last collection (go_gc_heap_live_bytes) and the count of collections
+// (go_gc_cycles_total_gc_cycles_total): heap in use also counts garbage not
+// yet collected, which the servers let grow (lifecycle.TuneGC).
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{
+			Matcher: regexp.MustCompile(`^/gc/(heap/live:bytes|cycles/total:gc-cycles)$`),
+		})),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
 }
 

@@ -376,6 +376,15 @@ func load(o opts, conf *tls.Config) ([]Step, error) {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	// A first step of two seconds at the first rate, not reported: what a
+	// server does once after a change of load (connections of an earlier
+	// phase being torn down, caches, stacks and heap growing) is not its
+	// rate.
+	if len(o.rates) > 0 {
+		warm := o
+		warm.step = 2 * time.Second
+		runStep(warm, o.rates[0], workers, one)
+	}
 	var steps []Step
 	for _, rate := range o.rates {
 		steps = append(steps, runStep(o, rate, workers, one))

@@ -165,6 +165,10 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 			results <- nil
 			continue
 		}
+		if len(bindings) == 1 { // the usual case: no goroutine to start and wait for
+			results <- p.flowCheck(b, p.send(ctx, out))
+			continue
+		}
 		go func() {
 			sipnode.GrowStack()
 			results <- p.flowCheck(b, p.send(ctx, out))

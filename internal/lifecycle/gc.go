@@ -9,58 +9,62 @@ import (
 	"time"
 )
 
-// The servers allocate fast (every SIP message is parsed into a tree of
-// small objects) and keep little: tens of megabytes under load. With Go's
+// The servers allocate fast under SIP load (every message is parsed into a
+// tree of small objects) and keep little: tens of megabytes. With Go's
 // default GOGC of 100 the collector then runs every few tens of megabytes
 // allocated, twenty times a second at 2,000 calls/s, and took 13-15 % of
 // the servers' CPU (bench/sip; GODEBUG=gctrace=1). A collection's cost
-// grows with what is live, not with the room above it, so room is cheap
-// while little is live and dear when much is.
+// grows with what is live, not with the room above it.
 //
-// gcRoom lets the heap grow up to gcRoomBytes above what is live, as a GC
-// percentage between 100 (Go's default: a heap that holds many idle
-// connections grows no more than it would anyway) and gcMaxPercent.
+// TuneGC gives the heap room above what is live only while the allocation
+// rate would otherwise make the collector run more than gcCyclesPerSecond
+// times a second, and never more than gcRoomBytes of room nor a GC
+// percentage above gcMaxPercent. Idle, or relaying media (the TURN data
+// plane allocates nothing per packet), a server keeps Go's default 100, so
+// memory per TURN allocation is what it was (bench/turn).
 const (
-	gcRoomBytes   = 256 << 20
-	gcMaxPercent  = 400
-	gcMinPercent  = 100
-	gcTunePeriod  = time.Second
-	liveHeapBytes = "/gc/heap/live:bytes"
+	gcCyclesPerSecond = 2
+	gcRoomBytes       = 256 << 20
+	gcMaxPercent      = 400
+	gcMinPercent      = 100
+	gcTunePeriod      = time.Second
+	liveHeapBytes     = "/gc/heap/live:bytes"
+	allocatedBytes    = "/gc/heap/allocs:bytes"
 )
 
-// gcPercent is the GC percentage that leaves gcRoomBytes of room above live
-// bytes, within [gcMinPercent, gcMaxPercent].
-func gcPercent(live uint64) int {
-	if live == 0 {
-		return gcMaxPercent
-	}
-	p := uint64(100) * gcRoomBytes / live
-	return int(min(max(p, gcMinPercent), gcMaxPercent))
+// gcPercent is the GC percentage for live bytes and an allocation rate in
+// bytes per second: the percentage at which collections come
+// gcCyclesPerSecond times a second, within [gcMinPercent, gcMaxPercent]
+// and at most gcRoomBytes above live.
+func gcPercent(live, ratePerSecond uint64) int {
+	live = max(live, 1<<20) // the runtime's smallest heap goal is 4 MiB
+	p := 100 * ratePerSecond / (gcCyclesPerSecond * live)
+	p = min(p, 100*gcRoomBytes/live, gcMaxPercent)
+	return int(max(p, gcMinPercent))
 }
 
-// TuneGC keeps the GC percentage at gcPercent of the live heap, read every
-// gcTunePeriod, until ctx ends. An operator's GOGC in the environment wins:
-// then nothing is tuned.
+// TuneGC sets the GC percentage from the live heap and the allocation rate,
+// read every gcTunePeriod, until ctx ends. An operator's GOGC in the
+// environment wins: then nothing is tuned.
 func TuneGC(ctx context.Context, log *slog.Logger) {
 	if v, ok := os.LookupEnv("GOGC"); ok {
 		log.Info("garbage collection left to GOGC", "GOGC", v)
 		return
 	}
-	sample := []metrics.Sample{{Name: liveHeapBytes}}
-	current := -1
-	tune := func() {
+	sample := []metrics.Sample{{Name: liveHeapBytes}, {Name: allocatedBytes}}
+	read := func() (live, allocated uint64) {
 		metrics.Read(sample)
-		var live uint64
 		if sample[0].Value.Kind() == metrics.KindUint64 {
 			live = sample[0].Value.Uint64()
 		}
-		if p := gcPercent(live); p != current {
-			debug.SetGCPercent(p)
-			current = p
-			log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live)
+		if sample[1].Value.Kind() == metrics.KindUint64 {
+			allocated = sample[1].Value.Uint64()
 		}
+		return live, allocated
 	}
-	tune()
+	_, lastAllocated := read()
+	last, current := time.Now(), gcMinPercent
+	debug.SetGCPercent(current)
 	go func() {
 		t := time.NewTicker(gcTunePeriod)
 		defer t.Stop()
@@ -68,8 +72,15 @@ func TuneGC(ctx context.Context, log *slog.Logger) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				tune()
+			case now := <-t.C:
+				live, allocated := read()
+				rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
+				lastAllocated, last = allocated, now
+				if p := gcPercent(live, rate); p != current {
+					debug.SetGCPercent(p)
+					current = p
+					log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
+				}
 			}
 		}
 	}()

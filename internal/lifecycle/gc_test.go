@@ -7,63 +7,76 @@ import (
 	"os"
 	"runtime/debug"
 	"testing"
+	"time"
 )
 
 func TestGCPercent(t *testing.T) {
+	const mb = 1 << 20
 	for _, c := range []struct {
-		live uint64
-		want int
+		live, rate uint64
+		want       int
 	}{
-		{0, 400},
-		{16 << 20, 400},       // a loaded server: the most room
-		{64 << 20, 400},       // 256 MiB of room is exactly 400 %
-		{128 << 20, 200},      // room stays 256 MiB
-		{256 << 20, 100},      // Go's default from here on
-		{4 << 30, 100},        // never below it
-		{(64 << 20) + 1, 399}, // just over: percentages round down
+		{0, 0, 100},                // idle
+		{10 * mb, 15 * mb, 100},    // TURN allocations being set up: fewer than two collections a second anyway
+		{17 * mb, 94 * mb, 276},    // 2,000 calls/s: two collections a second
+		{7 * mb, 112 * mb, 400},    // 5,000 MESSAGE/s: capped
+		{128 * mb, 2048 * mb, 200}, // room capped at 256 MiB
+		{512 * mb, 2048 * mb, 100}, // never below Go's default
+		{0, 100 * mb, 400},         // no collection yet: live counted as 1 MiB
 	} {
-		if got := gcPercent(c.live); got != c.want {
-			t.Errorf("gcPercent(%d) = %d, want %d", c.live, got, c.want)
+		if got := gcPercent(c.live, c.rate); got != c.want {
+			t.Errorf("gcPercent(%d MiB live, %d MiB/s) = %d, want %d", c.live/mb, c.rate/mb, got, c.want)
 		}
 	}
 }
 
-// Without GOGC the servers' GC percentage follows the live heap; with it,
-// the operator's setting stands.
-func TestTuneGC(t *testing.T) {
+// With GOGC set, the operator's setting stands.
+func TestTuneGCLeavesGOGC(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	orig := debug.SetGCPercent(100)
+	orig := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(orig)
-
 	t.Setenv("GOGC", "150")
-	debug.SetGCPercent(150)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	TuneGC(ctx, log)
-	cancel()
 	if p := debug.SetGCPercent(150); p != 150 {
 		t.Fatalf("GC percentage %d with GOGC=150 set", p)
 	}
 }
 
-func TestTuneGCWithoutGOGC(t *testing.T) {
+// Without GOGC, allocating fast raises the GC percentage above Go's
+// default, and stopping brings it back.
+func TestTuneGCFollowsAllocation(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	orig := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(orig)
-	t.Setenv("GOGC", "") // registers the restore
-	unsetenv(t, "GOGC")
-
+	t.Setenv("GOGC", "")
+	if err := os.Unsetenv("GOGC"); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	TuneGC(ctx, log)
-	// The test binary's live heap is a few megabytes: the most room.
-	if p := debug.SetGCPercent(100); p != gcMaxPercent {
-		t.Fatalf("GC percentage %d, want %d for a small live heap", p, gcMaxPercent)
-	}
-}
 
-func unsetenv(t *testing.T, k string) {
-	t.Helper()
-	if err := os.Unsetenv(k); err != nil {
-		t.Fatal(err)
+	percent := func() int { p := debug.SetGCPercent(-1); debug.SetGCPercent(p); return p }
+	waitFor := func(what string, ok func(int) bool, work func()) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * gcTunePeriod); !ok(percent()); {
+			if time.Now().After(deadline) {
+				t.Fatalf("GC percentage %d: not %s", percent(), what)
+			}
+			work()
+		}
 	}
+	var sink [][]byte
+	waitFor("raised while allocating", func(p int) bool { return p > gcMinPercent }, func() {
+		for range 2000 { // 64 MiB in small pieces, kept briefly
+			sink = append(sink, make([]byte, 32<<10))
+			if len(sink) > 64 {
+				sink = sink[:0]
+			}
+		}
+	})
+	waitFor("back to the default when idle", func(p int) bool { return p == gcMinPercent }, func() { time.Sleep(100 * time.Millisecond) })
+	_ = sink
 }

@@ -232,7 +232,7 @@ func (l *Listener) handshake(raw net.Conn) {
 		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
 	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout,
-		localAddr: addrString{raw.LocalAddr(), raw.LocalAddr().String()}, remoteAddr: addrString{raw.RemoteAddr(), remote}}
+		localAddr: &addrString{raw.LocalAddr(), raw.LocalAddr().String()}, remoteAddr: &addrString{raw.RemoteAddr(), remote}}
 	select {
 	case l.conns <- c:
 	case <-l.ctx.Done():
@@ -307,7 +307,7 @@ type trackedConn struct {
 	idle   time.Duration
 	once   sync.Once
 
-	localAddr, remoteAddr addrString
+	localAddr, remoteAddr *addrString // pointers: a net.Addr made from one does not allocate
 
 	msgTimeout  time.Duration
 	clock       msgClock

@@ -152,7 +152,14 @@ type Digest struct {
 
 	mu  sync.Mutex
 	ncs map[string]ncEntry
+	// sweepAt is the size at which ncs is next swept for expired nonces:
+	// twice what a sweep leaves, so sweeping costs O(1) per entry added
+	// however many nonces are live.
+	sweepAt int
 }
+
+// minSweep is the fewest remembered nonces worth a sweep.
+const minSweep = 4096
 
 type ncEntry struct {
 	nc      uint64
@@ -241,18 +248,25 @@ func (d *Digest) Verify(p DigestParams, method string, ha1 func(username, realm,
 	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(p.Response))) != 1 {
 		return ErrDigestResponse
 	}
+	return d.remember(p.Nonce, nc, issued.Add(d.lifetime), now)
+}
+
+// remember records nonce count nc of a nonce that has just authenticated,
+// refusing a count not above the last one seen (a replay).
+func (d *Digest) remember(nonce string, nc uint64, expires, now time.Time) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if e, seen := d.ncs[p.Nonce]; seen && nc <= e.nc {
+	if e, seen := d.ncs[nonce]; seen && nc <= e.nc {
 		return ErrDigestReplay
 	}
-	if len(d.ncs) > 4096 {
+	if len(d.ncs) >= max(d.sweepAt, minSweep) {
 		for k, e := range d.ncs {
 			if now.After(e.expires) {
 				delete(d.ncs, k)
 			}
 		}
+		d.sweepAt = 2 * len(d.ncs)
 	}
-	d.ncs[p.Nonce] = ncEntry{nc: nc, expires: issued.Add(d.lifetime)}
+	d.ncs[nonce] = ncEntry{nc: nc, expires: expires}
 	return nil
 }

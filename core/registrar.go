@@ -16,6 +16,7 @@ import (
 	"portcullis/access"
 	"portcullis/core/store"
 	"portcullis/internal/config"
+	"portcullis/internal/lifecycle"
 )
 
 // RegistrarConfig is the core's `registrar` section.
@@ -354,18 +355,11 @@ func (r *registrar) fail(tx sip.ServerTransaction, req *sip.Request, err error) 
 
 // sweep removes expired bindings until ctx ends.
 func (r *registrar) sweep(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			if n, err := r.st.DeleteExpired(ctx, now); err != nil && ctx.Err() == nil {
-				r.log.Warn("binding cleanup failed", "error", err)
-			} else if n > 0 {
-				r.log.Info("expired bindings removed", "count", n)
-			}
+	lifecycle.Every(ctx, every, func(now time.Time) {
+		if n, err := r.st.DeleteExpired(ctx, now); err != nil && ctx.Err() == nil {
+			r.log.Warn("binding cleanup failed", "error", err)
+		} else if n > 0 {
+			r.log.Info("expired bindings removed", "count", n)
 		}
-	}
+	})
 }

@@ -65,23 +65,14 @@ func TuneGC(ctx context.Context, log *slog.Logger) {
 	_, lastAllocated := read()
 	last, current := time.Now(), gcMinPercent
 	debug.SetGCPercent(current)
-	go func() {
-		t := time.NewTicker(gcTunePeriod)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case now := <-t.C:
-				live, allocated := read()
-				rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
-				lastAllocated, last = allocated, now
-				if p := gcPercent(live, rate); p != current {
-					debug.SetGCPercent(p)
-					current = p
-					log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
-				}
-			}
+	go Every(ctx, gcTunePeriod, func(now time.Time) {
+		live, allocated := read()
+		rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
+		lastAllocated, last = allocated, now
+		if p := gcPercent(live, rate); p != current {
+			debug.SetGCPercent(p)
+			current = p
+			log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
 		}
-	}()
+	})
 }

@@ -170,3 +170,18 @@ func (g Group) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Every calls f with the tick's time every d until ctx ends (in the
+// caller's goroutine).
+func Every(ctx context.Context, d time.Duration, f func(now time.Time)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			f(now)
+		}
+	}
+}

@@ -37,7 +37,7 @@ const (
 // gcCyclesPerSecond times a second, within [gcMinPercent, gcMaxPercent]
 // and at most gcRoomBytes above live.
 func gcPercent(live, ratePerSecond uint64) int {
-	live = max(live, 1<<20) // the runtime's smallest heap goal is 4 MiB
+	live = max(live, 1<<20) // before the first collection live reads 0
 	p := 100 * ratePerSecond / (gcCyclesPerSecond * live)
 	p = min(p, 100*gcRoomBytes/live, gcMaxPercent)
 	return int(max(p, gcMinPercent))

@@ -14,8 +14,9 @@ import (
 // soon as the final response is through (sipgo ends a server transaction
 // on a reliable transport when its handler returns) and drop responses that
 // match no transaction, so a user agent's 2xx retransmission (RFC 3261
-// §13.3.1.4, T1 after its 2xx when no ACK has come) never reaches the
-// caller's own transaction either. What these timers still decide is
+// §13.3.1.4, T1 after its 2xx when no ACK has come) does not reach a
+// caller through them; a caller facing a user agent directly (a focus in
+// the core) ACKs at once over the same connection. What these timers still decide is
 // memory: sipgo v1.7.2 does not stop them when a transaction ends, and each
 // timer's closure keeps its transaction, with the request and response it
 // carried, alive until it fires: four per call through the edge and the

@@ -44,12 +44,13 @@ func gcPercent(live, ratePerSecond uint64) int {
 }
 
 // TuneGC sets the GC percentage from the live heap and the allocation rate,
-// read every gcTunePeriod, until ctx ends. An operator's GOGC in the
-// environment wins: then nothing is tuned.
-func TuneGC(ctx context.Context, log *slog.Logger) {
+// read every gcTunePeriod, until stop is called; stop waits for the tuning
+// to end and puts the percentage back as it found it. An operator's GOGC in
+// the environment wins: then nothing is tuned.
+func TuneGC(log *slog.Logger) (stop func()) {
 	if v, ok := os.LookupEnv("GOGC"); ok {
 		log.Info("garbage collection left to GOGC", "GOGC", v)
-		return
+		return func() {}
 	}
 	sample := []metrics.Sample{{Name: liveHeapBytes}, {Name: allocatedBytes}}
 	read := func() (live, allocated uint64) {
@@ -64,15 +65,25 @@ func TuneGC(ctx context.Context, log *slog.Logger) {
 	}
 	_, lastAllocated := read()
 	last, current := time.Now(), gcMinPercent
-	debug.SetGCPercent(current)
-	go Every(ctx, gcTunePeriod, func(now time.Time) {
-		live, allocated := read()
-		rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
-		lastAllocated, last = allocated, now
-		if p := gcPercent(live, rate); p != current {
-			debug.SetGCPercent(p)
-			current = p
-			log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
-		}
-	})
+	orig := debug.SetGCPercent(current)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Every(ctx, gcTunePeriod, func(now time.Time) {
+			live, allocated := read()
+			rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
+			lastAllocated, last = allocated, now
+			if p := gcPercent(live, rate); p != current && ctx.Err() == nil {
+				debug.SetGCPercent(p)
+				current = p
+				log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
+			}
+		})
+	}()
+	return func() {
+		cancel()
+		<-done
+		debug.SetGCPercent(orig)
+	}
 }

@@ -1,7 +1,6 @@
 package lifecycle
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -36,9 +35,7 @@ func TestTuneGCLeavesGOGC(t *testing.T) {
 	orig := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(orig)
 	t.Setenv("GOGC", "150")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	TuneGC(ctx, log)
+	TuneGC(log)()
 	if p := debug.SetGCPercent(150); p != 150 {
 		t.Fatalf("GC percentage %d with GOGC=150 set", p)
 	}
@@ -54,9 +51,8 @@ func TestTuneGCFollowsAllocation(t *testing.T) {
 	if err := os.Unsetenv("GOGC"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	TuneGC(ctx, log)
+	debug.SetGCPercent(123)
+	stop := TuneGC(log)
 
 	percent := func() int { p := debug.SetGCPercent(-1); debug.SetGCPercent(p); return p }
 	waitFor := func(what string, ok func(int) bool, work func()) {
@@ -79,4 +75,8 @@ func TestTuneGCFollowsAllocation(t *testing.T) {
 	})
 	waitFor("back to the default when idle", func(p int) bool { return p == gcMinPercent }, func() { time.Sleep(100 * time.Millisecond) })
 	_ = sink
+	stop()
+	if p := percent(); p != 123 {
+		t.Fatalf("GC percentage %d after stop, want the 123 it found", p)
+	}
 }

@@ -88,9 +88,7 @@ func Run(ctx context.Context, opt Options, svc Service) error {
 		sigs = ch
 	}
 	log := opt.Log
-	gcCtx, stopGC := context.WithCancel(context.Background())
-	defer stopGC()
-	TuneGC(gcCtx, log)
+	defer TuneGC(log)()
 	for {
 		select {
 		case <-ctx.Done():

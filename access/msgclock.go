@@ -98,7 +98,7 @@ func contentLength(line []byte) (int64, bool) {
 		i++
 	}
 	name := line[:i]
-	if !(len(name) == 1 && (name[0]|0x20) == 'l') && !equalFold(name, "content-length") {
+	if !(len(name) == 1 && (name[0]|0x20) == 'l') && !bytes.EqualFold(name, []byte("content-length")) {
 		return 0, false
 	}
 	for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
@@ -120,16 +120,4 @@ func contentLength(line []byte) (int64, bool) {
 		digits++
 	}
 	return v, digits > 0
-}
-
-func equalFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		if b[i]|0x20 != s[i] && b[i] != s[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -165,13 +165,14 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 			results <- nil
 			continue
 		}
+		branch := func() { results <- p.flowCheck(b, p.send(ctx, out)) }
 		if len(bindings) == 1 { // the usual case: no goroutine to start and wait for
-			results <- p.flowCheck(b, p.send(ctx, out))
+			branch()
 			continue
 		}
 		go func() {
 			sipnode.GrowStack()
-			results <- p.flowCheck(b, p.send(ctx, out))
+			branch()
 		}()
 	}
 	success, best := collect(results, len(bindings))

@@ -31,6 +31,12 @@ import (
 
 	"portcullis/bench/internal/proc"
 	"portcullis/bench/internal/stats"
+	// The servers' hold of answered INVITE transactions (RFC 6026 Timers L
+	// and M, 50 ms, set in its init), not sipgo's 32 s: the callee's handler
+	// waits for its transaction to end, so it would otherwise hold 40,000
+	// transactions at 1,300 calls/s, and the tool's own garbage collection
+	// would load the machine the servers share with it.
+	_ "portcullis/internal/sipnode"
 )
 
 type opts struct {
@@ -63,13 +69,6 @@ type Step struct {
 }
 
 func main() {
-	// The tool's user agents speak TLS only. An answered INVITE's
-	// transactions are kept 50 ms (RFC 6026 Timers L and M), as in the
-	// servers (internal/sipnode), not sipgo's 32 s: the callee's handler
-	// waits for its transaction to end, so it would otherwise hold 40,000
-	// transactions at 1,300 calls/s, and the tool's own garbage collection
-	// would load the machine the servers share with it.
-	sip.Timer_L, sip.Timer_M = 50*time.Millisecond, 50*time.Millisecond
 	var o opts
 	var rates, pids string
 	flag.StringVar(&o.server, "server", "", "proxy TLS address host:port")

@@ -10,7 +10,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -61,7 +60,7 @@ func (t *Logger) log(level slog.Level, msg string, args []any) {
 		k = &kind{lim: rate.NewLimiter(t.perSecond, t.burst)}
 		t.kinds[msg] = k
 	}
-	if !k.lim.AllowN(time.Now(), 1) {
+	if !k.lim.Allow() {
 		k.suppressed++
 		t.mu.Unlock()
 		return

@@ -106,7 +106,7 @@ func (m *mmsg) send(queued int) (sent int) {
 		return 0
 	}
 	for sent < queued {
-		r, _, errno := syscall.RawSyscall6(unix.SYS_SENDMMSG, uintptr(m.s.fd), uintptr(unsafe.Pointer(&m.hdrs[sent])), uintptr(queued-sent), 0, 0, 0)
+		r, _, errno := syscall.RawSyscall6(unix.SYS_SENDMMSG, uintptr(m.s.tx), uintptr(unsafe.Pointer(&m.hdrs[sent])), uintptr(queued-sent), 0, 0, 0)
 		if errno != 0 {
 			if errno == unix.EINTR {
 				continue

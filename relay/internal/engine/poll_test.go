@@ -1,0 +1,136 @@
+package engine
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// drain reads every datagram queued on fd (non-blocking) and returns how
+// many there were.
+func drain(t *testing.T, fd int) int {
+	t.Helper()
+	var sa unix.RawSockaddrInet6
+	b := make([]byte, 2048)
+	n := 0
+	for {
+		_, _, errno := recvfrom(fd, b, &sa)
+		if errno == unix.EAGAIN {
+			return n
+		}
+		if errno != 0 {
+			t.Fatalf("recvfrom: %v", errno)
+		}
+		n++
+	}
+}
+
+// A relay socket sends from its twin (same source address and port), every
+// datagram sent to it arrives on the polled descriptor and none on the
+// twin, and its port stays its own: another relay socket cannot bind it.
+func TestRelaySocketSendsFromItsTwin(t *testing.T) {
+	s, err := openUDP(netip.MustParseAddrPort("127.0.0.1:0"), false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.tx == s.fd {
+		t.Fatal("no send twin on a relay socket bound to 127.0.0.1")
+	}
+	if _, err := openUDP(s.local, false, 0); !errors.Is(err, unix.EADDRINUSE) {
+		t.Fatalf("second relay socket on %s: %v, want EADDRINUSE", s.local, err)
+	}
+
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	if err := s.send([]byte("from the relay"), peer.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	n, from, err := peer.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "from the relay" || from != s.local {
+		t.Fatalf("peer got %q from %v (%v), want it from %v", buf[:n], from, err, s.local)
+	}
+
+	const sent = 200
+	for i := range sent {
+		if _, err := peer.WriteToUDPAddrPort([]byte{byte(i)}, s.local); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // loopback delivery is synchronous; this is margin
+	if got := drain(t, s.fd); got != sent {
+		t.Fatalf("polled socket got %d of %d datagrams", got, sent)
+	}
+	if got := drain(t, s.tx); got != 0 {
+		t.Fatalf("the twin got %d datagrams", got)
+	}
+
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := openUDP(s.local, false, 0)
+	if err != nil {
+		t.Fatalf("port not released by close (twin left open?): %v", err)
+	}
+	_ = again.close()
+}
+
+// Listen sockets share their port (SO_REUSEPORT) with each other and with
+// their twins; datagrams from clients are spread over the polled sockets
+// only.
+func TestListenSocketsTwinsReceiveNothing(t *testing.T) {
+	a, err := openUDP(netip.MustParseAddrPort("127.0.0.1:0"), true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	b, err := openUDP(a.local, true, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if a.tx == a.fd || b.tx == b.fd {
+		t.Fatal("listen sockets without send twins")
+	}
+	const clients, each = 20, 5
+	for range clients {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range each {
+			if _, err := c.WriteToUDPAddrPort([]byte{byte(i)}, a.local); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := drain(t, a.fd) + drain(t, b.fd); got != clients*each {
+		t.Fatalf("polled sockets got %d of %d datagrams", got, clients*each)
+	}
+	if got := drain(t, a.tx) + drain(t, b.tx); got != 0 {
+		t.Fatalf("twins got %d datagrams", got)
+	}
+}
+
+// A wildcard address has no single source to connect a twin to: the polled
+// socket sends itself.
+func TestWildcardSocketHasNoTwin(t *testing.T) {
+	s, err := openUDP(netip.MustParseAddrPort("0.0.0.0:0"), false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if s.tx != s.fd {
+		t.Fatal("twin made for a wildcard address")
+	}
+}

@@ -41,6 +41,18 @@ type Alloc struct {
 
 	perms atomic.Pointer[map[netip.Addr]struct{}]
 	chans atomic.Pointer[map[netip.AddrPort]uint16] // peer → channel number
+	// gen counts changes to perms and chans (after each change): what the
+	// packet paths looked up in them holds while it is unchanged.
+	gen atomic.Uint64
+	// seen is what readable last looked up, for the source of the
+	// datagram before (a media stream is one peer): only the loop that
+	// polls s touches it.
+	seen struct {
+		from          netip.AddrPort
+		gen           uint64
+		permitted, ch bool
+		number        uint16
+	}
 
 	stats Totals
 	once  sync.Once
@@ -51,6 +63,7 @@ func newAlloc(e *Engine, s *sock, relay netip.AddrPort) *Alloc {
 	s.alloc = a
 	a.perms.Store(&map[netip.Addr]struct{}{})
 	a.chans.Store(&map[netip.AddrPort]uint16{})
+	a.seen.gen = ^uint64(0)
 	return a
 }
 
@@ -97,7 +110,12 @@ func (a *Alloc) readable(l *loop) {
 	if !ok {
 		return
 	}
-	if !linked || !a.permitted(from.Addr()) {
+	if gen := a.gen.Load(); a.seen.gen != gen || a.seen.from != from {
+		a.seen.from, a.seen.gen = from, gen
+		a.seen.permitted = a.permitted(from.Addr())
+		a.seen.number, a.seen.ch = (*a.chans.Load())[from]
+	}
+	if !linked || !a.seen.permitted {
 		a.e.cfg.Events.Drop(DropNoPermission, n)
 		return
 	}
@@ -111,8 +129,8 @@ func (a *Alloc) readable(l *loop) {
 		a.e.enqueue(a.toPion, buf[headroom:headroom+n], from)
 		return
 	}
-	if number, ok := (*a.chans.Load())[from]; ok {
-		putChannelHeader(buf[headroom-4:], number, n)
+	if a.seen.ch {
+		putChannelHeader(buf[headroom-4:], a.seen.number, n)
 		out.queue(headroom-4, 4+n, a.client)
 		return
 	}
@@ -256,6 +274,7 @@ func (e *Engine) PermissionCreated(_, _ net.Addr, _, _, _ string, relay net.Addr
 	if a := e.allocByRelay(relay); a != nil {
 		ip, _ := netip.AddrFromSlice(peer)
 		cowSet(&a.perms, ip.Unmap(), struct{}{}, true)
+		a.gen.Add(1)
 	}
 }
 
@@ -263,6 +282,7 @@ func (e *Engine) PermissionDeleted(_, _ net.Addr, _, _, _ string, relay net.Addr
 	if a := e.allocByRelay(relay); a != nil {
 		ip, _ := netip.AddrFromSlice(peer)
 		cowSet(&a.perms, ip.Unmap(), struct{}{}, false)
+		a.gen.Add(1)
 	}
 }
 
@@ -274,8 +294,9 @@ func (e *Engine) ChannelCreated(_, _ net.Addr, _, _, _ string, relay, peer net.A
 	}
 	p := normal(addrPort(peer))
 	cowSet(&a.chans, p, number, true)
+	a.gen.Add(1)
 	if a.udp {
-		a.group.bind(chanKey{a.client, number}, &bound{alloc: a, peer: p}, true)
+		a.group.bind(chanKey{a.client, number}, newBound(a, p), true)
 	}
 }
 
@@ -285,6 +306,7 @@ func (e *Engine) ChannelDeleted(_, _ net.Addr, _, _, _ string, relay, peer net.A
 		return
 	}
 	cowSet(&a.chans, normal(addrPort(peer)), 0, false)
+	a.gen.Add(1)
 	if a.udp {
 		a.group.bind(chanKey{a.client, number}, nil, false)
 	}

@@ -48,6 +48,31 @@ type chanKey struct {
 type bound struct {
 	alloc *Alloc
 	peer  netip.AddrPort
+	// perm is whether the peer was permitted when alloc.gen was perm>>1
+	// (bit 0); the loops look again after a change.
+	perm atomic.Uint64
+}
+
+func newBound(a *Alloc, peer netip.AddrPort) *bound {
+	b := &bound{alloc: a, peer: peer}
+	b.perm.Store(^uint64(0)) // no generation yet
+	return b
+}
+
+// permitted is alloc.permitted(peer), looked up again only after the
+// allocation's permissions or channels changed.
+func (b *bound) permitted() bool {
+	gen := b.alloc.gen.Load()
+	if c := b.perm.Load(); c>>1 == gen {
+		return c&1 == 1
+	}
+	ok := b.alloc.permitted(b.peer.Addr())
+	c := gen << 1
+	if ok {
+		c |= 1
+	}
+	b.perm.Store(c)
+	return ok
 }
 
 // ListenUDP binds n SO_REUSEPORT sockets to addr (the first picks the port
@@ -152,7 +177,7 @@ func (g *Group) readable(l *loop, s *sock) {
 			switch {
 			case b == nil:
 				e.cfg.Events.Drop(DropNoChannel, len(p))
-			case !b.alloc.permitted(b.peer.Addr()):
+			case !b.permitted():
 				e.cfg.Events.Drop(DropNoPermission, len(p))
 			default:
 				b.alloc.toPeer(payload, b.peer)

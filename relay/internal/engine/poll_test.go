@@ -2,12 +2,16 @@ package engine
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/pion/turn/v5"
 	"golang.org/x/sys/unix"
+
+	"portcullis/policy"
 )
 
 // drain reads every datagram queued on fd (non-blocking) and returns how
@@ -133,4 +137,101 @@ func TestWildcardSocketHasNoTwin(t *testing.T) {
 	if s.tx != s.fd {
 		t.Fatal("twin made for a wildcard address")
 	}
+}
+
+// The packet paths cache what they looked up in an allocation's
+// permissions and channels: every change must reach them. A client and a
+// peer on loopback exchange datagrams through a group and an allocation
+// driven by pion's events, while permissions and channels come and go.
+func TestPermissionAndChannelChangesReachThePacketPaths(t *testing.T) {
+	pol, err := policy.NewPeerPolicy([]string{"127.0.0.1/32"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Policy: pol, Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop()
+	g, err := e.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	gen := &Generator{E: e, V4: &Family{Bind: netip.MustParseAddr("127.0.0.1"), Advertise: netip.MustParseAddr("127.0.0.1")}, Min: 40000, Max: 49999}
+	pc, relayAddr, err := gen.AllocatePacketConn(turn.AllocateListenerConfig{Network: "udp4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	udp := func() *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	client, peer := udp(), udp()
+	e.AllocationCreated(client.LocalAddr(), net.UDPAddrFromAddrPort(g.addr), "udp", "u", "realm", relayAddr, 600)
+	peerIP := peer.LocalAddr().(*net.UDPAddr).IP
+
+	// get reads what c receives within a short wait ("" when nothing).
+	get := func(c *net.UDPConn) string {
+		b := make([]byte, 2048)
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := c.Read(b)
+		if err != nil {
+			return ""
+		}
+		return string(b[:n])
+	}
+	fromPeer := func() string { // what the client gets for "p" from the peer
+		if _, err := peer.WriteTo([]byte("p"), relayAddr); err != nil {
+			t.Fatal(err)
+		}
+		switch got := get(client); {
+		case got == "":
+			return "dropped"
+		case len(got) == 5 && got[:2] == "\x40\x01" && got[4] == 'p':
+			return "channel"
+		case len(got) > 20 && got[:2] == "\x00\x17":
+			return "data"
+		default:
+			return "other"
+		}
+	}
+	fromClient := func() string { // what the peer gets of ChannelData on 0x4001
+		if _, err := client.WriteTo([]byte{0x40, 0x01, 0, 1, 'c', 0, 0, 0}, net.UDPAddrFromAddrPort(g.addr)); err != nil {
+			t.Fatal(err)
+		}
+		if get(peer) == "c" {
+			return "relayed"
+		}
+		return "dropped"
+	}
+	check := func(step, wantPeer, wantClient string) {
+		t.Helper()
+		// Twice: the first datagram fills the caches, the second is served from them.
+		for range 2 {
+			if got := fromPeer(); got != wantPeer {
+				t.Fatalf("%s: peer's datagram %s, want %s", step, got, wantPeer)
+			}
+			if got := fromClient(); got != wantClient {
+				t.Fatalf("%s: client's ChannelData %s, want %s", step, got, wantClient)
+			}
+		}
+	}
+
+	check("no permission", "dropped", "dropped")
+	e.PermissionCreated(nil, nil, "", "", "", relayAddr, peerIP)
+	check("permission", "data", "dropped")
+	e.ChannelCreated(nil, nil, "", "", "", relayAddr, peer.LocalAddr(), 0x4001)
+	check("channel", "channel", "relayed")
+	e.PermissionDeleted(nil, nil, "", "", "", relayAddr, peerIP)
+	check("permission gone", "dropped", "dropped")
+	e.PermissionCreated(nil, nil, "", "", "", relayAddr, peerIP)
+	check("permission again", "channel", "relayed")
+	e.ChannelDeleted(nil, nil, "", "", "", relayAddr, peer.LocalAddr(), 0x4001)
+	check("channel gone", "data", "dropped")
 }

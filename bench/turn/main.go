@@ -46,18 +46,24 @@ type options struct {
 
 // Result is one run's figures.
 type Result struct {
-	Label            string  `json:"label"`
-	Sessions         int     `json:"sessions"`
-	OfferedPPS       int     `json:"offered_pps"` // 0: closed loop
-	Sent             int64   `json:"sent"`
-	Received         int64   `json:"received"`
-	PeerReceived     int64   `json:"peer_received"`
-	LossPct          float64 `json:"loss_pct"`
-	RelayedPPS       float64 `json:"relayed_pps"` // both directions
-	RTTP50us         float64 `json:"rtt_p50_us"`
-	RTTP99us         float64 `json:"rtt_p99_us"`
-	AllocsPerSec     float64 `json:"allocations_per_sec"`
-	MemPerAllocKB    float64 `json:"server_kb_per_allocation"`
+	Label         string  `json:"label"`
+	Sessions      int     `json:"sessions"`
+	OfferedPPS    int     `json:"offered_pps"` // 0: closed loop
+	Sent          int64   `json:"sent"`
+	Received      int64   `json:"received"`
+	PeerReceived  int64   `json:"peer_received"`
+	LossPct       float64 `json:"loss_pct"`
+	RelayedPPS    float64 `json:"relayed_pps"` // both directions
+	RTTP50us      float64 `json:"rtt_p50_us"`
+	RTTP99us      float64 `json:"rtt_p99_us"`
+	AllocsPerSec  float64 `json:"allocations_per_sec"`
+	MemPerAllocKB float64 `json:"server_kb_per_allocation"`
+	// Kernel memory is in no process's RSS: the server's descriptors per
+	// allocation, and the machine's slab growth per allocation (which
+	// includes the load tool's own socket for the session, the same
+	// against either server).
+	FDsPerAlloc      float64 `json:"server_fds_per_allocation"`
+	SlabPerAllocKB   float64 `json:"machine_slab_kb_per_allocation"`
 	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
 	CPUSecPerMillion float64 `json:"server_cpu_seconds_per_million_packets"`
 	PacketsPerCPUSec float64 `json:"relayed_packets_per_server_cpu_second"`
@@ -108,7 +114,7 @@ func run(o options) (*Result, error) {
 	}
 	defer peer.close()
 
-	rss0 := proc.RSSKiB(o.pid)
+	rss0, fds0, slab0 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid), proc.SlabKiB()
 	t0 := time.Now()
 	sessions := make([]*session, 0, o.sessions)
 	defer func() {
@@ -125,7 +131,7 @@ func run(o options) (*Result, error) {
 	}
 	allocTime := time.Since(t0)
 	time.Sleep(200 * time.Millisecond)
-	rss1 := proc.RSSKiB(o.pid)
+	rss1, fds1, slab1 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid), proc.SlabKiB()
 
 	cpu0 := proc.CPUSeconds(o.pid)
 	ctx, cancel := context.WithTimeout(context.Background(), o.duration)
@@ -168,6 +174,8 @@ func run(o options) (*Result, error) {
 	res.AllocsPerSec = float64(o.sessions) / allocTime.Seconds()
 	if o.pid > 0 {
 		res.MemPerAllocKB = float64(rss1-rss0) / float64(o.sessions)
+		res.FDsPerAlloc = float64(fds1-fds0) / float64(o.sessions)
+		res.SlabPerAllocKB = float64(slab1-slab0) / float64(o.sessions)
 		res.ServerCPUSeconds = cpu1 - cpu0
 		if relayed > 0 {
 			res.CPUSecPerMillion = res.ServerCPUSeconds / relayed * 1e6

@@ -107,6 +107,11 @@ for phase in phases:
     if phase == phases[0]:
         # Only the first round runs on a fresh server: later rounds reuse
         # memory the previous one freed.
-        a, b = p[0]["server_kb_per_allocation"], c[0]["server_kb_per_allocation"]
-        print(f"{'server KB per allocation (first round)':40} {a:12.2f} {b:12.2f} {a / b:7.2f}  (lower is better)")
+        for name, key in (("server KB per allocation (first round)", "server_kb_per_allocation"),
+                          ("server descriptors per allocation", "server_fds_per_allocation"),
+                          ("machine slab KB per allocation", "machine_slab_kb_per_allocation")):
+            a, b = p[0].get(key, 0), c[0].get(key, 0)
+            ratio = f"{a / b:7.2f}" if b else "    nan"
+            print(f"{name:40} {a:12.2f} {b:12.2f} {ratio}  (lower is better)")
+        print("  (RSS holds no kernel memory; the slab figure is machine-wide and includes the load tool's own socket per session, alike for both)")
 PY

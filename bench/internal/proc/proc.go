@@ -9,6 +9,37 @@ import (
 	"strings"
 )
 
+// Descriptors is how many file descriptors a process holds; 0 when
+// unknown.
+func Descriptors(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0
+	}
+	return int64(len(ents))
+}
+
+// SlabKiB is the kernel's slab memory (Slab in /proc/meminfo) in KiB,
+// machine-wide: sockets live there, not in any process's RSS.
+func SlabKiB() int64 {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Slab:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
 // RSSKiB is a process's resident memory (VmRSS) in KiB; 0 when unknown.
 func RSSKiB(pid int) int64 {
 	if pid <= 0 {

@@ -41,9 +41,10 @@ type sock struct {
 
 var errSockClosed = errors.New("relay socket closed")
 
-// openUDP makes a non-blocking UDP socket bound to addr (port 0: any),
-// SO_REUSEPORT when reuse is set, and its send twin (see sendTwin). IPv4
-// datagrams leave with DF set (IP_PMTUDISC_PROBE, as media stacks do: no ID
+// openUDP makes a non-blocking UDP socket bound to addr (port 0: any). A
+// listen socket (reuse: SO_REUSEPORT, shared by the loops) gets a send
+// twin (see sendTwin); a relay socket sends for itself. IPv4 datagrams
+// leave with DF set (IP_PMTUDISC_PROBE, as media stacks do: no ID
 // generation, no local MTU errors).
 func openUDP(addr netip.AddrPort, reuse bool, bufBytes int) (*sock, error) {
 	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
@@ -51,7 +52,11 @@ func openUDP(addr netip.AddrPort, reuse bool, bufBytes int) (*sock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sock{fd: fd, tx: sendTwin(fd, local, v6, reuse, bufBytes), v6: v6, local: local}, nil
+	s := &sock{fd: fd, tx: fd, v6: v6, local: local}
+	if reuse {
+		s.tx = sendTwin(fd, local, v6, bufBytes)
+	}
+	return s, nil
 }
 
 // bindUDP makes and binds one non-blocking UDP socket.
@@ -112,28 +117,23 @@ func sockaddr(addr netip.AddrPort, v6 bool) unix.Sockaddr {
 	return &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().Unmap().As4()}
 }
 
-// sendTwin makes the descriptor a socket's datagrams leave from: a second
-// socket on the same address and port that is never polled. A polled
-// socket has epoll's entry on its wait queue, so the kernel walks that
-// queue (a lock, with interrupts off) for every datagram it sends, when the
-// datagram is freed; the twin's queue is empty (about 5 % less CPU per
-// sendto on this kind of machine, more than 4 % less for the relay; see
+// sendTwin makes the descriptor a listen socket's datagrams leave from: a
+// second socket on the same address and port (SO_REUSEPORT, as the listen
+// sockets) that is never polled. A polled socket has epoll's entry on its
+// wait queue, so the kernel walks that queue (a lock, with interrupts off)
+// for every datagram it frees after sending; the twin's queue is empty
+// (about 5 % less CPU per sendto on this kind of machine; see
 // bench/turn/README.md). The twin is connected to its own address so that
-// nothing else is delivered to it (a connected socket is preferred only for
-// datagrams from the address it is connected to; sendto with a destination
-// still works). Sharing the port needs SO_REUSEPORT on both, so a relay
-// socket gets it only after its bind: another relay socket's bind to the
-// same port still fails, as the port allocator expects. A wildcard address
-// (no single source to connect to), or any failure, leaves sending on the
+// nothing else is delivered to it (the kernel prefers a connected socket
+// only for datagrams from the address it is connected to, and leaves it out
+// of SO_REUSEPORT's spreading; sendto with a destination still works).
+// Relay sockets get none: a second socket and its port group would cost
+// about 4.5 KB of kernel memory per allocation. A wildcard address (no
+// single source to connect to), or any failure, leaves sending on the
 // polled socket itself.
-func sendTwin(fd int, local netip.AddrPort, v6, reuse bool, bufBytes int) int {
+func sendTwin(fd int, local netip.AddrPort, v6 bool, bufBytes int) int {
 	if local.Addr().IsUnspecified() {
 		return fd
-	}
-	if !reuse {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-			return fd
-		}
 	}
 	tx, _, err := bindUDP(local, v6, true, bufBytes)
 	if err != nil {

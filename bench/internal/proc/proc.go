@@ -24,33 +24,25 @@ func Descriptors(pid int) int64 {
 
 // SlabKiB is the kernel's slab memory (Slab in /proc/meminfo) in KiB,
 // machine-wide: sockets live there, not in any process's RSS.
-func SlabKiB() int64 {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "Slab:"); ok {
-			if f := strings.Fields(v); len(f) > 0 {
-				n, _ := strconv.ParseInt(f[0], 10, 64)
-				return n
-			}
-		}
-	}
-	return 0
-}
+func SlabKiB() int64 { return field("/proc/meminfo", "Slab:") }
 
 // RSSKiB is a process's resident memory (VmRSS) in KiB; 0 when unknown.
 func RSSKiB(pid int) int64 {
 	if pid <= 0 {
 		return 0
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	return field(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:")
+}
+
+// field is the first number on the line of a /proc file that starts with
+// key; 0 when there is none.
+func field(path, key string) int64 {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, key); ok {
 			if f := strings.Fields(v); len(f) > 0 {
 				n, _ := strconv.ParseInt(f[0], 10, 64)
 				return n

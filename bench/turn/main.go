@@ -114,7 +114,9 @@ func run(o options) (*Result, error) {
 	}
 	defer peer.close()
 
-	rss0, fds0, slab0 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid), proc.SlabKiB()
+	// Slab first: listing /proc/PID/fd makes kernel objects of its own.
+	slab0 := proc.SlabKiB()
+	rss0, fds0 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid)
 	t0 := time.Now()
 	sessions := make([]*session, 0, o.sessions)
 	defer func() {
@@ -131,7 +133,8 @@ func run(o options) (*Result, error) {
 	}
 	allocTime := time.Since(t0)
 	time.Sleep(200 * time.Millisecond)
-	rss1, fds1, slab1 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid), proc.SlabKiB()
+	slab1 := proc.SlabKiB()
+	rss1, fds1 := proc.RSSKiB(o.pid), proc.Descriptors(o.pid)
 
 	cpu0 := proc.CPUSeconds(o.pid)
 	ctx, cancel := context.WithTimeout(context.Background(), o.duration)

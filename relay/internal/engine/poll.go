@@ -128,7 +128,7 @@ func sockaddr(addr netip.AddrPort, v6 bool) unix.Sockaddr {
 // only for datagrams from the address it is connected to, and leaves it out
 // of SO_REUSEPORT's spreading; sendto with a destination still works).
 // Relay sockets get none: a second socket and its port group would cost
-// about 4.5 KB of kernel memory per allocation. A wildcard address (no
+// about 3 KB of kernel memory per allocation. A wildcard address (no
 // single source to connect to), or any failure, leaves sending on the
 // polled socket itself.
 func sendTwin(fd int, local netip.AddrPort, v6 bool, bufBytes int) int {

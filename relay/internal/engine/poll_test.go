@@ -61,9 +61,28 @@ func TestRelaySocketHoldsItsPort(t *testing.T) {
 
 // Listen sockets share their port (SO_REUSEPORT) with each other and with
 // their twins; what they send leaves from the listen address, and datagrams
-// from clients are spread over the polled sockets only.
+// from clients are spread over the polled sockets only. IPv4 and IPv6.
 func TestListenSocketsSendFromTwinsThatReceiveNothing(t *testing.T) {
-	a, err := openUDP(netip.MustParseAddrPort("127.0.0.1:0"), true, 1<<20)
+	for _, loopback := range []string{"127.0.0.1", "::1"} {
+		t.Run(loopback, func(t *testing.T) {
+			ip := netip.MustParseAddr(loopback)
+			network := "udp4"
+			if ip.Is6() {
+				network = "udp6"
+				c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip.AsSlice()})
+				if err != nil {
+					t.Log("no IPv6 loopback on this host:", err)
+					return
+				}
+				c.Close()
+			}
+			listenTwins(t, network, ip)
+		})
+	}
+}
+
+func listenTwins(t *testing.T, network string, ip netip.Addr) {
+	a, err := openUDP(netip.AddrPortFrom(ip, 0), true, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,10 +95,14 @@ func TestListenSocketsSendFromTwinsThatReceiveNothing(t *testing.T) {
 	if a.tx == a.fd || b.tx == b.fd {
 		t.Fatal("listen sockets without send twins")
 	}
-	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	udp := func() *net.UDPConn {
+		c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip.AsSlice()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
+	peer := udp()
 	defer peer.Close()
 	if err := b.send([]byte("from the listener"), peer.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
 		t.Fatal(err)
@@ -92,10 +115,7 @@ func TestListenSocketsSendFromTwinsThatReceiveNothing(t *testing.T) {
 	}
 	const clients, each = 20, 5
 	for range clients {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := udp()
 		for i := range each {
 			if _, err := c.WriteToUDPAddrPort([]byte{byte(i)}, a.local); err != nil {
 				t.Fatal(err)

@@ -150,6 +150,41 @@ func TestWildcardSocketHasNoTwin(t *testing.T) {
 // peer on loopback exchange datagrams through a group and an allocation
 // driven by pion's events, while permissions and channels come and go.
 func TestPermissionAndChannelChangesReachThePacketPaths(t *testing.T) {
+	relayThroughEvents(t)
+}
+
+// The same with loops that switch between watching their epoll descriptor
+// directly and through the gate on nearly every round: nothing is lost or
+// stalled across the switches.
+func TestLoopsSwitchingToAndFromTheGate(t *testing.T) {
+	saved := [4]int{busyEvents, busyRounds, quietEvents, quietRounds}
+	busyEvents, busyRounds, quietEvents, quietRounds = 1, 1, 1<<30, 2
+	defer func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] }()
+	e := relayThroughEvents(t)
+	var toggles uint64
+	for _, l := range e.poll.loops {
+		toggles += l.toggles.Load()
+	}
+	if toggles < 10 {
+		t.Fatalf("loops switched %d times, want many", toggles)
+	}
+}
+
+// The same with loops that go through the gate at their first event and
+// stay there, taking the gate's event and arming it again every round.
+func TestLoopsThroughTheGate(t *testing.T) {
+	saved := [4]int{busyEvents, busyRounds, quietEvents, quietRounds}
+	busyEvents, busyRounds, quietEvents, quietRounds = 1, 1, 0, 1
+	defer func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] }()
+	e := relayThroughEvents(t)
+	for _, l := range e.poll.loops {
+		if l.toggles.Load() > 1 {
+			t.Fatalf("a loop switched %d times, want once at most", l.toggles.Load())
+		}
+	}
+}
+
+func relayThroughEvents(t *testing.T) *Engine {
 	pol, err := policy.NewPeerPolicy([]string{"127.0.0.1/32"}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -240,4 +275,5 @@ func TestPermissionAndChannelChangesReachThePacketPaths(t *testing.T) {
 	check("permission again", "channel", "relayed")
 	e.ChannelDeleted(nil, nil, "", "", "", relayAddr, peer.LocalAddr(), 0x4001)
 	check("channel gone", "data", "dropped")
+	return e
 }

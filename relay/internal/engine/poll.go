@@ -241,8 +241,8 @@ func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort,
 // is about to park. The gate costs two system calls per wake-up and a
 // level of nesting per event, more than it saves at light load, so a loop
 // switches to it after busyRounds rounds in a row with busyEvents ready at
-// once, and back after
-// quietRounds quiet rounds.
+// once, and back after quietRounds quiet rounds. (Always gated: +14 % at
+// full load, −3 % at offered load; switching: +10 %, and +2 to +3 %.)
 type loop struct {
 	e     *Engine
 	index int

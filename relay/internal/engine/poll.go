@@ -364,7 +364,11 @@ func (l *loop) disarm() {
 func (l *loop) toggle() {
 	if !l.gated {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(l.epfd)}
-		if unix.EpollCtl(l.gate, unix.EPOLL_CTL_ADD, l.epfd, &ev) != nil {
+		err := unix.EpollCtl(l.gate, unix.EPOLL_CTL_ADD, l.epfd, &ev)
+		if errors.Is(err, unix.EEXIST) { // a removal that failed earlier
+			err = unix.EpollCtl(l.gate, unix.EPOLL_CTL_MOD, l.epfd, &ev)
+		}
+		if err != nil {
 			return
 		}
 		l.mu.Lock()

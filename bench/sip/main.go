@@ -14,7 +14,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,6 +27,8 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"portcullis/bench/internal/proc"
 	"portcullis/bench/internal/stats"
@@ -529,7 +530,7 @@ func goLive(o opts, conf *tls.Config) (bytes float64, collected bool) {
 }
 
 // metrics reads a Prometheus text page into name → value (unlabelled
-// series only).
+// gauges, counters and untyped series only).
 func metrics(url string) map[string]float64 {
 	out := map[string]float64{}
 	res, err := http.Get(url)
@@ -537,14 +538,24 @@ func metrics(url string) map[string]float64 {
 		return out
 	}
 	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		name, v, ok := strings.Cut(line, " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
-			continue
-		}
-		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-			out[name] = f
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		return out
+	}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			if len(m.GetLabel()) > 0 {
+				continue
+			}
+			switch {
+			case m.Gauge != nil:
+				out[name] = m.GetGauge().GetValue()
+			case m.Counter != nil:
+				out[name] = m.GetCounter().GetValue()
+			case m.Untyped != nil:
+				out[name] = m.GetUntyped().GetValue()
+			}
 		}
 	}
 	return out

@@ -28,7 +28,7 @@ import (
 // passes over the larger heaps stalled calls long enough to fail 3.4-3.7 %
 // of them at 1,300/s with 5 s and 0.3-0.7 % with 1 s; with 50 ms none
 // failed at 1,400/s (p99 34-41 ms, against 68-148 ms with 250 ms).
-var acceptedHold = 50 * time.Millisecond
+const acceptedHold = 50 * time.Millisecond
 
 func init() {
 	sip.Timer_L = acceptedHold

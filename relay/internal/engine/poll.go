@@ -341,11 +341,17 @@ var (
 	quietRounds = 256 // in a row: watch epfd directly again
 )
 
-// arm lets the gate signal the loop's next event once (EPOLL_CTL_MOD
-// queues it at once when an event is already there).
-func (l *loop) arm() {
+// gateCtl adds epfd to the gate (op EPOLL_CTL_ADD) or re-arms it
+// (EPOLL_CTL_MOD), one-shot; either queues the event at once when one is
+// already there.
+func (l *loop) gateCtl(op int) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(l.epfd)}
-	if unix.EpollCtl(l.gate, unix.EPOLL_CTL_MOD, l.epfd, &ev) == nil {
+	return unix.EpollCtl(l.gate, op, l.epfd, &ev)
+}
+
+// arm lets the gate signal the loop's next event once.
+func (l *loop) arm() {
+	if l.gateCtl(unix.EPOLL_CTL_MOD) == nil {
 		l.armed = true
 	}
 }
@@ -363,10 +369,9 @@ func (l *loop) disarm() {
 // loop as it was.
 func (l *loop) toggle() {
 	if !l.gated {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(l.epfd)}
-		err := unix.EpollCtl(l.gate, unix.EPOLL_CTL_ADD, l.epfd, &ev)
+		err := l.gateCtl(unix.EPOLL_CTL_ADD)
 		if errors.Is(err, unix.EEXIST) { // a removal that failed earlier
-			err = unix.EpollCtl(l.gate, unix.EPOLL_CTL_MOD, l.epfd, &ev)
+			err = l.gateCtl(unix.EPOLL_CTL_MOD)
 		}
 		if err != nil {
 			return

@@ -157,9 +157,7 @@ func TestPermissionAndChannelChangesReachThePacketPaths(t *testing.T) {
 // directly and through the gate on nearly every round: nothing is lost or
 // stalled across the switches.
 func TestLoopsSwitchingToAndFromTheGate(t *testing.T) {
-	saved := [4]int{busyEvents, busyRounds, quietEvents, quietRounds}
-	busyEvents, busyRounds, quietEvents, quietRounds = 1, 1, 1<<30, 2
-	defer func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] }()
+	gateThresholds(t, 1, 1, 1<<30, 2)
 	e := relayThroughEvents(t)
 	var toggles uint64
 	for _, l := range e.poll.loops {
@@ -173,15 +171,20 @@ func TestLoopsSwitchingToAndFromTheGate(t *testing.T) {
 // The same with loops that go through the gate at their first event and
 // stay there, taking the gate's event and arming it again every round.
 func TestLoopsThroughTheGate(t *testing.T) {
-	saved := [4]int{busyEvents, busyRounds, quietEvents, quietRounds}
-	busyEvents, busyRounds, quietEvents, quietRounds = 1, 1, 0, 1
-	defer func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] }()
+	gateThresholds(t, 1, 1, 0, 1)
 	e := relayThroughEvents(t)
 	for _, l := range e.poll.loops {
 		if l.toggles.Load() > 1 {
 			t.Fatalf("a loop switched %d times, want once at most", l.toggles.Load())
 		}
 	}
+}
+
+// gateThresholds sets when loops switch to and from the gate, for one test.
+func gateThresholds(t *testing.T, busyE, busyR, quietE, quietR int) {
+	saved := [4]int{busyEvents, busyRounds, quietEvents, quietRounds}
+	busyEvents, busyRounds, quietEvents, quietRounds = busyE, busyR, quietE, quietR
+	t.Cleanup(func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] })
 }
 
 func relayThroughEvents(t *testing.T) *Engine {

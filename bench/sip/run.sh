@@ -10,6 +10,7 @@ MSG_RATES=${MSG_RATES:-250,500,1000,1500,2000}
 CALL_RATES=${CALL_RATES:-50,100,200,400,600}
 STEP=${STEP:-5s}
 WORKERS=${WORKERS:-128}
+ROUNDS=${ROUNDS:-3}         # alternating rounds; the summary takes medians
 IDLE=${IDLE:-2000}
 CORES=$(nproc)
 WORK=$(mktemp -d)
@@ -31,7 +32,7 @@ printf '[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_ce
 sed -e "s|@PORT@|35061|; s|@TLSCFG@|$WORK/tls.cfg|; s|@ALICE@|$A|; s|@BOB@|$B|; s|@CHILDREN@|$CORES|g" bench/sip/kamailio.cfg.in > "$WORK/kamailio.cfg"
 # Production-sized memory: with the default 64 MB of shared memory its TLS
 # layer refuses work under load ("not enough memory for safe operation").
-kamailio -DD -E -m 1024 -M 16 -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -w "$WORK" 2>"$WORK/kam.log" &
+kamailio -DD -E -m 1024 -M 16 -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -w "$WORK" >"$WORK/kam.log" 2>&1 &
 sleep 2
 KP=$(cat "$WORK/kam.pid")
 
@@ -53,19 +54,34 @@ gen portcullis 127.0.0.1:15061 "$PC" idle -conns "$IDLE" -metrics "http://127.0.
 # twice). Kamailio's callee registers with Kamailio, its only hop.
 PC_CALLEE=(-callee-server 127.0.0.1:25063 -callee-server-name core.dev.internal)
 [ "${CALLEE:-inside}" = edge ] && PC_CALLEE=()
-for side in "portcullis 127.0.0.1:15061 $PC" "kamailio 127.0.0.1:35061 $KP"; do
-	set -- $side
-	extra=()
-	[ "$1" = portcullis ] && extra=("${PC_CALLEE[@]}")
-	echo "== $1" >&2
-	gen "$1" "$2" "$3" message -rates "$MSG_RATES" "${extra[@]}" >"$WORK/$1-message.json"
-	gen "$1" "$2" "$3" call -rates "$CALL_RATES" "${extra[@]}" >"$WORK/$1-call.json"
-	gen "$1" "$2" "$3" connect -workers 8 >"$WORK/$1-connect.json"
+# Each mode alternates the servers, ROUNDS times, the order swapped every
+# round, so that drift on the machine (its speed moves by ±20 % between
+# runs) hits both alike; the summary takes medians over the rounds.
+srv() { # label -> server address and pid
+	case $1 in portcullis) echo "127.0.0.1:15061 $PC" ;; kamailio) echo "127.0.0.1:35061 $KP" ;; esac
+}
+for r in $(seq 1 "$ROUNDS"); do
+	order="portcullis kamailio"; [ $((r % 2)) -eq 0 ] && order="kamailio portcullis"
+	for mode in message call; do
+		rates=$MSG_RATES; [ $mode = call ] && rates=$CALL_RATES
+		for who in $order; do
+			set -- $(srv $who)
+			extra=()
+			[ $who = portcullis ] && extra=("${PC_CALLEE[@]}")
+			echo "== round $r: $who $mode" >&2
+			gen $who "$1" "$2" $mode -rates "$rates" "${extra[@]}" >"$WORK/$who-$mode-$r.json"
+		done
+	done
+done
+for who in portcullis kamailio; do
+	set -- $(srv $who)
+	echo "== $who connect" >&2
+	gen $who "$1" "$2" connect -workers 8 >"$WORK/$who-connect.json"
 done
 
-python3 - "$WORK" <<'PY'
-import json, sys, os
-w = sys.argv[1]
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, sys, os, statistics
+w, rounds = sys.argv[1], int(sys.argv[2])
 def steps(n): return [json.loads(l) for l in open(os.path.join(w, n)) if l.strip()]
 def one(n): return json.loads(open(os.path.join(w, n)).read())
 def best(ss):  # the highest step that it and every step below it had under 0.1 % failed
@@ -77,22 +93,36 @@ def best(ss):  # the highest step that it and every step below it had under 0.1 
     return b
 def at(ss, offered):
     return next((s for s in ss if s["offered_per_sec"] == offered), None)
+def rate(b): return b["completed_per_sec"] if b else 0.0
 print()
 for mode, unit in (("message", "MESSAGE transactions/s"), ("call", "calls/s (INVITE/200/ACK/BYE)")):
-    print(f"{unit}: every step (offered, completed, failed %, p50 ms, p99 ms, server CPU s); the max rate is the highest step that it and every step below it held under 0.1 % failed")
-    for side in ("portcullis", "kamailio"):
-        for s in steps(f"{side}-{mode}.json"):
-            why = ", ".join(f"{n} {e}" for e, n in sorted((s.get("errors") or {}).items(), key=lambda x: -x[1])[:3])
-            print(f"  {side:10} {s['offered_per_sec']:6d} {s['completed_per_sec']:9.1f} {s['failed_pct']:7.2f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['server_cpu_seconds']:7.2f}" + (f"  failures: {why}" if why else ""))
-    p, k = best(steps(f"portcullis-{mode}.json")), best(steps(f"kamailio-{mode}.json"))
-    if p and k:
-        print(f"  max rate under 0.1% failed: portcullis {p['completed_per_sec']:.0f} (p99 {p['p99_ms']:.2f} ms), kamailio {k['completed_per_sec']:.0f} (p99 {k['p99_ms']:.2f} ms); ratio {p['completed_per_sec']/k['completed_per_sec']:.2f}, p99 ratio {p['p99_ms']/k['p99_ms']:.2f}")
-        same = at(steps(f"portcullis-{mode}.json"), k["offered_per_sec"])
-        if same:
-            print(f"  at kamailio's max step ({k['offered_per_sec']}/s offered): portcullis {same['failed_pct']:.2f} % failed, p99 {same['p99_ms']:.2f} ms against {k['p99_ms']:.2f} ms; p99 ratio {same['p99_ms']/k['p99_ms']:.2f}")
-    else:
-        for side, b in (("portcullis", p), ("kamailio", k)):
-            print(f"  max rate under 0.1% failed: {side} " + (f"{b['completed_per_sec']:.0f} (p99 {b['p99_ms']:.2f} ms)" if b else "none of the steps"))
+    print(f"{unit}: every step (offered, completed, failed %, p50 ms, p99 ms, server CPU s); a round's max rate is the highest step that it and every step below it held under 0.1 % failed")
+    pmax, kmax, ratios, p99s = [], [], [], []
+    for r in range(1, rounds + 1):
+        ps, ks = steps(f"portcullis-{mode}-{r}.json"), steps(f"kamailio-{mode}-{r}.json")
+        for side, ss in (("portcullis", ps), ("kamailio", ks)):
+            for s in ss:
+                why = ", ".join(f"{n} {e}" for e, n in sorted((s.get("errors") or {}).items(), key=lambda x: -x[1])[:3])
+                print(f"  {r} {side:10} {s['offered_per_sec']:6d} {s['completed_per_sec']:9.1f} {s['failed_pct']:7.2f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['server_cpu_seconds']:7.2f}" + (f"  failures: {why}" if why else ""))
+        p, k = best(ps), best(ks)
+        pmax.append(rate(p)); kmax.append(rate(k))
+        line = f"  round {r}: max rate portcullis {rate(p):.0f}, kamailio {rate(k):.0f}"
+        if k:
+            ratios.append(rate(p) / rate(k))
+            line += f", ratio {ratios[-1]:.2f}"
+            same = at(ps, k["offered_per_sec"])
+            if same and k["p99_ms"] > 0:
+                p99s.append(same["p99_ms"] / k["p99_ms"])
+                line += f"; at kamailio's max step ({k['offered_per_sec']}/s offered) portcullis failed {same['failed_pct']:.2f} %, p99 {same['p99_ms']:.2f} ms against {k['p99_ms']:.2f} ms (ratio {p99s[-1]:.2f})"
+        else:
+            line += " (kamailio passed no step)"
+        print(line)
+    pm, km = statistics.median(pmax), statistics.median(kmax)
+    print(f"  median max rate under 0.1% failed over {rounds} rounds: portcullis {pm:.0f}, kamailio {km:.0f}" + (f", ratio {pm / km:.2f}" if km else ""))
+    if ratios:
+        print(f"  per-round rate ratios: {' '.join(f'{x:.2f}' for x in ratios)}; at or above 1 in {sum(x >= 1 for x in ratios)} of {len(ratios)}")
+    if p99s:
+        print(f"  per-round p99 ratios at kamailio's max step: {' '.join(f'{x:.2f}' for x in p99s)}; median {statistics.median(p99s):.2f}; at or below 1 in {sum(x <= 1 for x in p99s)} of {len(p99s)}")
     print()
 pc, kc = one("portcullis-connect.json"), one("kamailio-connect.json")
 pi = one("portcullis-idle.json")

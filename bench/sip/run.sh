@@ -29,7 +29,7 @@ B=$(awk '$1=="sip:bob@example.test"{print $2}' "$WORK/dev/dev-users.txt")
 PKI="$WORK/dev/pki"
 printf '[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\nprivate_key = %s\ncertificate = %s\n\n[client:default]\nverify_certificate = no\nrequire_certificate = no\n' \
 	"$PKI/edge.dev.internal.key" "$PKI/edge.dev.internal.crt" > "$WORK/tls.cfg"
-sed -e "s|@PORT@|35061|; s|@TLSCFG@|$WORK/tls.cfg|; s|@ALICE@|$A|; s|@BOB@|$B|; s|@CHILDREN@|$CORES|g" bench/sip/kamailio.cfg.in > "$WORK/kamailio.cfg"
+sed -e "s|@PORT@|35061|; s|@TLSCFG@|$WORK/tls.cfg|; s|@ALICE@|$A|; s|@BOB@|$B|; s|@CHILDREN@|${KAM_CHILDREN:-$CORES}|g" bench/sip/kamailio.cfg.in > "$WORK/kamailio.cfg"
 # Production-sized memory: with the default 64 MB of shared memory its TLS
 # layer refuses work under load ("not enough memory for safe operation").
 kamailio -DD -E -m 1024 -M 16 -f "$WORK/kamailio.cfg" -P "$WORK/kam.pid" -w "$WORK" >"$WORK/kam.log" 2>&1 &

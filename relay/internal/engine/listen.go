@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Group is the set of SO_REUSEPORT UDP sockets bound to one listen address,
@@ -75,6 +77,21 @@ func (b *bound) permitted() bool {
 	return ok
 }
 
+// listenBuffer is the receive and send buffer a UDP listen socket asks
+// for: every client's datagrams arrive on a few of them.
+var listenBuffer = 4 << 20 // a variable so that a test can ask for more than the kernel allows
+
+// receiveBuffer is the room for data in fd's receive queue (what SO_RCVBUF
+// reads back is twice that: the kernel doubles a request for its own
+// bookkeeping), 0 when it cannot be read.
+func receiveBuffer(fd int) int {
+	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if err != nil {
+		return 0
+	}
+	return n / 2
+}
+
 // ListenUDP binds n SO_REUSEPORT sockets to addr (the first picks the port
 // when addr's port is 0), polls socket i on loop i, and returns the one
 // net.PacketConn pion serves them through.
@@ -84,7 +101,7 @@ func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
 		g.table[i].Store(&map[chanKey]*bound{})
 	}
 	for range n {
-		s, err := openUDP(addr, true, 4<<20)
+		s, err := openUDP(addr, true, listenBuffer)
 		if err != nil {
 			g.Close()
 			return nil, err
@@ -94,6 +111,11 @@ func (e *Engine) ListenUDP(addr netip.AddrPort, n int) (*Group, error) {
 		addr = s.local
 	}
 	g.addr = normal(addr)
+	if got := receiveBuffer(g.socks[0].fd); got < listenBuffer {
+		// The kernel caps SO_RCVBUF at net.core.rmem_max without a word.
+		e.log.Warn("relay listen socket receive buffer smaller than asked: bursts will be dropped sooner; raise net.core.rmem_max and net.core.wmem_max (docs/operations.md)",
+			"address", g.addr.String(), "asked_bytes", listenBuffer, "got_bytes", got)
+	}
 	for i := range e.poll.loops {
 		g.outs = append(g.outs, newMmsg(e, g.socks[i%len(g.socks)]))
 	}

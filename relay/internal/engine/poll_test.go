@@ -2,15 +2,20 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/pion/turn/v5"
 	"golang.org/x/sys/unix"
 
+	"portcullis/internal/testlog"
 	"portcullis/policy"
 )
 
@@ -176,6 +181,50 @@ func TestLoopsThroughTheGate(t *testing.T) {
 	for _, l := range e.poll.loops {
 		if l.toggles.Load() > 1 {
 			t.Fatalf("a loop switched %d times, want once at most", l.toggles.Load())
+		}
+	}
+}
+
+// A listen socket's receive buffer is capped by net.core.rmem_max without
+// an error; the relay says so in a warning with what it asked and got,
+// and stays quiet when it got what it asked.
+func TestListenBufferCapIsReported(t *testing.T) {
+	raw, err := os.ReadFile("/proc/sys/net/core/rmem_max")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rmemMax, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := listenBuffer
+	t.Cleanup(func() { listenBuffer = saved })
+	for _, tc := range []struct {
+		ask  int
+		warn bool
+	}{{rmemMax / 4, false}, {2*rmemMax + 1<<20, true}} {
+		listenBuffer = tc.ask
+		var logs testlog.Buffer
+		pol, err := policy.NewPeerPolicy(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := New(Config{Log: slog.New(slog.NewTextHandler(&logs, nil)), Policy: pol, Loops: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := e.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Close()
+		e.Stop()
+		warned := strings.Contains(logs.String(), "receive buffer smaller than asked")
+		if warned != tc.warn {
+			t.Fatalf("asked %d bytes with rmem_max %d: warned %v, want %v; log: %s", tc.ask, rmemMax, warned, tc.warn, logs.String())
+		}
+		if tc.warn && !strings.Contains(logs.String(), fmt.Sprintf("got_bytes=%d", rmemMax)) {
+			t.Fatalf("the warning does not give the %d bytes got: %s", rmemMax, logs.String())
 		}
 	}
 }

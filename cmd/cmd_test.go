@@ -69,7 +69,13 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: exec.Command(filepath.Join(bin, name), args...), done: make(chan struct{})}
+	return startCmd(t, exec.Command(filepath.Join(bin, name), args...))
+}
+
+// startCmd starts cmd as a server process (start's general form).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: cmd, done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

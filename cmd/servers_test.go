@@ -3,6 +3,7 @@ package cmd_test
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -134,5 +135,27 @@ func TestStartFailsCleanlyWhenPortIsTaken(t *testing.T) {
 	code, _, errOut := run(t, "portcullis-core", "--config", d.coreFile)
 	if code != 1 || !strings.Contains(errOut, "sip.listen "+ln.Addr().String()) || !strings.Contains(errOut, "address already in use") {
 		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+}
+
+// An edge whose open-file limit is below what its caps can use says so at
+// start, with the limit and the need; one with room says nothing.
+func TestEdgeWarnsOfALowOpenFileLimit(t *testing.T) {
+	const msg = "open-file limit below what the caps can use"
+	d := newDeployment(t)
+	write(t, d.edgeFile, d.edgeYAML("127.0.0.1:9")) // no core: the link stays down
+	// ulimit sets the hard limit too, so Go cannot raise it at start; 60
+	// is below the smallest reserve the edge counts (64).
+	low := startCmd(t, exec.Command("sh", "-c", `ulimit -n 60 && exec "$0" --config "$1"`, filepath.Join(bin, "portcullis-edge"), d.edgeFile))
+	l := low.waitLog(msg)
+	if l["limit"] != 60.0 || l["needed"].(float64) <= 60 {
+		t.Fatalf("warning %v: want limit 60 and a need above it", l)
+	}
+	low.waitLog("edge listening")
+
+	ok := start(t, "portcullis-edge", "--config", d.edgeFile)
+	ok.waitLog("edge listening")
+	if n := ok.count(msg); n != 0 {
+		t.Fatalf("an edge with the machine's limit warned %d times:\n%s", n, ok.output())
 	}
 }

@@ -52,6 +52,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{deps: deps, log: deps.Log.With("component", "edge"), allow: access.NewAllowList(cfg.Internal.TrustedCores)}
+	warnFileLimit(s.log, cfg, openFileLimit())
 	s.cfg.Store(&cfg)
 	s.metrics = newMetrics(deps.Registry)
 	defer func() {

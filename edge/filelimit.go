@@ -10,10 +10,9 @@ import (
 // descriptorsNeeded is how many files the edge may hold open at its
 // configured caps: a socket per external SIP connection and per TURN
 // allocation (its relay socket; allocations are bounded by the total quota
-// and by the relay port range of each family), and a reserve for the
-// listeners, the core link, partner edges, the relay's loops and files.
+// and by the relay port range of each family), and descriptorReserve.
 func descriptorsNeeded(c Config) uint64 {
-	n := uint64(64 + 8*runtime.NumCPU())
+	n := descriptorReserve()
 	if c.External.Listen != "" && c.External.Limits.MaxConnections > 0 {
 		n += uint64(c.External.Limits.MaxConnections)
 	}
@@ -29,6 +28,11 @@ func descriptorsNeeded(c Config) uint64 {
 	}
 	return n
 }
+
+// descriptorReserve is what the edge holds open besides connections and
+// relay sockets: listeners, the core link, partner edges, two epoll
+// descriptors and a few sockets per relay loop (one loop per CPU), files.
+func descriptorReserve() uint64 { return uint64(64 + 8*runtime.NumCPU()) }
 
 // openFileLimit is the process's RLIMIT_NOFILE (Go raises the soft limit
 // to the hard one at start), 0 when it cannot be read.

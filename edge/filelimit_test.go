@@ -1,15 +1,12 @@
 package edge
 
-import (
-	"runtime"
-	"testing"
-)
+import "testing"
 
 // The need counts external connections when the external listener is on,
 // and TURN allocations as the smaller of the total quota and the relay
 // ports of each family.
 func TestDescriptorsNeeded(t *testing.T) {
-	reserve := uint64(64 + 8*runtime.NumCPU())
+	reserve := descriptorReserve()
 	base := DefaultConfig()
 	withExternal := base
 	withExternal.External.Listen = "0.0.0.0:5061"

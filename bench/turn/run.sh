@@ -113,5 +113,5 @@ for phase in phases:
             a, b = p[0].get(key, 0), c[0].get(key, 0)
             ratio = f"{a / b:7.2f}" if b else "    nan"
             print(f"{name:40} {a:12.2f} {b:12.2f} {ratio}  (lower is better)")
-        print("  (RSS holds no kernel memory; the slab figure is machine-wide and includes the load tool's own socket per session, alike for both)")
+        print("  (RSS holds no kernel memory. The slab figure is machine-wide: it includes the load tool's own socket per session, alike for both, and moves with reclaimable caches, so it is noisy; README.md has it read per slab cache)")
 PY

@@ -241,7 +241,8 @@ func recvfrom(fd int, b []byte, sa *unix.RawSockaddrInet6) (int, netip.AddrPort,
 // is about to park. The gate costs two system calls per wake-up and a
 // level of nesting per event, more than it saves at light load, so a loop
 // switches to it after busyRounds rounds in a row with busyEvents ready at
-// once, and back after quietRounds quiet rounds. (Always gated: +14 % at
+// once, and back after quietRounds rounds with fewer than quietEvents ready
+// and no busy round between them (rounds in between count for neither). (Always gated: +14 % at
 // full load, −3 % at offered load; switching: +10 %, and +2 to +3 %.)
 type loop struct {
 	e     *Engine
@@ -338,7 +339,7 @@ var (
 	busyEvents  = 32  // ready at once: a busy round
 	busyRounds  = 16  // in a row: watch through the gate
 	quietEvents = 4   // fewer in a round, while gated: a quiet round
-	quietRounds = 256 // in a row: watch epfd directly again
+	quietRounds = 256 // with no busy round between: watch epfd directly again
 )
 
 // gateCtl adds epfd to the gate (op EPOLL_CTL_ADD) or re-arms it

@@ -12,6 +12,7 @@ type metrics struct {
 	authFail    *prometheus.CounterVec
 	quota       *prometheus.CounterVec
 	unauthDrops prometheus.Counter
+	paced       prometheus.Counter
 	drops       map[string]prometheus.Counter // resolved once: no label lookup per packet
 	dropBytes   map[string]prometheus.Counter
 }
@@ -35,6 +36,9 @@ func newMetrics(reg prometheus.Registerer, e func() *engine.Engine) *metrics {
 		unauthDrops: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_relay_unauthenticated_answers_suppressed_total", Help: "401 answers not sent because the source exceeded its rate.",
 		}),
+		paced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portcullis_relay_paced_bytes_total", Help: "Bytes of TCP relays (RFC 6062) held back to a bandwidth cap: a stream is paced, not dropped.",
+		}),
 		drops:     map[string]prometheus.Counter{},
 		dropBytes: map[string]prometheus.Counter{},
 	}
@@ -51,7 +55,7 @@ func newMetrics(reg prometheus.Registerer, e func() *engine.Engine) *metrics {
 	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "portcullis_relay_allocations_active", Help: "TURN allocations in use.",
 	}, func() float64 { return float64(e().Active()) })
-	reg.MustRegister(m.created, m.failed, m.authFail, m.quota, m.unauthDrops, dropped, droppedBytes, active, trafficCollector{e})
+	reg.MustRegister(m.created, m.failed, m.authFail, m.quota, m.unauthDrops, m.paced, dropped, droppedBytes, active, trafficCollector{e})
 	return m
 }
 
@@ -71,6 +75,7 @@ func (m *metrics) events() engine.Events {
 			m.drops[r].Inc()
 			m.dropBytes[r].Add(float64(n))
 		},
+		Paced:            func(n int) { m.paced.Add(float64(n)) },
 		Unauth401Dropped: m.unauthDrops.Inc,
 	}
 }

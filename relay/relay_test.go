@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
-	"github.com/pion/turn/v5"
 	"go.uber.org/goleak"
 
 	"portcullis/access"
@@ -76,7 +75,7 @@ func TestMethodsOverUDPAndTCP(t *testing.T) {
 			t.Errorf("packets %s = %v, want 4", dir, got)
 		}
 	}
-	if !logHas(e, `"msg":"allocation ended","component":"relay","user":"alice-udp"`) || !logHas(e, `"reason":"deleted_by_client"`) {
+	if !logHas(e, `"msg":"allocation ended","component":"relay","transport":"udp","user":"alice-udp"`) || !logHas(e, `"reason":"deleted_by_client"`) {
 		t.Fatalf("no allocation log line:\n%s", e.logs.String())
 	}
 	if !strings.Contains(e.logs.String(), `"bytes_to_peer":31`) {
@@ -183,13 +182,7 @@ func TestTCPAllocation(t *testing.T) {
 		n, _ := c.Read(buf)
 		_, _ = c.Write(bytes.ToUpper(buf[:n]))
 	}()
-	cred := e.cred("dave")
-	ctrl, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(e.tcp)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := turntest.Client(t, e.tcp, turn.NewSTUNConn(ctrl), cred.Username, cred.Password, realm)
-	alloc, err := cl.AllocateTCP()
+	alloc, err := pionTCPClient(t, e, e.cred("dave")).AllocateTCP()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -212,13 +212,14 @@ func (e *Engine) register(a *Alloc) {
 
 // AllocationCreated links the relay socket to its client (pion event).
 func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay net.Addr, _ int) {
+	if isTCP(relay) {
+		e.tcpCreated(src, dst, userID, relay)
+		return
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	a := e.byRelay[normal(addrPort(relay))]
 	if a == nil {
-		// A TCP allocation (RFC 6062): its traffic is not accounted here,
-		// but its 5-tuple is known.
-		e.tcpRel[tuple{normal(addrPort(src)), normal(addrPort(dst))}] = struct{}{}
 		return
 	}
 	a.client, a.local = normal(addrPort(src)), normal(addrPort(dst))
@@ -228,16 +229,8 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 		a.udp = a.group != nil
 	}
 	a.userID, a.created = userID, time.Now()
-	u := e.users[userID]
-	if u == nil {
-		u = &user{}
-		if e.cfg.UserRate > 0 {
-			u.limiter = rate.NewLimiter(rate.Limit(e.cfg.UserRate), int(max(e.cfg.UserRate, mtu)))
-		}
-		e.users[userID] = u
-	}
-	u.active++
-	a.user = u
+	a.user = e.userFor(userID)
+	a.user.active++
 	if e.cfg.AllocRate > 0 {
 		a.limiter = rate.NewLimiter(rate.Limit(e.cfg.AllocRate), int(max(e.cfg.AllocRate, mtu)))
 	}
@@ -246,24 +239,58 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 	a.linked.Store(true)
 }
 
-// AllocationDeleted forgets an RFC 6062 allocation (pion event; UDP relays
+// userFor returns the user's record, made on first use (under e.mu).
+func (e *Engine) userFor(userID string) *user {
+	u := e.users[userID]
+	if u == nil {
+		u = &user{}
+		if e.cfg.UserRate > 0 {
+			u.limiter = rate.NewLimiter(rate.Limit(e.cfg.UserRate), int(max(e.cfg.UserRate, mtu)))
+		}
+		e.users[userID] = u
+	}
+	return u
+}
+
+// releaseUser counts one of the user's allocations ended (under e.mu).
+func (e *Engine) releaseUser(u *user, userID string) {
+	u.active--
+	if u.active == 0 {
+		delete(e.users, userID)
+	}
+}
+
+// AllocationDeleted ends an RFC 6062 allocation (pion event; UDP relays
 // end through their socket's Close).
 func (e *Engine) AllocationDeleted(src, dst net.Addr, _, _, _ string) {
 	e.mu.Lock()
-	delete(e.tcpRel, tuple{normal(addrPort(src)), normal(addrPort(dst))})
+	t := e.tcpByTuple[tuple{normal(addrPort(src)), normal(addrPort(dst))}]
 	e.mu.Unlock()
+	if t != nil {
+		e.tcpEnded(t)
+	}
 }
 
 func (e *Engine) markClientDelete(client, local netip.AddrPort) {
+	k := tuple{normal(client), normal(local)}
 	e.mu.Lock()
-	a := e.byTuple[tuple{normal(client), normal(local)}]
+	a, t := e.byTuple[k], e.tcpByTuple[k]
 	e.mu.Unlock()
 	if a != nil {
 		a.clientRm.Store(true)
 	}
+	if t != nil {
+		t.clientRm.Store(true)
+	}
 }
 
+// allocByRelay finds a UDP relay's allocation. A TCP relay's events find
+// nothing: pion keeps its permissions itself, and its port number may be a
+// UDP relay's too.
 func (e *Engine) allocByRelay(relay net.Addr) *Alloc {
+	if isTCP(relay) {
+		return nil
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.byRelay[normal(addrPort(relay))]
@@ -341,32 +368,46 @@ func (e *Engine) ended(a *Alloc) {
 		return
 	}
 	delete(e.byTuple, tuple{a.client, a.local})
-	a.user.active--
-	if a.user.active == 0 {
-		delete(e.users, a.userID)
-	}
-	e.active.Add(-1)
-	e.totals.ToPeerPackets.Add(a.stats.ToPeerPackets.Load())
-	e.totals.ToPeerBytes.Add(a.stats.ToPeerBytes.Load())
-	e.totals.ToClientPackets.Add(a.stats.ToClientPackets.Load())
-	e.totals.ToClientBytes.Add(a.stats.ToClientBytes.Load())
+	e.unlink(a.user, a.userID, &a.stats)
 	e.mu.Unlock()
 	if a.udp {
 		a.group.unbindAll(a)
 	}
 	why := "expired_or_closed"
-	switch {
-	case e.closing.Load():
-		why = "shutdown"
-	case a.clientRm.Load():
-		why = "deleted_by_client"
-	case !a.udp:
+	if !a.udp {
 		why = "client_connection_closed_or_expired"
 	}
-	e.log.Info("allocation ended",
-		"user", a.userID, "client", a.client.String(), "relay", a.relay.String(),
-		"lifetime", time.Since(a.created).Round(time.Millisecond).String(),
-		"bytes_to_peer", a.stats.ToPeerBytes.Load(), "bytes_to_client", a.stats.ToClientBytes.Load(),
-		"packets_to_peer", a.stats.ToPeerPackets.Load(), "packets_to_client", a.stats.ToClientPackets.Load(),
-		"reason", why)
+	e.logEnded("udp", a.userID, a.client, a.relay, a.created, &a.stats, e.endReason(a.clientRm.Load(), why))
+}
+
+// unlink counts an allocation ended: its user's quota, the active gauge
+// and the traffic totals (under e.mu).
+func (e *Engine) unlink(u *user, userID string, stats *Totals) {
+	e.releaseUser(u, userID)
+	e.active.Add(-1)
+	e.totals.add(stats)
+}
+
+// endReason says why an allocation ended: shutdown, the client's deletion
+// (Refresh with lifetime 0), or otherwise.
+func (e *Engine) endReason(deletedByClient bool, otherwise string) string {
+	switch {
+	case e.closing.Load():
+		return "shutdown"
+	case deletedByClient:
+		return "deleted_by_client"
+	}
+	return otherwise
+}
+
+// logEnded is an allocation's one line (relay transport "udp" or "tcp"; a
+// TCP relay counts bytes only).
+func (e *Engine) logEnded(transport, userID string, client, relay netip.AddrPort, created time.Time, s *Totals, why string) {
+	attrs := []any{"transport", transport, "user", userID, "client", client.String(), "relay", relay.String(),
+		"lifetime", time.Since(created).Round(time.Millisecond).String(),
+		"bytes_to_peer", s.ToPeerBytes.Load(), "bytes_to_client", s.ToClientBytes.Load()}
+	if transport == "udp" {
+		attrs = append(attrs, "packets_to_peer", s.ToPeerPackets.Load(), "packets_to_client", s.ToClientPackets.Load())
+	}
+	e.log.Info("allocation ended", append(attrs, "reason", why)...)
 }

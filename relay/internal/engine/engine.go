@@ -50,6 +50,7 @@ type Events struct {
 	AuthFailure      func(reason string)
 	AllocationFailed func(reason string) // per Allocate error response, by cause
 	Drop             func(reason string, n int)
+	Paced            func(n int) // bytes of a TCP relay held back to a bandwidth cap
 	Unauth401Dropped func()
 }
 
@@ -74,10 +75,13 @@ type Engine struct {
 	mu      sync.Mutex
 	byRelay map[netip.AddrPort]*Alloc
 	byTuple map[tuple]*Alloc
-	tcpRel  map[tuple]struct{} // RFC 6062 allocations (TCP relays), by client 5-tuple
-	users   map[string]*user
-	groups  map[netip.AddrPort]*Group
-	active  atomic.Int64
+	// RFC 6062 allocations (TCP relays): by advertised relay address from
+	// the listener's creation, by client 5-tuple once pion links them.
+	tcpByRelay map[netip.AddrPort]*tcpAlloc
+	tcpByTuple map[tuple]*tcpAlloc
+	users      map[string]*user
+	groups     map[netip.AddrPort]*Group
+	active     atomic.Int64
 
 	draining atomic.Bool
 	closing  atomic.Bool
@@ -94,9 +98,18 @@ type user struct {
 	limiter *rate.Limiter
 }
 
-// Totals are relayed traffic counters.
+// Totals are relayed traffic counters. TCP relays count bytes only: a
+// stream has no packets.
 type Totals struct {
 	ToPeerPackets, ToPeerBytes, ToClientPackets, ToClientBytes atomic.Uint64
+}
+
+// add adds o's counts to t.
+func (t *Totals) add(o *Totals) {
+	t.ToPeerPackets.Add(o.ToPeerPackets.Load())
+	t.ToPeerBytes.Add(o.ToPeerBytes.Load())
+	t.ToClientPackets.Add(o.ToClientPackets.Load())
+	t.ToClientBytes.Add(o.ToClientBytes.Load())
 }
 
 // New creates an engine and starts its loops; Stop ends them.
@@ -110,19 +123,23 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Events.Drop == nil {
 		cfg.Events.Drop = func(string, int) {}
 	}
+	if cfg.Events.Paced == nil {
+		cfg.Events.Paced = func(int) {}
+	}
 	if cfg.Events.Unauth401Dropped == nil {
 		cfg.Events.Unauth401Dropped = func() {}
 	}
 	e := &Engine{
-		cfg:     cfg,
-		log:     cfg.Log,
-		quiet:   logthrottle.New(cfg.Log),
-		byRelay: map[netip.AddrPort]*Alloc{},
-		byTuple: map[tuple]*Alloc{},
-		tcpRel:  map[tuple]struct{}{},
-		users:   map[string]*user{},
-		groups:  map[netip.AddrPort]*Group{},
-		unauth:  policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
+		cfg:        cfg,
+		log:        cfg.Log,
+		quiet:      logthrottle.New(cfg.Log),
+		byRelay:    map[netip.AddrPort]*Alloc{},
+		byTuple:    map[tuple]*Alloc{},
+		tcpByRelay: map[netip.AddrPort]*tcpAlloc{},
+		tcpByTuple: map[tuple]*tcpAlloc{},
+		users:      map[string]*user{},
+		groups:     map[netip.AddrPort]*Group{},
+		unauth:     policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
 	}
 	var err error
 	if e.poll, err = newPoller(e, max(cfg.Loops, 1)); err != nil {
@@ -150,12 +167,17 @@ func (e *Engine) Traffic() (toPeerPkts, toPeerBytes, toClientPkts, toClientBytes
 	toClientPkts, toClientBytes = e.totals.ToClientPackets.Load(), e.totals.ToClientBytes.Load()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	var live Totals
 	for _, a := range e.byRelay {
-		toPeerPkts += a.stats.ToPeerPackets.Load()
-		toPeerBytes += a.stats.ToPeerBytes.Load()
-		toClientPkts += a.stats.ToClientPackets.Load()
-		toClientBytes += a.stats.ToClientBytes.Load()
+		live.add(&a.stats)
 	}
+	for _, t := range e.tcpByRelay {
+		live.add(&t.stats)
+	}
+	toPeerPkts += live.ToPeerPackets.Load()
+	toPeerBytes += live.ToPeerBytes.Load()
+	toClientPkts += live.ToClientPackets.Load()
+	toClientBytes += live.ToClientBytes.Load()
 	return
 }
 
@@ -280,8 +302,7 @@ func (e *Engine) hasAllocation(client, local netip.AddrPort) bool {
 	t := tuple{normal(client), normal(local)}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, tcp := e.tcpRel[t]
-	return e.byTuple[t] != nil || tcp
+	return e.byTuple[t] != nil || e.tcpByTuple[t] != nil
 }
 
 // deniedPeer returns the first XOR-PEER-ADDRESS in m that the policy

@@ -115,7 +115,12 @@ func (g *Generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listene
 		if err != nil {
 			continue
 		}
-		return ln, net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.Advertise, uint16(port))), nil
+		relay := netip.AddrPortFrom(f.Advertise, uint16(port))
+		t := &tcpAlloc{e: g.E, relay: relay}
+		g.E.mu.Lock()
+		g.E.tcpByRelay[relay] = t
+		g.E.mu.Unlock()
+		return &relayListener{Listener: ln, t: t}, net.TCPAddrFromAddrPort(relay), nil
 	}
 	return nil, nil, ErrNoPort
 }
@@ -133,9 +138,22 @@ func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.E.mu.Lock()
+	t := g.E.tcpByRelay[normal(addrPort(c.LocalAddr))]
+	g.E.mu.Unlock()
+	if t == nil {
+		return nil, fmt.Errorf("connect from %s: %w", c.LocalAddr, ErrNoAllocation)
+	}
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice()}}
-	return d.Dial(c.Network, peer.String())
+	conn, err := d.Dial(c.Network, peer.String())
+	if err != nil {
+		return nil, err
+	}
+	return &peerConn{Conn: conn, t: t}, nil
 }
+
+// ErrNoAllocation: a Connect for a relay address with no TCP allocation.
+var ErrNoAllocation = errors.New("no TCP allocation on that relay address")
 
 // ErrDeniedPeer is returned for a peer the policy refuses.
 var ErrDeniedPeer = errors.New("peer address denied by policy")

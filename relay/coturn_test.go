@@ -74,6 +74,7 @@ func TestCoturnUclient(t *testing.T) {
 		{"tls peer", []string{"-t", "-S", "-p", port(e.tls)}},
 		{"udp peer send-indications", []string{"-p", port(e.udp), "-s"}},
 		{"tcp client-to-client send-indications", []string{"-t", "-p", port(e.tcp), "-y", "-s"}},
+		{"tcp relays client-to-client (RFC 6062)", []string{"-T", "-p", port(e.tcp)}},
 	}
 	// uclient paces its sends, so all modes run at once (t.Parallel would
 	// cap them at GOMAXPROCS).

@@ -172,12 +172,14 @@ func TestTCPAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	from := make(chan net.Addr, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		defer c.Close()
+		from <- c.RemoteAddr()
 		buf := make([]byte, 64)
 		n, _ := c.Read(buf)
 		_, _ = c.Write(bytes.ToUpper(buf[:n]))
@@ -200,6 +202,11 @@ func TestTCPAllocation(t *testing.T) {
 	n, err := conn.Read(buf)
 	if err != nil || string(buf[:n]) != "OVER TCP" {
 		t.Fatalf("tcp relay: %q %v", buf[:n], err)
+	}
+	// RFC 6062 §4.3: the peer sees the connection come from the relayed
+	// transport address the client was given.
+	if got := (<-from).String(); got != alloc.Addr().String() {
+		t.Fatalf("peer sees the connection from %s, the relayed address is %s", got, alloc.Addr())
 	}
 }
 

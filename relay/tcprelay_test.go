@@ -201,3 +201,24 @@ func TestTCPAllocationAccounting(t *testing.T) {
 	// The quota is free again.
 	mustOK(t, "Allocate after the TCP allocation ended", dialClient(t, "udp", e.udp, cred).request(stun.MethodAllocate, udpTransport))
 }
+
+// A TCP relay's listener shares its port (SO_REUSEPORT) only with its own
+// connections to peers: a second TCP allocation never gets the same port.
+func TestTCPRelayPortIsTheAllocationsOwn(t *testing.T) {
+	port := freePort(t)
+	c := testConfig(t)
+	c.Relay.PortMin, c.Relay.PortMax = port, port
+	c.Relay.BindIPv6 = ""
+	e := start(t, c)
+	first, err := pionTCPClient(t, e, e.cred("wendy")).AllocateTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if got := first.Addr().(*net.TCPAddr).Port; got != port {
+		t.Fatalf("relay port %d, want %d", got, port)
+	}
+	if got := code(dialClient(t, "tcp", e.tcp, e.cred("xavier")).request(stun.MethodAllocate, tcpTransport)); got != stun.CodeInsufficientCapacity {
+		t.Fatalf("a second TCP allocation with the one relay port taken: %d, want 508", got)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 
 	"github.com/pion/turn/v5"
 	"golang.org/x/sys/unix"
@@ -104,30 +105,47 @@ func (g *Generator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 	return nil, nil, ErrNoPort
 }
 
-// AllocateListener makes a TCP relay listener (RFC 6062).
+// AllocateListener makes a TCP relay listener (RFC 6062). It is bound with
+// SO_REUSEPORT so that connections to peers can leave from the same address
+// and port (AllocateConn); the port stays the allocation's own because the
+// engine hands out each TCP relay port once (no other socket of anyone else
+// can share it: the kernel requires SO_REUSEPORT on every socket on the
+// port, and the same user).
 func (g *Generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
 	f, err := g.family(c.Network)
 	if err != nil {
 		return nil, nil, err
 	}
+	lc := g.ListenConf
+	lc.Control = reusePort
 	for _, port := range g.ports(c.RequestedPort) {
-		ln, err := g.ListenConf.Listen(context.Background(), c.Network, net.JoinHostPort(f.Bind.String(), strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
 		relay := netip.AddrPortFrom(f.Advertise, uint16(port))
 		t := &tcpAlloc{e: g.E, relay: relay}
 		g.E.mu.Lock()
-		g.E.tcpByRelay[relay] = t
+		taken := g.E.tcpByRelay[relay] != nil
+		if !taken {
+			g.E.tcpByRelay[relay] = t // reserved while we bind
+		}
 		g.E.mu.Unlock()
+		if taken {
+			continue
+		}
+		ln, err := lc.Listen(context.Background(), c.Network, net.JoinHostPort(f.Bind.String(), strconv.Itoa(port)))
+		if err != nil {
+			g.E.mu.Lock()
+			delete(g.E.tcpByRelay, relay)
+			g.E.mu.Unlock()
+			continue
+		}
 		return &relayListener{Listener: ln, t: t}, net.TCPAddrFromAddrPort(relay), nil
 	}
 	return nil, nil, ErrNoPort
 }
 
-// AllocateConn dials a peer for a TCP Connect request (RFC 6062 §4.3). The
-// peer policy is checked again here: no connection leaves toward a denied
-// address.
+// AllocateConn dials a peer for a TCP Connect request from the allocation's
+// relayed transport address (RFC 6062 §4.3: the peer sees the address the
+// client was given, the bound one behind a NAT). The peer policy is checked
+// again here: no connection leaves toward a denied address.
 func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	peer := addrPort(c.RemoteAddr)
 	if g.E.cfg.Policy.Check(peer.Addr()) != policy.Allowed {
@@ -138,18 +156,33 @@ func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	relay := normal(addrPort(c.LocalAddr))
 	g.E.mu.Lock()
-	t := g.E.tcpByRelay[normal(addrPort(c.LocalAddr))]
+	t := g.E.tcpByRelay[relay]
 	g.E.mu.Unlock()
 	if t == nil {
 		return nil, fmt.Errorf("connect from %s: %w", c.LocalAddr, ErrNoAllocation)
 	}
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice()}}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice(), Port: int(relay.Port())}, Control: reusePort}
 	conn, err := d.Dial(c.Network, peer.String())
 	if err != nil {
 		return nil, err
 	}
 	return &peerConn{Conn: conn, t: t}, nil
+}
+
+// reusePort sets SO_REUSEADDR and SO_REUSEPORT on a TCP relay's sockets.
+func reusePort(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // ErrNoAllocation: a Connect for a relay address with no TCP allocation.

@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/pion/stun/v4"
 )
 
 // maxFrame bounds a STUN or ChannelData frame on a stream; anything larger
@@ -122,6 +125,16 @@ type streamConn struct {
 	// copy goroutine can both be in Read for a moment as the connection
 	// closes.
 	rmu sync.Mutex
+	// bind is the ConnectionBind request gone to pion, whose answer must be
+	// signed (signAnswer).
+	bind atomic.Pointer[boundRequest]
+}
+
+// boundRequest is a ConnectionBind awaiting pion's answer: its transaction
+// and the key its integrity was checked with.
+type boundRequest struct {
+	id  [stun.TransactionIDSize]byte
+	key stun.MessageIntegrity
 }
 
 func (c *streamConn) Close() error {
@@ -158,6 +171,7 @@ func (c *streamConn) Read(p []byte) (int, error) {
 			if h.method == methodConnectionBind && h.class == classRequest {
 				c.raw = true
 				_ = c.Conn.SetReadDeadline(time.Time{})
+				c.bind.Store(c.e.bindRequest(f))
 			}
 		}
 		c.pending = f
@@ -171,5 +185,58 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	if !c.e.outgoing(p, c.Conn.RemoteAddr(), false) {
 		return len(p), nil
 	}
+	if b := c.bind.Load(); b != nil {
+		if signed, ok := b.signAnswer(p); ok {
+			c.bind.Store(nil)
+			if _, err := c.Conn.Write(signed); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
 	return c.Conn.Write(p)
+}
+
+// bindRequest notes a ConnectionBind that passed the front filter (so its
+// credentials were checked) with the key its answer is signed with; nil if
+// it carried none.
+func (e *Engine) bindRequest(f []byte) *boundRequest {
+	m := &stun.Message{Raw: append([]byte(nil), f...)}
+	var username stun.Username
+	var realm stun.Realm
+	if m.Decode() != nil || username.GetFrom(m) != nil || realm.GetFrom(m) != nil {
+		return nil
+	}
+	_, key, reason := e.verify(username.String(), realm.String())
+	if reason != "" {
+		return nil
+	}
+	return &boundRequest{id: m.TransactionID, key: stun.MessageIntegrity(key)}
+}
+
+// signAnswer adds MESSAGE-INTEGRITY (and FINGERPRINT after it) to pion's
+// answer to the ConnectionBind, which pion sends unsigned; RFC 8656 §9.2.4
+// wants every answer to an authenticated request signed, and coturn's
+// client refuses one that is not. It reports false for any other write.
+func (b *boundRequest) signAnswer(p []byte) ([]byte, bool) {
+	m := &stun.Message{Raw: append([]byte(nil), p...)}
+	if m.Decode() != nil || m.TransactionID != b.id || m.Type.Method != stun.MethodConnectionBind ||
+		(m.Type.Class != stun.ClassSuccessResponse && m.Type.Class != stun.ClassErrorResponse) {
+		return nil, false
+	}
+	if m.Contains(stun.AttrMessageIntegrity) {
+		return p, true
+	}
+	out := stun.New()
+	out.Type, out.TransactionID = m.Type, m.TransactionID
+	out.WriteHeader()
+	for _, a := range m.Attributes {
+		if a.Type != stun.AttrFingerprint {
+			out.Add(a.Type, a.Value)
+		}
+	}
+	if b.key.AddTo(out) != nil || stun.Fingerprint.AddTo(out) != nil {
+		return p, true
+	}
+	return out.Raw, true
 }

@@ -32,13 +32,13 @@ type TURNConfig struct {
 type api struct {
 	*ops.Server
 	log     *slog.Logger
-	secret  []byte
+	secret  func() []byte // the TURN secret in force
 	turn    func() TURNConfig
 	factory *Factory
 	csf     *serverFactory
 }
 
-func newAPI(listen string, m *access.Material, secret []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
+func newAPI(listen string, m *access.Material, secret func() []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{m.Cert},
@@ -107,7 +107,7 @@ func (a *api) turnCredentials(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = min(d, cfg.MaxTTL)
 	}
-	c := access.IssueTURN(a.secret, req.User, ttl, time.Now())
+	c := access.IssueTURN(a.secret(), req.User, ttl, time.Now())
 	caller := ""
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		caller = r.TLS.PeerCertificates[0].Subject.CommonName

@@ -134,6 +134,48 @@ func TestTURNCredentialEndpoint(t *testing.T) {
 	}
 }
 
+// A reload reads the TURN secret file again: credentials issued from then
+// on are under the new secret. An unreadable file rejects the reload.
+func TestReloadRotatesTURNSecret(t *testing.T) {
+	s, pki, _ := startCore(t)
+	url := "https://" + s.HTTPSAddr() + "/v1/turn-credentials"
+	edge := accesstest.Material(t, pki.Node(t, "edge1.internal"))
+	cl := client(edge, edge.Roots)
+	issue := func() (username, password string) {
+		t.Helper()
+		res, err := cl.Post(url, "application/json", strings.NewReader(`{"user":"alice"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var got struct{ Username, Password string }
+		if err := json.NewDecoder(res.Body).Decode(&got); err != nil || res.StatusCode != 200 {
+			t.Fatalf("%d %v", res.StatusCode, err)
+		}
+		return got.Username, got.Password
+	}
+	cfg := s.Config()
+	cfg.TURN.SecretFile = filepath.Join(t.TempDir(), "turn.secret")
+	if err := access.NewTURNSecret(cfg.TURN.SecretFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := access.LoadTURNSecret(cfg.TURN.SecretFile)
+	if u, p := issue(); p != access.TURNPassword(fresh, u) {
+		t.Fatal("credential not issued under the secret the reload read")
+	}
+	broken := cfg
+	broken.TURN.SecretFile = filepath.Join(t.TempDir(), "missing")
+	if err := s.Reload(broken); err == nil {
+		t.Fatal("reload with a missing secret file accepted")
+	}
+	if u, p := issue(); p != access.TURNPassword(fresh, u) {
+		t.Fatal("a rejected reload changed the secret")
+	}
+}
+
 func accesstestRoots(t *testing.T, p *accesstest.PKI) *x509.CertPool {
 	return accesstest.Material(t, p.Node(t, "client-"+strings.ReplaceAll(t.Name(), "/", "-"))).Roots
 }

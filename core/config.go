@@ -159,8 +159,8 @@ func restartOnly(old, new Config) []string {
 	if old.Store != new.Store {
 		keys = append(keys, "store")
 	}
-	if old.HTTPS != new.HTTPS || old.TURN.SecretFile != new.TURN.SecretFile {
-		keys = append(keys, "https/turn.secret_file")
+	if old.HTTPS != new.HTTPS {
+		keys = append(keys, "https")
 	}
 	if !reflect.DeepEqual(old.Registrar, new.Registrar) {
 		keys = append(keys, "registrar")

@@ -116,7 +116,7 @@ func relays(uris []string) []mrasRelay {
 // mras answers SERVICE requests for media relay credentials.
 type mras struct {
 	*authenticator
-	secret []byte
+	secret func() []byte // the TURN secret in force
 	turn   func() TURNConfig
 	log    *slog.Logger
 }
@@ -146,7 +146,7 @@ func (m *mras) service(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTr
 	if r.Cred.Duration > 0 {
 		ttl = min(time.Duration(r.Cred.Duration)*time.Minute, cfg.MaxTTL)
 	}
-	c := access.IssueTURN(m.secret, user.AOR, ttl, time.Now())
+	c := access.IssueTURN(m.secret(), user.AOR, ttl, time.Now())
 	var res mrasResponse
 	res.NS, res.RequestID, res.Version, res.ServerVer = mrasNS, r.RequestID, "1.0", "2"
 	res.To, res.From, res.ReasonPhrase = r.From, r.To, "OK"

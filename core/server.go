@@ -4,6 +4,7 @@
 package core
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,16 +26,17 @@ import (
 
 // Server is a running core.
 type Server struct {
-	factory  *Factory
-	focus    *focusManager
-	stopMCUs context.CancelFunc
-	mcuDone  sync.WaitGroup
-	reporter *reporter
-	cfg      atomic.Pointer[Config]
-	deps     lifecycle.Deps
-	log      *slog.Logger
-	metrics  *metrics
-	allow    *access.AllowList
+	factory    *Factory
+	focus      *focusManager
+	stopMCUs   context.CancelFunc
+	mcuDone    sync.WaitGroup
+	reporter   *reporter
+	cfg        atomic.Pointer[Config]
+	turnSecret atomic.Pointer[[]byte] // read again on reload
+	deps       lifecycle.Deps
+	log        *slog.Logger
+	metrics    *metrics
+	allow      *access.AllowList
 
 	store *store.Store
 	sip   *sipnode.Node
@@ -96,7 +98,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	s.sip.Handle(sip.REGISTER, reg.register)
 	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens(),
 		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
-	mr := &mras{authenticator: auth, secret: secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
+	s.turnSecret.Store(&secret)
+	mr := &mras{authenticator: auth, secret: s.secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
 	fm := &focusManager{authenticator: auth, node: s.sip, log: s.log.With("role", "focus"), confs: map[string]*focus{}, mcus: map[string]*IMMCU{}}
 	fm.csf = &serverFactory{cfg: func() ConferencingConfig { return s.cfg.Load().Conferencing }, log: s.log.With("role", "conferencing-server-factory"),
 		lost: fm.mcuLost, mcus: map[string]*mcuState{}}
@@ -120,7 +123,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})
 	go func() { defer close(s.sweepDone); reg.sweep(sweepCtx, 10*time.Second) }()
-	if s.api, err = newAPI(cfg.HTTPS.Listen, material, secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https")); err != nil {
+	if s.api, err = newAPI(cfg.HTTPS.Listen, material, s.secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https")); err != nil {
 		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
 	}
 	s.api.csf = fm.csf
@@ -220,21 +223,34 @@ func (s *Server) Store() *store.Store { return s.store }
 // Config is the configuration in force.
 func (s *Server) Config() Config { return *s.cfg.Load() }
 
-// Reload swaps in a new, already validated configuration. Trusted edges and
-// the log level change at once; listener, TLS and store settings need a
-// restart, which is logged.
+// secret is the TURN secret credentials are issued under now.
+func (s *Server) secret() []byte { return *s.turnSecret.Load() }
+
+// Reload swaps in a new, already validated configuration. Trusted edges,
+// the log level, the TURN settings and the TURN secret (the file is read
+// again: credentials from now on are issued under what it holds; the
+// edges honour the secret before a change for credentials already out)
+// change at once; listener, TLS and store settings need a restart, which
+// is logged.
 func (s *Server) Reload(cfg Config) error {
 	old := s.cfg.Load()
 	if keys := restartOnly(*old, cfg); len(keys) > 0 {
 		s.log.Warn("reload: these settings change only on restart; keeping the running values", "keys", strings.Join(keys, ","))
 		cfg.Metrics, cfg.SIP, cfg.TLS, cfg.Store, cfg.HTTPS = old.Metrics, old.SIP, old.TLS, old.Store, old.HTTPS
-		cfg.TURN.SecretFile = old.TURN.SecretFile
 	}
+	secret, err := access.LoadTURNSecret(cfg.TURN.SecretFile)
+	if err != nil {
+		s.metrics.reloads.WithLabelValues("rejected").Inc()
+		s.log.Error("reload rejected: turn.secret_file; keeping the running config", "error", err)
+		return err
+	}
+	rotated := !bytes.Equal(secret, s.secret())
+	s.turnSecret.Store(&secret)
 	s.allow.Set(cfg.TrustedEdges)
 	setLevel(s.deps.Level, cfg.Log.Level)
 	s.cfg.Store(&cfg)
 	s.metrics.reloads.WithLabelValues("applied").Inc()
-	s.log.Info("core config applied", "trusted_edges", cfg.TrustedEdges)
+	s.log.Info("core config applied", "trusted_edges", cfg.TrustedEdges, "turn_secret_rotated", rotated)
 	return nil
 }
 

@@ -237,7 +237,8 @@ func LoadConfig(file string) (Config, error) {
 	return c, nil
 }
 
-// restartOnly lists what a reload cannot change.
+// restartOnly lists what a reload cannot change (the turn section is the
+// relay's to judge: Server.Reload).
 func restartOnly(old, new Config) []string {
 	var keys []string
 	if old.Metrics != new.Metrics {
@@ -252,9 +253,6 @@ func restartOnly(old, new Config) []string {
 	}
 	if old.Core.Address != new.Core.Address || old.Core.ServerName != new.Core.ServerName {
 		keys = append(keys, "core.address/server_name")
-	}
-	if !reflect.DeepEqual(old.TURN, new.TURN) {
-		keys = append(keys, "turn")
 	}
 	if !reflect.DeepEqual(old.External, new.External) {
 		keys = append(keys, "external")

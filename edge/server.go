@@ -11,6 +11,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"golang.org/x/time/rate"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,19 +185,35 @@ func (s *Server) Config() Config { return *s.cfg.Load() }
 // address settings need a restart, which is logged.
 func (s *Server) Reload(cfg Config) error {
 	old := s.cfg.Load()
-	if keys := restartOnly(*old, cfg); len(keys) > 0 {
+	keys := restartOnly(*old, cfg)
+	switch {
+	case s.relay != nil:
+		keys = append(keys, s.relay.RestartOnly(cfg.TURN)...)
+	case !reflect.DeepEqual(old.TURN, cfg.TURN):
+		keys = append(keys, "turn")
+	}
+	if len(keys) > 0 {
 		s.log.Warn("reload: these settings change only on restart; keeping the running values", "keys", strings.Join(keys, ","))
 		cfg.Metrics, cfg.TLS = old.Metrics, old.TLS
 		cfg.Internal.Listen, cfg.Internal.Hostname, cfg.Internal.HandshakeTimeout = old.Internal.Listen, old.Internal.Hostname, old.Internal.HandshakeTimeout
 		cfg.Core.Address, cfg.Core.ServerName = old.Core.Address, old.Core.ServerName
-		cfg.TURN = old.TURN
 	}
+	// The relay's secret, peer policy, quotas, alternate and bandwidth caps
+	// change in place (allocations go on); the rest of turn only on restart.
+	cfg.TURN = old.TURN.WithTunables(cfg.TURN)
 	var roots *x509.CertPool
 	if s.ae != nil && cfg.Federation.AllowFederation {
 		var err error
 		if roots, err = access.LoadRoots(cfg.Federation.TrustRootsFile); err != nil {
 			s.metrics.reloads.WithLabelValues("rejected").Inc()
 			s.log.Error("reload rejected: federation trust roots; keeping the running config", "error", err)
+			return err
+		}
+	}
+	if s.relay != nil {
+		if err := s.relay.Reload(cfg.TURN); err != nil {
+			s.metrics.reloads.WithLabelValues("rejected").Inc()
+			s.log.Error("reload rejected: turn; keeping the running config", "error", err)
 			return err
 		}
 	}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/pion/turn/v5"
@@ -29,6 +32,8 @@ type Listener struct {
 // Server is a running relay.
 type Server struct {
 	log     *slog.Logger
+	mu      sync.Mutex // serialises Reload
+	cfg     Config     // as started, with what reloads applied
 	eng     *engine.Engine
 	turn    *turn.Server
 	metrics *metrics
@@ -40,43 +45,29 @@ type Server struct {
 // running.
 func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	log := deps.Log.With("component", "relay")
-	secret, err := access.LoadTURNSecret(cfg.SecretFile)
+	tune, err := tunables(cfg)
 	if err != nil {
 		return nil, err
 	}
-	pol, err := policy.NewPeerPolicy(cfg.AllowedPeers, cfg.DeniedPeers)
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{log: log}
+	s := &Server{log: log, cfg: cfg}
 	defer func() {
 		if err != nil {
 			s.closeListeners()
 		}
 	}()
 	s.metrics = newMetrics(deps.Registry, func() *engine.Engine { return s.eng })
-	var alt netip.AddrPort
-	if cfg.AlternateServer != "" {
-		alt = netip.MustParseAddrPort(cfg.AlternateServer)
-	}
 	n := cfg.UDPSockets
 	if n == 0 {
 		n = runtime.NumCPU()
 	}
 	s.eng, err = engine.New(engine.Config{
-		Log:          log,
-		Realm:        cfg.Realm,
-		Secret:       secret,
-		Policy:       pol,
-		QuotaPerUser: cfg.Quota.PerUser,
-		QuotaTotal:   cfg.Quota.Total,
-		Alternate:    alt,
-		AllocRate:    float64(cfg.Bandwidth.PerAllocationKbps) * 1000 / 8,
-		UserRate:     float64(cfg.Bandwidth.PerUserKbps) * 1000 / 8,
-		UnauthRate:   rate.Limit(cfg.Unauthenticated.PerSecond),
-		UnauthBurst:  cfg.Unauthenticated.Burst,
-		Loops:        n,
-		Events:       s.metrics.events(),
+		Log:         log,
+		Realm:       cfg.Realm,
+		Tune:        tune,
+		UnauthRate:  rate.Limit(cfg.Unauthenticated.PerSecond),
+		UnauthBurst: cfg.Unauthenticated.Burst,
+		Loops:       n,
+		Events:      s.metrics.events(),
 	})
 	if err != nil {
 		return nil, err
@@ -93,9 +84,11 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	}
 
 	sc := turn.ServerConfig{
-		Realm:              cfg.Realm,
-		LoggerFactory:      pionLogs{log},
-		AuthHandler:        func(ra *turn.RequestAttributes) (string, []byte, bool) { return s.eng.Auth(ra.Username, ra.Realm) },
+		Realm:         cfg.Realm,
+		LoggerFactory: pionLogs{log},
+		AuthHandler: func(ra *turn.RequestAttributes) (string, []byte, bool) {
+			return s.eng.Auth(ra.SrcAddr, ra.Username, ra.Realm)
+		},
 		QuotaHandler:       s.eng.Quota,
 		AllocationLifetime: cfg.Lifetimes.Allocation,
 		PermissionTimeout:  cfg.Lifetimes.Permission,
@@ -152,6 +145,98 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		"relay_v6", cfg.Relay.AdvertiseIPv6+"/"+cfg.Relay.BindIPv6, "ports", fmt.Sprintf("%d-%d", cfg.Relay.PortMin, cfg.Relay.PortMax),
 		"udp_sockets_per_address", n, "allowed_peers", cfg.AllowedPeers)
 	return s, nil
+}
+
+// tunables reads the settings a reload may change: the secret file, the
+// peer policy, quotas, the alternate server and the bandwidth caps.
+func tunables(cfg Config) (engine.Tunables, error) {
+	secret, err := access.LoadTURNSecret(cfg.SecretFile)
+	if err != nil {
+		return engine.Tunables{}, err
+	}
+	pol, err := policy.NewPeerPolicy(cfg.AllowedPeers, cfg.DeniedPeers)
+	if err != nil {
+		return engine.Tunables{}, err
+	}
+	var alt netip.AddrPort
+	if cfg.AlternateServer != "" {
+		alt = netip.MustParseAddrPort(cfg.AlternateServer)
+	}
+	return engine.Tunables{
+		Secret:       secret,
+		Policy:       pol,
+		QuotaPerUser: cfg.Quota.PerUser,
+		QuotaTotal:   cfg.Quota.Total,
+		Alternate:    alt,
+		AllocRate:    float64(cfg.Bandwidth.PerAllocationKbps) * 1000 / 8,
+		UserRate:     float64(cfg.Bandwidth.PerUserKbps) * 1000 / 8,
+	}, nil
+}
+
+// WithTunables is c with the settings a reload changes taken from n (the
+// ones tunables reads).
+func (c Config) WithTunables(n Config) Config {
+	c.SecretFile, c.AllowedPeers, c.DeniedPeers = n.SecretFile, n.AllowedPeers, n.DeniedPeers
+	c.Quota, c.Bandwidth, c.AlternateServer = n.Quota, n.Bandwidth, n.AlternateServer
+	return c
+}
+
+// RestartOnly names the settings of cfg that differ from the running ones
+// and that only a restart changes (listeners, relay addresses and ports,
+// realm, lifetimes, sockets, the 401 rate).
+func (s *Server) RestartOnly(cfg Config) []string {
+	s.mu.Lock()
+	old := s.cfg
+	s.mu.Unlock()
+	var keys []string
+	if old.Enabled != cfg.Enabled {
+		keys = append(keys, "turn.enabled")
+	}
+	if old.Realm != cfg.Realm {
+		keys = append(keys, "turn.realm")
+	}
+	if !slices.Equal(old.ListenUDP, cfg.ListenUDP) || !slices.Equal(old.ListenTCP, cfg.ListenTCP) || !slices.Equal(old.ListenTLS, cfg.ListenTLS) ||
+		old.TLSCertFile != cfg.TLSCertFile || old.TLSKeyFile != cfg.TLSKeyFile || old.UDPSockets != cfg.UDPSockets {
+		keys = append(keys, "turn listeners")
+	}
+	if old.Relay != cfg.Relay {
+		keys = append(keys, "turn.relay")
+	}
+	if old.Lifetimes != cfg.Lifetimes {
+		keys = append(keys, "turn.lifetimes")
+	}
+	if old.Unauthenticated != cfg.Unauthenticated {
+		keys = append(keys, "turn.unauthenticated")
+	}
+	return keys
+}
+
+// Reload applies what a reload may change (tunables) and keeps allocations
+// going. A changed secret file takes effect at once, and credentials issued
+// under the secret before it are still honoured until the next change, so
+// that calls in progress keep their media while the core issues new ones.
+// On error nothing changes.
+func (s *Server) Reload(cfg Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, err := tunables(cfg)
+	if err != nil {
+		return err
+	}
+	cur := s.eng.Tunables()
+	rotated := !bytes.Equal(t.Secret, cur.Secret)
+	switch {
+	case rotated:
+		t.Previous = cur.Secret
+	default:
+		t.Previous = cur.Previous
+	}
+	s.eng.Retune(t)
+	s.cfg = s.cfg.WithTunables(cfg)
+	s.log.Info("relay settings applied", "secret_rotated", rotated, "allowed_peers", cfg.AllowedPeers, "denied_peers", cfg.DeniedPeers,
+		"quota_per_user", cfg.Quota.PerUser, "quota_total", cfg.Quota.Total,
+		"bandwidth_per_allocation_kbps", cfg.Bandwidth.PerAllocationKbps, "bandwidth_per_user_kbps", cfg.Bandwidth.PerUserKbps)
+	return nil
 }
 
 func family(bind, advertise string) *engine.Family {

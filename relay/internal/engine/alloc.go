@@ -149,7 +149,7 @@ func (a *Alloc) ReadFrom(p []byte) (int, net.Addr, error) {
 // ChannelData from a TCP client) to a peer.
 func (a *Alloc) WriteTo(p []byte, addr net.Addr) (int, error) {
 	peer := addrPort(addr)
-	if a.e.cfg.Policy.Check(peer.Addr()) != policy.Allowed {
+	if a.e.tune().Policy.Check(peer.Addr()) != policy.Allowed {
 		a.e.cfg.Events.Drop(DropDeniedPeer, len(p)) // pion checked the permission; never reached
 		return len(p), nil
 	}
@@ -231,12 +231,39 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 	a.userID, a.created = userID, time.Now()
 	a.user = e.userFor(userID)
 	a.user.active++
-	if e.cfg.AllocRate > 0 {
-		a.limiter = rate.NewLimiter(rate.Limit(e.cfg.AllocRate), int(max(e.cfg.AllocRate, mtu)))
-	}
+	a.limiter = e.allocLimiter()
 	e.byTuple[tuple{a.client, a.local}] = a
 	e.active.Add(1)
 	a.linked.Store(true)
+}
+
+// allocLimiter is a new allocation's bandwidth cap (nil: none).
+func (e *Engine) allocLimiter() *rate.Limiter {
+	r := e.tune().AllocRate
+	if r <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(r), int(max(r, mtu)))
+}
+
+// revokeDenied removes the permissions and channels toward peers pol
+// denies (after a reload changed the policy).
+func (a *Alloc) revokeDenied(pol *policy.PeerPolicy) {
+	for ip := range *a.perms.Load() {
+		if pol.Check(ip) != policy.Allowed {
+			cowSet(&a.perms, ip, struct{}{}, false)
+		}
+	}
+	linked := a.linked.Load() // a.udp and a.group are set before it
+	for peer, number := range *a.chans.Load() {
+		if pol.Check(peer.Addr()) != policy.Allowed {
+			cowSet(&a.chans, peer, 0, false)
+			if linked && a.udp {
+				a.group.bind(chanKey{a.client, number}, nil, false)
+			}
+		}
+	}
+	a.gen.Add(1)
 }
 
 // userFor returns the user's record, made on first use (under e.mu).
@@ -244,8 +271,8 @@ func (e *Engine) userFor(userID string) *user {
 	u := e.users[userID]
 	if u == nil {
 		u = &user{}
-		if e.cfg.UserRate > 0 {
-			u.limiter = rate.NewLimiter(rate.Limit(e.cfg.UserRate), int(max(e.cfg.UserRate, mtu)))
+		if r := e.tune().UserRate; r > 0 {
+			u.limiter = rate.NewLimiter(rate.Limit(r), int(max(r, mtu)))
 		}
 		e.users[userID] = u
 	}

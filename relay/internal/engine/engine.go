@@ -19,20 +19,10 @@ import (
 
 // Config is what the relay server hands the engine.
 type Config struct {
-	Log    *slog.Logger
-	Realm  string
-	Secret []byte
-	Policy *policy.PeerPolicy
-
-	QuotaPerUser int // active allocations per user
-	QuotaTotal   int // active allocations in all
-	// Alternate, when valid, turns "at capacity" from 508 into 300 Try
-	// Alternate with this ALTERNATE-SERVER.
-	Alternate netip.AddrPort
-
-	// Bandwidth caps in bytes per second (0: none), with a burst of one
-	// second's worth.
-	AllocRate, UserRate float64
+	Log   *slog.Logger
+	Realm string
+	// Tune holds the settings a reload changes (Retune).
+	Tune Tunables
 
 	// 401 answers per source address.
 	UnauthRate  rate.Limit
@@ -43,6 +33,38 @@ type Config struct {
 
 	// Events for metrics; each may be nil.
 	Events Events
+}
+
+// Tunables are the engine's settings that a reload changes while
+// allocations go on.
+type Tunables struct {
+	Secret []byte
+	// Previous is the secret before the last change, still honoured for
+	// the credentials issued under it (nil: none).
+	Previous []byte
+	Policy   *policy.PeerPolicy
+
+	QuotaPerUser int // active allocations per user
+	QuotaTotal   int // active allocations in all
+	// Alternate, when valid, turns "at capacity" from 508 into 300 Try
+	// Alternate with this ALTERNATE-SERVER.
+	Alternate netip.AddrPort
+
+	// Bandwidth caps in bytes per second (0: none), with a burst of one
+	// second's worth; a change applies to allocations made after it.
+	AllocRate, UserRate float64
+
+	// fromPrevious holds the clients (source and username) whose messages
+	// verified under Previous (a credential issued before the change), so
+	// that pion is given that key for them too. Only messages that passed
+	// an integrity check add to it; a later change starts a new set.
+	fromPrevious *sync.Map // signer → struct{}
+}
+
+// signer is a client and the username it signs with.
+type signer struct {
+	client   netip.AddrPort
+	username string
 }
 
 // Events are the engine's callbacks; the relay server wires them to metrics.
@@ -86,6 +108,7 @@ type Engine struct {
 	draining atomic.Bool
 	closing  atomic.Bool
 
+	tun    atomic.Pointer[Tunables]
 	unauth *policy.SourceLimiter
 	totals Totals // of allocations that have ended
 	poll   *poller
@@ -141,6 +164,9 @@ func New(cfg Config) (*Engine, error) {
 		groups:     map[netip.AddrPort]*Group{},
 		unauth:     policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
 	}
+	t := cfg.Tune
+	t.fromPrevious = &sync.Map{}
+	e.tun.Store(&t)
 	var err error
 	if e.poll, err = newPoller(e, max(cfg.Loops, 1)); err != nil {
 		return nil, err
@@ -183,25 +209,52 @@ func (e *Engine) Traffic() (toPeerPkts, toPeerBytes, toClientPkts, toClientBytes
 
 // Quota is pion's QuotaHandler: false answers 486 Allocation Quota Reached.
 func (e *Engine) Quota(userID, _ string, _ net.Addr) bool {
-	if e.cfg.QuotaPerUser <= 0 {
+	perUser := e.tune().QuotaPerUser
+	if perUser <= 0 {
 		return true
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	u := e.users[userID]
-	return u == nil || u.active < e.cfg.QuotaPerUser
+	return u == nil || u.active < perUser
+}
+
+func (e *Engine) tune() *Tunables { return e.tun.Load() }
+
+// Tunables returns the settings in force.
+func (e *Engine) Tunables() Tunables { return *e.tune() }
+
+// Retune applies changed settings. Permissions and channels toward peers
+// the new policy denies are removed at once: nothing more is relayed to or
+// from them.
+func (e *Engine) Retune(t Tunables) {
+	t.fromPrevious = &sync.Map{}
+	e.tun.Store(&t)
+	e.mu.Lock()
+	allocs := make([]*Alloc, 0, len(e.byRelay))
+	for _, a := range e.byRelay {
+		allocs = append(allocs, a)
+	}
+	e.mu.Unlock()
+	for _, a := range allocs {
+		a.revokeDenied(t.Policy)
+	}
 }
 
 // Auth is pion's AuthHandler for TURN REST credentials; it returns the user
 // part of the username as the user ID (quota and bandwidth are per user).
-func (e *Engine) Auth(username, realm string) (string, []byte, bool) {
-	userID, key, reason := e.verify(username, realm)
-	return userID, key, reason == ""
+func (e *Engine) Auth(src net.Addr, username, realm string) (string, []byte, bool) {
+	userID, keys, reason := e.verify(username, realm)
+	if reason != "" {
+		return "", nil, false
+	}
+	return userID, e.keyFor(signer{normal(addrPort(src)), username}, keys), true
 }
 
 // verify checks a username under realm and returns the user, the long-term
-// key, and "" or the reason it is refused.
-func (e *Engine) verify(username, realm string) (string, []byte, string) {
+// keys it may be signed with (the current secret's, then the previous
+// one's), and "" or the reason it is refused.
+func (e *Engine) verify(username, realm string) (string, [][]byte, string) {
 	if realm != e.cfg.Realm {
 		return "", nil, "wrong_realm"
 	}
@@ -212,7 +265,39 @@ func (e *Engine) verify(username, realm string) (string, []byte, string) {
 		}
 		return "", nil, "malformed_username"
 	}
-	return userID, access.TURNKey(username, realm, access.TURNPassword(e.cfg.Secret, username)), ""
+	t := e.tune()
+	keys := [][]byte{access.TURNKey(username, realm, access.TURNPassword(t.Secret, username))}
+	if t.Previous != nil {
+		keys = append(keys, access.TURNKey(username, realm, access.TURNPassword(t.Previous, username)))
+	}
+	return userID, keys, ""
+}
+
+// checkIntegrity finds the key m is signed with among keys (verify's) and
+// remembers which one for its signer.
+func (e *Engine) checkIntegrity(m *stun.Message, who signer, keys [][]byte) ([]byte, bool) {
+	for i, k := range keys {
+		if stun.MessageIntegrity(k).Check(m) == nil {
+			switch {
+			case i > 0:
+				e.tune().fromPrevious.Store(who, struct{}{})
+			case len(keys) > 1:
+				e.tune().fromPrevious.Delete(who)
+			}
+			return k, true
+		}
+	}
+	return nil, false
+}
+
+// keyFor is the key a verified signer's messages are signed with.
+func (e *Engine) keyFor(who signer, keys [][]byte) []byte {
+	if len(keys) > 1 {
+		if _, ok := e.tune().fromPrevious.Load(who); ok {
+			return keys[1]
+		}
+	}
+	return keys[0]
 }
 
 // filter is the front filter for one STUN message from a client: it answers
@@ -245,9 +330,13 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 	if username.GetFrom(m) != nil || realm.GetFrom(m) != nil || nonce.GetFrom(m) != nil {
 		return true // pion answers 400
 	}
-	_, key, reason := e.verify(username.String(), realm.String())
-	if reason == "" && stun.MessageIntegrity(key).Check(m) != nil {
-		reason = "bad_integrity"
+	_, keys, reason := e.verify(username.String(), realm.String())
+	var key []byte
+	if reason == "" {
+		var ok bool
+		if key, ok = e.checkIntegrity(m, signer{normal(client), username.String()}, keys); !ok {
+			reason = "bad_integrity"
+		}
 	}
 	if reason != "" {
 		// RFC 8489 §9.2.4: an invalid username or integrity gets 401 with
@@ -285,7 +374,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 			return false
 		}
 	case methodAllocate:
-		if e.draining.Load() || (e.cfg.QuotaTotal > 0 && e.Active() >= e.cfg.QuotaTotal) {
+		if total := e.tune().QuotaTotal; e.draining.Load() || (total > 0 && e.Active() >= total) {
 			e.atCapacity(b, h, key, reply)
 			return false
 		}
@@ -319,7 +408,7 @@ func (e *Engine) deniedPeer(m *stun.Message) (netip.Addr, bool) {
 			continue // pion answers 400
 		}
 		ip, ok := netip.AddrFromSlice(x.IP)
-		if !ok || e.cfg.Policy.Check(ip) != policy.Allowed {
+		if !ok || e.tune().Policy.Check(ip) != policy.Allowed {
 			return ip.Unmap(), true
 		}
 	}
@@ -329,9 +418,9 @@ func (e *Engine) deniedPeer(m *stun.Message) (netip.Addr, bool) {
 // atCapacity answers 300 Try Alternate (RFC 8489 §10, [MS-TURN]) when an
 // alternate edge is configured, else 508 Insufficient Capacity (RFC 8656 §7.2).
 func (e *Engine) atCapacity(b []byte, h header, key []byte, reply func([]byte)) {
-	if e.cfg.Alternate.IsValid() {
+	if a := e.tune().Alternate; a.IsValid() {
 		e.cfg.Events.AllocationFailed("try_alternate")
-		alt := &stun.AlternateServer{IP: e.cfg.Alternate.Addr().AsSlice(), Port: int(e.cfg.Alternate.Port())}
+		alt := &stun.AlternateServer{IP: a.Addr().AsSlice(), Port: int(a.Port())}
 		e.answer(b, h, key, reply, stun.CodeTryAlternate, alt)
 		return
 	}

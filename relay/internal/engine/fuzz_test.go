@@ -87,8 +87,8 @@ func FuzzReadFrame(f *testing.F) {
 func FuzzFilter(f *testing.F) {
 	seeds(f)
 	pol, _ := policy.NewPeerPolicy([]string{"127.0.0.1/32"}, nil)
-	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Realm: "example.test", Secret: []byte("0123456789abcdef0123456789abcdef"),
-		Policy: pol, QuotaTotal: 1, UnauthRate: rate.Inf})
+	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Realm: "example.test", Tune: Tunables{Secret: []byte("0123456789abcdef0123456789abcdef"), Policy: pol, QuotaTotal: 1},
+		UnauthRate: rate.Inf})
 	if err != nil {
 		f.Fatal(err)
 	}

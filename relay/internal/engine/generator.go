@@ -148,7 +148,7 @@ func (g *Generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listene
 // again here: no connection leaves toward a denied address.
 func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	peer := addrPort(c.RemoteAddr)
-	if g.E.cfg.Policy.Check(peer.Addr()) != policy.Allowed {
+	if g.E.tune().Policy.Check(peer.Addr()) != policy.Allowed {
 		g.E.cfg.Events.Drop(DropDeniedPeer, 0)
 		return nil, fmt.Errorf("peer %s: %w", peer, ErrDeniedPeer)
 	}
@@ -198,7 +198,7 @@ func (e *Engine) Permission(client net.Addr, peer net.IP) bool {
 	if !ok {
 		return false
 	}
-	if r := e.cfg.Policy.Check(ip); r != policy.Allowed {
+	if r := e.tune().Policy.Check(ip); r != policy.Allowed {
 		e.quiet.Info("turn peer refused", "client", client.String(), "peer", ip.Unmap().String(), "reason", string(r))
 		e.cfg.Events.Drop(DropDeniedPeer, 0)
 		return false

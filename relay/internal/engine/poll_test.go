@@ -209,7 +209,7 @@ func TestListenBufferCapIsReported(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e, err := New(Config{Log: slog.New(slog.NewTextHandler(&logs, nil)), Policy: pol, Loops: 1})
+		e, err := New(Config{Log: slog.New(slog.NewTextHandler(&logs, nil)), Tune: Tunables{Policy: pol}, Loops: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,7 +241,7 @@ func relayThroughEvents(t *testing.T) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Policy: pol, Loops: 2})
+	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Tune: Tunables{Policy: pol}, Loops: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

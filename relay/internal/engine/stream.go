@@ -171,7 +171,7 @@ func (c *streamConn) Read(p []byte) (int, error) {
 			if h.method == methodConnectionBind && h.class == classRequest {
 				c.raw = true
 				_ = c.Conn.SetReadDeadline(time.Time{})
-				c.bind.Store(c.e.bindRequest(f))
+				c.bind.Store(c.e.bindRequest(f, c.client))
 			}
 		}
 		c.pending = f
@@ -200,18 +200,18 @@ func (c *streamConn) Write(p []byte) (int, error) {
 // bindRequest notes a ConnectionBind that passed the front filter (so its
 // credentials were checked) with the key its answer is signed with; nil if
 // it carried none.
-func (e *Engine) bindRequest(f []byte) *boundRequest {
+func (e *Engine) bindRequest(f []byte, client netip.AddrPort) *boundRequest {
 	m := &stun.Message{Raw: append([]byte(nil), f...)}
 	var username stun.Username
 	var realm stun.Realm
 	if m.Decode() != nil || username.GetFrom(m) != nil || realm.GetFrom(m) != nil {
 		return nil
 	}
-	_, key, reason := e.verify(username.String(), realm.String())
+	_, keys, reason := e.verify(username.String(), realm.String())
 	if reason != "" {
 		return nil
 	}
-	return &boundRequest{id: m.TransactionID, key: stun.MessageIntegrity(key)}
+	return &boundRequest{id: m.TransactionID, key: stun.MessageIntegrity(e.keyFor(signer{normal(client), username.String()}, keys))}
 }
 
 // signAnswer adds MESSAGE-INTEGRITY (and FINGERPRINT after it) to pion's

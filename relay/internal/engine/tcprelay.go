@@ -53,9 +53,7 @@ func (e *Engine) tcpCreated(src, dst net.Addr, userID string, relay net.Addr) {
 	t.userID, t.created = userID, time.Now()
 	t.user = e.userFor(userID)
 	t.user.active++
-	if e.cfg.AllocRate > 0 {
-		t.limiter = rate.NewLimiter(rate.Limit(e.cfg.AllocRate), int(max(e.cfg.AllocRate, mtu)))
-	}
+	t.limiter = e.allocLimiter()
 	t.linked = true
 	e.tcpByTuple[tuple{t.client, t.local}] = t
 	e.active.Add(1)

@@ -1,6 +1,8 @@
 package relay_test
 
 import (
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -121,5 +123,58 @@ func roundTrip(t *testing.T, c *client, number uint16, payload string) {
 	back := c.readRaw(2 * time.Second)
 	if len(back) < 4+len(payload) || string(back[4:4+len(payload)]) != payload {
 		t.Fatalf("round trip on channel %#x: got %q", number, back)
+	}
+}
+
+// A TCP relay's connection with a peer that a reload's policy denies is
+// closed at once.
+func TestReloadClosesTCPRelaysToDeniedPeers(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Relay.BindIPv6 = ""
+	cfg.AllowedPeers = []string{"127.0.0.1/32", "127.0.0.3/32"}
+	e := start(t, cfg)
+	ln, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	closed := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			closed <- err
+			return
+		}
+		defer c.Close()
+		_, err = io.ReadAll(c) // returns when the relay closes its side
+		closed <- err
+	}()
+	alloc, err := pionTCPClient(t, e, e.cred("yusuf")).AllocateTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	conn, err := alloc.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("peer connection ended before the reload: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	denied := cfg
+	denied.AllowedPeers = []string{"127.0.0.1/32"}
+	if err := e.srv.Reload(denied); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the connection with a peer the new policy denies is still open")
 	}
 }

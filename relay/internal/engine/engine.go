@@ -225,8 +225,8 @@ func (e *Engine) tune() *Tunables { return e.tun.Load() }
 func (e *Engine) Tunables() Tunables { return *e.tune() }
 
 // Retune applies changed settings. Permissions and channels toward peers
-// the new policy denies are removed at once: nothing more is relayed to or
-// from them.
+// the new policy denies are removed, and TCP relays' connections with them
+// closed, at once: nothing more is relayed to or from them.
 func (e *Engine) Retune(t Tunables) {
 	t.fromPrevious = &sync.Map{}
 	e.tun.Store(&t)
@@ -235,9 +235,16 @@ func (e *Engine) Retune(t Tunables) {
 	for _, a := range e.byRelay {
 		allocs = append(allocs, a)
 	}
+	tcps := make([]*tcpAlloc, 0, len(e.tcpByRelay))
+	for _, ta := range e.tcpByRelay {
+		tcps = append(tcps, ta)
+	}
 	e.mu.Unlock()
 	for _, a := range allocs {
 		a.revokeDenied(t.Policy)
+	}
+	for _, ta := range tcps {
+		ta.revokeDenied(t.Policy)
 	}
 }
 

@@ -168,7 +168,7 @@ func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &peerConn{Conn: conn, t: t}, nil
+	return t.track(conn), nil
 }
 
 // reusePort sets SO_REUSEADDR and SO_REUSEPORT on a TCP relay's sockets.

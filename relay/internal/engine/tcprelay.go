@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"portcullis/policy"
 )
 
 // tcpAlloc is an RFC 6062 allocation (a TCP relay). pion splices its data
@@ -31,6 +33,37 @@ type tcpAlloc struct {
 
 	stats Totals
 	once  sync.Once
+
+	connMu sync.Mutex
+	conns  map[*peerConn]struct{} // open connections with peers
+}
+
+// track wraps c, a connection with a peer, and keeps it until it closes.
+func (t *tcpAlloc) track(c net.Conn) *peerConn {
+	pc := &peerConn{Conn: c, t: t}
+	t.connMu.Lock()
+	if t.conns == nil {
+		t.conns = map[*peerConn]struct{}{}
+	}
+	t.conns[pc] = struct{}{}
+	t.connMu.Unlock()
+	return pc
+}
+
+// revokeDenied closes the connections with peers pol denies (after a
+// reload changed the policy).
+func (t *tcpAlloc) revokeDenied(pol *policy.PeerPolicy) {
+	t.connMu.Lock()
+	var doomed []*peerConn
+	for c := range t.conns {
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err != nil || pol.Check(ap.Addr()) != policy.Allowed {
+			doomed = append(doomed, c)
+		}
+	}
+	t.connMu.Unlock()
+	for _, c := range doomed {
+		_ = c.Close()
+	}
 }
 
 // isTCP reports whether an address pion hands the engine is a TCP relay's:
@@ -124,6 +157,13 @@ type peerConn struct {
 	t *tcpAlloc
 }
 
+func (c *peerConn) Close() error {
+	c.t.connMu.Lock()
+	delete(c.t.conns, c)
+	c.t.connMu.Unlock()
+	return c.Conn.Close()
+}
+
 func (c *peerConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p[:c.t.chunk(len(p))])
 	if n > 0 {
@@ -161,7 +201,7 @@ func (l *relayListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &peerConn{Conn: c, t: l.t}, nil
+	return l.t.track(c), nil
 }
 
 func (l *relayListener) Close() error {

@@ -160,7 +160,9 @@ func tunables(cfg Config) (engine.Tunables, error) {
 	}
 	var alt netip.AddrPort
 	if cfg.AlternateServer != "" {
-		alt = netip.MustParseAddrPort(cfg.AlternateServer)
+		if alt, err = netip.ParseAddrPort(cfg.AlternateServer); err != nil {
+			return engine.Tunables{}, fmt.Errorf("turn.alternate_server: %w", err)
+		}
 	}
 	return engine.Tunables{
 		Secret:       secret,

@@ -28,8 +28,10 @@ type tcpAlloc struct {
 	userID   string
 	user     *user
 	created  time.Time
-	limiter  *rate.Limiter
 	clientRm atomic.Bool
+	// caps are the allocation's and the user's bandwidth limiters, set
+	// when linked (a peer's connection may be accepted before that).
+	caps atomic.Pointer[[2]*rate.Limiter]
 
 	stats Totals
 	once  sync.Once
@@ -86,7 +88,7 @@ func (e *Engine) tcpCreated(src, dst net.Addr, userID string, relay net.Addr) {
 	t.userID, t.created = userID, time.Now()
 	t.user = e.userFor(userID)
 	t.user.active++
-	t.limiter = e.allocLimiter()
+	t.caps.Store(&[2]*rate.Limiter{e.allocLimiter(), t.user.limiter})
 	t.linked = true
 	e.tcpByTuple[tuple{t.client, t.local}] = t
 	e.active.Add(1)
@@ -115,9 +117,13 @@ func (e *Engine) tcpEnded(t *tcpAlloc) {
 // caps. A stream cannot drop what is over the cap, so it waits, and TCP's
 // flow control slows the sender; the bytes held back are counted.
 func (t *tcpAlloc) pace(n int) {
+	caps := t.caps.Load()
+	if caps == nil {
+		return
+	}
 	var delay time.Duration
 	now := time.Now()
-	for _, l := range []*rate.Limiter{t.limiter, t.userLimiter()} {
+	for _, l := range caps {
 		if l == nil {
 			continue
 		}
@@ -131,19 +137,14 @@ func (t *tcpAlloc) pace(n int) {
 	}
 }
 
-func (t *tcpAlloc) userLimiter() *rate.Limiter {
-	if t.user == nil {
-		return nil
-	}
-	return t.user.limiter
-}
-
 // chunk is the most a paced read or write moves at once: no more than
 // either cap's burst, so that one reservation can always be met.
 func (t *tcpAlloc) chunk(n int) int {
-	for _, l := range []*rate.Limiter{t.limiter, t.userLimiter()} {
-		if l != nil {
-			n = min(n, l.Burst())
+	if caps := t.caps.Load(); caps != nil {
+		for _, l := range caps {
+			if l != nil {
+				n = min(n, l.Burst())
+			}
 		}
 	}
 	return n

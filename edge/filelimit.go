@@ -10,7 +10,9 @@ import (
 // descriptorsNeeded is how many files the edge may hold open at its
 // configured caps: a socket per external SIP connection and per TURN
 // allocation (its relay socket; allocations are bounded by the total quota
-// and by the relay port range of each family), and descriptorReserve.
+// and by the relay port range of each family), two per client TCP/TLS
+// connection to the relay (it, and the peer's when it is an RFC 6062 data
+// connection), and descriptorReserve.
 func descriptorsNeeded(c Config) uint64 {
 	n := descriptorReserve()
 	if c.External.Listen != "" && c.External.Limits.MaxConnections > 0 {
@@ -25,6 +27,9 @@ func descriptorsNeeded(c Config) uint64 {
 			ports = total
 		}
 		n += ports
+		if len(c.TURN.ListenTCP)+len(c.TURN.ListenTLS) > 0 {
+			n += 2 * uint64(c.TURN.Connections.Max)
+		}
 	}
 	return n
 }
@@ -51,6 +56,6 @@ func warnFileLimit(log *slog.Logger, c Config, limit uint64) {
 	if need := descriptorsNeeded(c); limit > 0 && limit < need {
 		log.Warn("open-file limit below what the caps can use", "limit", limit, "needed", need,
 			"effect", "connections and TURN allocations past the limit fail",
-			"fix", "raise the limit (systemd LimitNOFILE) or lower external.limits.max_connections and turn.quota.total_allocations")
+			"fix", "raise the limit (systemd LimitNOFILE) or lower external.limits.max_connections, turn.quota.total_allocations and turn.connections.max")
 	}
 }

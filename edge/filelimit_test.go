@@ -31,6 +31,11 @@ func TestDescriptorsNeeded(t *testing.T) {
 		{"quota fewer than the ports", turn(40000, 40999, 300, false), reserve + 300},
 		{"no total quota", turn(40000, 40999, 0, false), reserve + 1000},
 		{"two families", turn(40000, 40999, 10000, true), reserve + 2000},
+		{"TCP clients", func() Config {
+			c := turn(40000, 40999, 10000, false)
+			c.TURN.ListenTCP = []string{"0.0.0.0:3478"}
+			return c
+		}(), reserve + 1000 + 2*10000},
 	} {
 		if got := descriptorsNeeded(tc.c); got != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)

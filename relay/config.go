@@ -48,6 +48,16 @@ type Config struct {
 	// Unauthenticated limits 401 answers per UDP source address (over TCP
 	// and TLS the source is proven and cannot be used to amplify).
 	Unauthenticated RateConfig `yaml:"unauthenticated"`
+	// Connections caps the TCP and TLS connections of clients (control and
+	// RFC 6062 data connections), so that nobody outside can hold the
+	// edge's descriptors.
+	Connections ConnLimits `yaml:"connections"`
+}
+
+// ConnLimits cap open client connections; one over a cap is closed at once.
+type ConnLimits struct {
+	PerAddress int `yaml:"per_address"`
+	Max        int `yaml:"max"`
 }
 
 // RelayConfig says where relay sockets are bound and what is advertised.
@@ -95,6 +105,7 @@ func DefaultConfig() Config {
 		Lifetimes:       LifetimeConfig{Allocation: 10 * time.Minute, Permission: 5 * time.Minute, Channel: 10 * time.Minute},
 		Quota:           QuotaConfig{PerUser: 10, Total: 10000},
 		Unauthenticated: RateConfig{PerSecond: 20, Burst: 40},
+		Connections:     ConnLimits{PerAddress: 100, Max: 10000},
 	}
 }
 
@@ -137,6 +148,8 @@ func (c *Config) Validate(v *config.V) {
 	}
 	v.Check(c.Unauthenticated.PerSecond > 0, "unauthenticated.per_second", "must be positive")
 	v.Check(c.Unauthenticated.Burst >= 1, "unauthenticated.burst", "must be at least 1")
+	v.Check(c.Connections.PerAddress >= 1, "connections.per_address", "must be at least 1")
+	v.Check(c.Connections.Max >= c.Connections.PerAddress, "connections.max", "must be at least connections.per_address")
 }
 
 // Validate checks the relay addresses and port range.

@@ -13,6 +13,7 @@ type metrics struct {
 	quota       *prometheus.CounterVec
 	unauthDrops prometheus.Counter
 	paced       prometheus.Counter
+	connRefused *prometheus.CounterVec
 	drops       map[string]prometheus.Counter // resolved once: no label lookup per packet
 	dropBytes   map[string]prometheus.Counter
 }
@@ -39,6 +40,9 @@ func newMetrics(reg prometheus.Registerer, e func() *engine.Engine) *metrics {
 		paced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portcullis_relay_paced_bytes_total", Help: "Bytes of TCP relays (RFC 6062) held back to a bandwidth cap: a stream is paced, not dropped.",
 		}),
+		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portcullis_relay_connections_refused_total", Help: "Clients' TCP/TLS connections closed at once for being over a cap (per_address, total).",
+		}, []string{"reason"}),
 		drops:     map[string]prometheus.Counter{},
 		dropBytes: map[string]prometheus.Counter{},
 	}
@@ -55,7 +59,10 @@ func newMetrics(reg prometheus.Registerer, e func() *engine.Engine) *metrics {
 	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "portcullis_relay_allocations_active", Help: "TURN allocations in use.",
 	}, func() float64 { return float64(e().Active()) })
-	reg.MustRegister(m.created, m.failed, m.authFail, m.quota, m.unauthDrops, m.paced, dropped, droppedBytes, active, trafficCollector{e})
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "portcullis_relay_connections_open", Help: "Clients' TCP/TLS connections open (control and RFC 6062 data).",
+	}, func() float64 { return float64(e().OpenConns()) })
+	reg.MustRegister(m.created, m.failed, m.authFail, m.quota, m.unauthDrops, m.paced, m.connRefused, dropped, droppedBytes, active, open, trafficCollector{e})
 	return m
 }
 
@@ -76,6 +83,7 @@ func (m *metrics) events() engine.Events {
 			m.dropBytes[r].Add(float64(n))
 		},
 		Paced:            func(n int) { m.paced.Add(float64(n)) },
+		ConnRefused:      func(r string) { m.connRefused.WithLabelValues(r).Inc() },
 		Unauth401Dropped: m.unauthDrops.Inc,
 	}
 }

@@ -61,13 +61,15 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		n = runtime.NumCPU()
 	}
 	s.eng, err = engine.New(engine.Config{
-		Log:         log,
-		Realm:       cfg.Realm,
-		Tune:        tune,
-		UnauthRate:  rate.Limit(cfg.Unauthenticated.PerSecond),
-		UnauthBurst: cfg.Unauthenticated.Burst,
-		Loops:       n,
-		Events:      s.metrics.events(),
+		Log:          log,
+		Realm:        cfg.Realm,
+		Tune:         tune,
+		UnauthRate:   rate.Limit(cfg.Unauthenticated.PerSecond),
+		UnauthBurst:  cfg.Unauthenticated.Burst,
+		Loops:        n,
+		ConnsPerAddr: cfg.Connections.PerAddress,
+		ConnsMax:     cfg.Connections.Max,
+		Events:       s.metrics.events(),
 	})
 	if err != nil {
 		return nil, err
@@ -209,6 +211,9 @@ func (s *Server) RestartOnly(cfg Config) []string {
 	}
 	if old.Unauthenticated != cfg.Unauthenticated {
 		keys = append(keys, "turn.unauthenticated")
+	}
+	if old.Connections != cfg.Connections {
+		keys = append(keys, "turn.connections")
 	}
 	return keys
 }

@@ -222,3 +222,52 @@ func TestTCPRelayPortIsTheAllocationsOwn(t *testing.T) {
 		t.Fatalf("a second TCP allocation with the one relay port taken: %d, want 508", got)
 	}
 }
+
+// Clients' TCP connections are capped per source address and in all: one
+// over a cap is closed at once (nobody outside can hold the edge's
+// descriptors), counted and logged; a closed one frees its place.
+func TestClientConnectionCaps(t *testing.T) {
+	c := testConfig(t)
+	c.Connections.PerAddress, c.Connections.Max = 2, 3
+	e := start(t, c)
+	dial := func(from string) *client {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		conn, err := d.Dial("tcp", e.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return &client{t: t, conn: conn, stream: newReader(conn)}
+	}
+	binds := func(cl *client) bool {
+		t.Helper()
+		cl.send(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint))
+		res := cl.read(2 * time.Second)
+		return res != nil && res.Type == stun.BindingSuccess
+	}
+	a1, a2 := dial("127.0.0.1"), dial("127.0.0.1")
+	if !binds(a1) || !binds(a2) {
+		t.Fatal("connections within the caps not served")
+	}
+	if binds(dial("127.0.0.1")) {
+		t.Fatal("a third connection from one address served over a per-address cap of 2")
+	}
+	if !binds(dial("127.0.0.3")) {
+		t.Fatal("another address's connection not served")
+	}
+	if binds(dial("127.0.0.4")) {
+		t.Fatal("a fourth connection served over a total cap of 3")
+	}
+	e.waitMetric(t, func(v float64) bool { return v == 1 }, "portcullis_relay_connections_refused_total", "reason", "per_address")
+	e.waitMetric(t, func(v float64) bool { return v == 1 }, "portcullis_relay_connections_refused_total", "reason", "total")
+	if n := e.metric("portcullis_relay_connections_open"); n != 3 {
+		t.Fatalf("open connections %v, want 3", n)
+	}
+	waitLog(t, e, `"msg":"turn connection refused"`)
+	a1.conn.Close()
+	e.waitMetric(t, func(v float64) bool { return v == 2 }, "portcullis_relay_connections_open")
+	if !binds(dial("127.0.0.1")) {
+		t.Fatal("a connection after one closed not served")
+	}
+}

@@ -31,6 +31,10 @@ type Config struct {
 	// Loops is the number of epoll loops of the UDP data plane (0: one).
 	Loops int
 
+	// Client TCP/TLS connections open at once, per source address and in
+	// all (0: no cap).
+	ConnsPerAddr, ConnsMax int
+
 	// Events for metrics; each may be nil.
 	Events Events
 }
@@ -72,7 +76,8 @@ type Events struct {
 	AuthFailure      func(reason string)
 	AllocationFailed func(reason string) // per Allocate error response, by cause
 	Drop             func(reason string, n int)
-	Paced            func(n int) // bytes of a TCP relay held back to a bandwidth cap
+	Paced            func(n int)         // bytes of a TCP relay held back to a bandwidth cap
+	ConnRefused      func(reason string) // a client connection over a cap: per_address, total
 	Unauth401Dropped func()
 }
 
@@ -109,6 +114,7 @@ type Engine struct {
 	closing  atomic.Bool
 
 	tun    atomic.Pointer[Tunables]
+	conns  connCount
 	unauth *policy.SourceLimiter
 	totals Totals // of allocations that have ended
 	poll   *poller
@@ -149,6 +155,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Events.Paced == nil {
 		cfg.Events.Paced = func(int) {}
 	}
+	if cfg.Events.ConnRefused == nil {
+		cfg.Events.ConnRefused = func(string) {}
+	}
 	if cfg.Events.Unauth401Dropped == nil {
 		cfg.Events.Unauth401Dropped = func() {}
 	}
@@ -163,6 +172,7 @@ func New(cfg Config) (*Engine, error) {
 		users:      map[string]*user{},
 		groups:     map[netip.AddrPort]*Group{},
 		unauth:     policy.NewSourceLimiter(cfg.UnauthRate, cfg.UnauthBurst),
+		conns:      connCount{per: map[netip.Addr]int{}},
 	}
 	t := cfg.Tune
 	t.fromPrevious = &sync.Map{}

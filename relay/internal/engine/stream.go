@@ -78,10 +78,63 @@ func (e *Engine) ListenStream(addr string, conf *tls.Config) (net.Listener, erro
 	return &streamListener{Listener: ln, e: e, tls: conf, conns: map[*streamConn]struct{}{}}, nil
 }
 
+// connCount counts clients' open TCP/TLS connections by source address.
+type connCount struct {
+	mu    sync.Mutex
+	per   map[netip.Addr]int
+	total int
+}
+
+// admit counts a new connection from ip, or says which cap it is over.
+func (e *Engine) admit(ip netip.Addr) (bool, string) {
+	c := &e.conns
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case e.cfg.ConnsMax > 0 && c.total >= e.cfg.ConnsMax:
+		return false, "total"
+	case e.cfg.ConnsPerAddr > 0 && c.per[ip] >= e.cfg.ConnsPerAddr:
+		return false, "per_address"
+	}
+	c.per[ip]++
+	c.total++
+	return true, ""
+}
+
+func (e *Engine) release(ip netip.Addr) {
+	c := &e.conns
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.per[ip]--; c.per[ip] <= 0 {
+		delete(c.per, ip)
+	}
+	c.total--
+}
+
+// OpenConns is the number of clients' TCP/TLS connections open.
+func (e *Engine) OpenConns() int {
+	e.conns.mu.Lock()
+	defer e.conns.mu.Unlock()
+	return e.conns.total
+}
+
+// Accept hands pion the next connection within the caps; one over a cap
+// is closed at once, counted and logged.
 func (l *streamListener) Accept() (net.Conn, error) {
-	raw, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	var raw net.Conn
+	for {
+		var err error
+		if raw, err = l.Listener.Accept(); err != nil {
+			return nil, err
+		}
+		ip := normal(addrPort(raw.RemoteAddr())).Addr()
+		ok, why := l.e.admit(ip)
+		if ok {
+			break
+		}
+		l.e.cfg.Events.ConnRefused(why)
+		l.e.quiet.Info("turn connection refused", "client", raw.RemoteAddr().String(), "reason", why)
+		_ = raw.Close()
 	}
 	_ = raw.SetReadDeadline(time.Now().Add(firstFrameTimeout))
 	c := raw
@@ -104,6 +157,7 @@ func (l *streamListener) Close() error {
 	l.conns = map[*streamConn]struct{}{}
 	l.mu.Unlock()
 	for c := range conns {
+		l.e.release(c.client.Addr())
 		_ = c.Conn.Close()
 	}
 	return err
@@ -139,8 +193,12 @@ type boundRequest struct {
 
 func (c *streamConn) Close() error {
 	c.l.mu.Lock()
+	_, open := c.l.conns[c]
 	delete(c.l.conns, c)
 	c.l.mu.Unlock()
+	if open {
+		c.e.release(c.client.Addr())
+	}
 	return c.Conn.Close()
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/pion/turn/v5"
 	"golang.org/x/sys/unix"
@@ -163,7 +164,8 @@ func (g *Generator) AllocateConn(c turn.AllocateConnConfig) (net.Conn, error) {
 	if t == nil {
 		return nil, fmt.Errorf("connect from %s: %w", c.LocalAddr, ErrNoAllocation)
 	}
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice(), Port: int(relay.Port())}, Control: reusePort}
+	// RFC 6062 §5.2: a connection attempt times out after at least 30 s.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: f.Bind.AsSlice(), Port: int(relay.Port())}, Control: reusePort, Timeout: 30 * time.Second}
 	conn, err := d.Dial(c.Network, peer.String())
 	if err != nil {
 		return nil, err

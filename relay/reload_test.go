@@ -11,6 +11,7 @@ import (
 	"github.com/pion/stun/v4"
 
 	"portcullis/access"
+	"portcullis/access/accesstest"
 )
 
 // A reload changes the secret, the peer policy and the quotas while
@@ -176,5 +177,52 @@ func TestReloadClosesTCPRelaysToDeniedPeers(t *testing.T) {
 	case <-closed:
 	case <-time.After(3 * time.Second):
 		t.Fatal("the connection with a peer the new policy denies is still open")
+	}
+}
+
+// A reload reads the TURN-over-TLS key pair again (a renewed certificate):
+// new handshakes get it, connections open go on.
+func TestReloadRenewsTLSCertificate(t *testing.T) {
+	cfg := testConfig(t)
+	e := start(t, cfg)
+	before, err := tlsDial(e.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	renewed := cfg
+	files := accesstest.New(t).Node(t, "renewed.example.test")
+	renewed.TLSCertFile, renewed.TLSKeyFile = files.CertFile, files.KeyFile
+	if keys := e.srv.RestartOnly(renewed); len(keys) != 0 {
+		t.Fatalf("restart-only keys %v for new certificate files", keys)
+	}
+	if err := e.srv.Reload(renewed); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tlsDial(e.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer after.Close()
+	if got := after.ConnectionState().PeerCertificates[0].Subject.CommonName; got != "renewed.example.test" {
+		t.Fatalf("certificate after reload: %q", got)
+	}
+	c := &client{t: t, conn: before, stream: newReader(before)}
+	c.send(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint))
+	if res := c.read(2 * time.Second); res == nil || res.Type != stun.BindingSuccess {
+		t.Fatalf("connection from before the reload: %v", res)
+	}
+	broken := renewed
+	broken.TLSKeyFile = filepath.Join(t.TempDir(), "missing.key")
+	if err := e.srv.Reload(broken); err == nil {
+		t.Fatal("reload with a missing key file accepted")
+	}
+	again, err := tlsDial(e.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := again.ConnectionState().PeerCertificates[0].Subject.CommonName; got != "renewed.example.test" {
+		t.Fatalf("certificate after a rejected reload: %q", got)
 	}
 }

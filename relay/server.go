@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/turn/v5"
@@ -32,8 +33,9 @@ type Listener struct {
 // Server is a running relay.
 type Server struct {
 	log     *slog.Logger
-	mu      sync.Mutex // serialises Reload
-	cfg     Config     // as started, with what reloads applied
+	mu      sync.Mutex                      // serialises Reload
+	cfg     Config                          // as started, with what reloads applied
+	cert    atomic.Pointer[tls.Certificate] // TURN over TLS
 	eng     *engine.Engine
 	turn    *turn.Server
 	metrics *metrics
@@ -119,11 +121,14 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 	}
 	var tlsConf *tls.Config
 	if len(cfg.ListenTLS) > 0 {
-		pair, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("turn.tls_cert_file / tls_key_file: %w", err)
+		if err := s.loadCert(cfg); err != nil {
+			return nil, err
 		}
-		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+		// The certificate is looked up per handshake, so that a reload can
+		// put a renewed one in place without closing anything.
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.cert.Load(), nil
+		}}
 	}
 	for _, l := range []struct {
 		proto string
@@ -177,11 +182,22 @@ func tunables(cfg Config) (engine.Tunables, error) {
 	}, nil
 }
 
-// WithTunables is c with the settings a reload changes taken from n (the
-// ones tunables reads).
+// loadCert reads the TURN-over-TLS key pair.
+func (s *Server) loadCert(cfg Config) error {
+	pair, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return fmt.Errorf("turn.tls_cert_file / tls_key_file: %w", err)
+	}
+	s.cert.Store(&pair)
+	return nil
+}
+
+// WithTunables is c with the settings a reload changes taken from n: the
+// ones tunables reads, and the TLS key pair's files.
 func (c Config) WithTunables(n Config) Config {
 	c.SecretFile, c.AllowedPeers, c.DeniedPeers = n.SecretFile, n.AllowedPeers, n.DeniedPeers
 	c.Quota, c.Bandwidth, c.AlternateServer = n.Quota, n.Bandwidth, n.AlternateServer
+	c.TLSCertFile, c.TLSKeyFile = n.TLSCertFile, n.TLSKeyFile
 	return c
 }
 
@@ -200,7 +216,7 @@ func (s *Server) RestartOnly(cfg Config) []string {
 		keys = append(keys, "turn.realm")
 	}
 	if !slices.Equal(old.ListenUDP, cfg.ListenUDP) || !slices.Equal(old.ListenTCP, cfg.ListenTCP) || !slices.Equal(old.ListenTLS, cfg.ListenTLS) ||
-		old.TLSCertFile != cfg.TLSCertFile || old.TLSKeyFile != cfg.TLSKeyFile || old.UDPSockets != cfg.UDPSockets {
+		old.UDPSockets != cfg.UDPSockets {
 		keys = append(keys, "turn listeners")
 	}
 	if old.Relay != cfg.Relay {
@@ -218,17 +234,22 @@ func (s *Server) RestartOnly(cfg Config) []string {
 	return keys
 }
 
-// Reload applies what a reload may change (tunables) and keeps allocations
-// going. A changed secret file takes effect at once, and credentials issued
-// under the secret before it are still honoured until the next change, so
-// that calls in progress keep their media while the core issues new ones.
-// On error nothing changes.
+// Reload applies what a reload may change (tunables, and the TLS key pair
+// for new handshakes) and keeps allocations going. A changed secret file
+// takes effect at once, and credentials issued under the secret before it
+// are still honoured until the next change, so that calls in progress keep
+// their media while the core issues new ones. On error nothing changes.
 func (s *Server) Reload(cfg Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, err := tunables(cfg)
 	if err != nil {
 		return err
+	}
+	if s.cert.Load() != nil { // TURN over TLS: the key pair is read again (a renewed certificate)
+		if err := s.loadCert(cfg); err != nil {
+			return err
+		}
 	}
 	cur := s.eng.Tunables()
 	rotated := !bytes.Equal(t.Secret, cur.Secret)

@@ -55,6 +55,9 @@ type ListenerConfig struct {
 	// refused. Nil (or a nil pool): no certificate is asked for. Read per
 	// handshake, so a reload can change it.
 	PartnerRoots func() *x509.CertPool
+	// Cert, if set, is the certificate presented, looked up per handshake
+	// so that a reload can put a renewed one in place; else Material's.
+	Cert func() *tls.Certificate
 }
 
 // Listener accepts TCP connections, completes the TLS handshake off the
@@ -96,10 +99,15 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	conf := ServerConfig(cfg.Material)
+	if cfg.Cert != nil {
+		conf.Certificates = nil
+		conf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cfg.Cert(), nil }
+	}
 	l := &Listener{
 		inner: inner,
 		cfg:   cfg,
-		tls:   ServerConfig(cfg.Material),
+		tls:   conf,
 		conns: make(chan net.Conn),
 		peers: map[string]*PeerIdentity{},
 		open:  map[netip.Addr]int{},

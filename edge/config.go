@@ -254,7 +254,10 @@ func restartOnly(old, new Config) []string {
 	if old.Core.Address != new.Core.Address || old.Core.ServerName != new.Core.ServerName {
 		keys = append(keys, "core.address/server_name")
 	}
-	if !reflect.DeepEqual(old.External, new.External) {
+	// The public key pair is read again on every reload (Server.Reload).
+	oe, ne := old.External, new.External
+	oe.TLSCertFile, oe.TLSKeyFile, ne.TLSCertFile, ne.TLSKeyFile = "", "", "", ""
+	if !reflect.DeepEqual(oe, ne) {
 		keys = append(keys, "external")
 	}
 	return keys

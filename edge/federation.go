@@ -31,9 +31,9 @@ import (
 // certificate must name it) carries only that domain's requests.
 type partnerAgents struct {
 	roots    atomic.Pointer[x509.CertPool]
-	public   *access.Material // presented to partners
-	hostname string           // our public name, in Via
-	max      int              // message size limit
+	cert     func() *tls.Certificate // the public certificate, presented to partners
+	hostname string                  // our public name, in Via
+	max      int                     // message size limit
 	log      *slog.Logger
 
 	// handle serves requests a partner sends on a connection we dialled,
@@ -161,8 +161,10 @@ func (p *partnerAgents) Close() error {
 // Go's host name check (we dial the addresses we resolved).
 func (p *partnerAgents) clientConfig(domain string) *tls.Config {
 	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		Certificates:       []tls.Certificate{p.public.Cert},
+		MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return p.cert(), nil
+		},
 		InsecureSkipVerify: true, // replaced by VerifyConnection below
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, names, err := access.VerifyCerts(cs.PeerCertificates, p.roots.Load(), x509.ExtKeyUsageServerAuth)

@@ -5,6 +5,7 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -39,6 +40,9 @@ type Server struct {
 	link  *link
 	ops   *ops.Server
 	relay *relay.Server // nil when turn.enabled is false
+	// public is the external listener's certificate (also presented to
+	// federation partners), read again on reload: nil without one.
+	public atomic.Pointer[tls.Certificate]
 
 	stopLink      context.CancelFunc
 	stopKeepalive context.CancelFunc // partner connections' keepalive
@@ -66,12 +70,13 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		if public, err = access.LoadServerPair(cfg.External.TLSCertFile, cfg.External.TLSKeyFile); err != nil {
 			return nil, fmt.Errorf("external: %w", err)
 		}
+		s.public.Store(&public.Cert)
 	}
 	publicName := cfg.External.PublicName
 	if publicName == "" {
 		publicName = cfg.Internal.Hostname
 	}
-	partners := &partnerAgents{public: public, hostname: publicName, max: cfg.External.Limits.MaxMessageBytes,
+	partners := &partnerAgents{cert: s.public.Load, hostname: publicName, max: cfg.External.Limits.MaxMessageBytes,
 		log: s.log.With("listener", "sip-federation"), agents: map[string]*sipnode.Node{}}
 	partners.roots.Store(x509.NewCertPool()) // no partner verifies until roots are configured
 	if cfg.Federation.AllowFederation {
@@ -87,6 +92,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		Listen:       cfg.Internal.Listen,
 		UserListen:   cfg.External.Listen,
 		UserMaterial: public,
+		UserCert:     s.public.Load,
 		UserLimits: sipnode.Limits{HandshakeTimeout: cfg.External.Limits.HandshakeTimeout, MaxConnsPerAddr: cfg.External.Limits.ConnectionsPerAddress,
 			MaxConns: cfg.External.Limits.MaxConnections, IdleTimeout: cfg.External.Limits.IdleTimeout,
 			MessageTimeout: cfg.External.Limits.MessageTimeout},
@@ -201,6 +207,16 @@ func (s *Server) Reload(cfg Config) error {
 	// The relay's secret, peer policy, quotas, alternate and bandwidth caps
 	// change in place (allocations go on); the rest of turn only on restart.
 	cfg.TURN = old.TURN.WithTunables(cfg.TURN)
+	var public *tls.Certificate
+	if s.public.Load() != nil { // a renewed public certificate, for new connections
+		m, err := access.LoadServerPair(cfg.External.TLSCertFile, cfg.External.TLSKeyFile)
+		if err != nil {
+			s.metrics.reloads.WithLabelValues("rejected").Inc()
+			s.log.Error("reload rejected: external.tls_cert_file / tls_key_file; keeping the running config", "error", err)
+			return err
+		}
+		public = &m.Cert
+	}
 	var roots *x509.CertPool
 	if s.ae != nil && cfg.Federation.AllowFederation {
 		var err error
@@ -216,6 +232,9 @@ func (s *Server) Reload(cfg Config) error {
 			s.log.Error("reload rejected: turn; keeping the running config", "error", err)
 			return err
 		}
+	}
+	if public != nil {
+		s.public.Store(public)
 	}
 	s.allow.Set(cfg.Internal.TrustedCores)
 	if s.ae != nil {

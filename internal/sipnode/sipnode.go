@@ -37,6 +37,9 @@ type Config struct {
 	// UserMaterial is the user listener's certificate (default: Material),
 	// e.g. the edge's public certificate.
 	UserMaterial *access.Material
+	// UserCert, if set, is the user listener's certificate looked up per
+	// handshake (a reload renews it); UserMaterial still gives the rest.
+	UserCert func() *tls.Certificate
 	// UserLimits cap the user listener's connections.
 	UserLimits Limits
 	// PartnerRoots, if set, lets federation partners' edges present a
@@ -170,7 +173,7 @@ func New(cfg Config) (*Node, error) {
 		ln, err := access.Listen("tcp", cfg.UserListen, access.ListenerConfig{
 			Material: m, HandshakeTimeout: hs, Log: log, OnRefused: cfg.OnRefused,
 			MaxConnsPerAddr: cfg.UserLimits.MaxConnsPerAddr, MaxConns: cfg.UserLimits.MaxConns, IdleTimeout: cfg.UserLimits.IdleTimeout,
-			MessageTimeout: cfg.UserLimits.MessageTimeout, PartnerRoots: cfg.PartnerRoots,
+			MessageTimeout: cfg.UserLimits.MessageTimeout, PartnerRoots: cfg.PartnerRoots, Cert: cfg.UserCert,
 		})
 		if err != nil {
 			if n.listener != nil {

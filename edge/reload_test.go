@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"crypto/tls"
 	"net"
 	"path/filepath"
 	"testing"
@@ -78,5 +79,50 @@ func TestEdgeReloadRotatesTURNSecret(t *testing.T) {
 	}
 	if got := s.Relay().Listeners()[0].Address; got != udp {
 		t.Fatalf("relay listener moved from %s to %s", udp, got)
+	}
+}
+
+// A reload reads the public key pair again: new connections from outside
+// get the renewed certificate, connections open go on, and a key pair that
+// cannot be read rejects the reload.
+func TestEdgeReloadRenewsPublicCertificate(t *testing.T) {
+	e := newEnv(t)
+	_, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	served := func() string {
+		t.Helper()
+		c, err := tls.Dial("tcp", ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	open, err := tls.Dial("tcp", ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	first := served()
+	renewed := e.pki.Issue(t, access.IssueRequest{Name: "sip-renewed.example.test", SANs: []string{"sip.example.test", "127.0.0.1"}, Usage: access.UsageServer})
+	cfg := ed.Config()
+	cfg.External.TLSCertFile, cfg.External.TLSKeyFile = renewed.CertFile, renewed.KeyFile
+	if err := ed.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	second := served()
+	if second == first {
+		t.Fatal("the external listener still serves the certificate from before the reload")
+	}
+	if _, err := open.Write([]byte("\r\n\r\n")); err != nil { // a keep-alive on the connection from before
+		t.Fatalf("connection from before the reload: %v", err)
+	}
+	broken := cfg
+	broken.External.TLSKeyFile = filepath.Join(t.TempDir(), "missing.key")
+	if err := ed.Reload(broken); err == nil {
+		t.Fatal("reload with a missing key file accepted")
+	}
+	if got := served(); got != second {
+		t.Fatal("a rejected reload changed the certificate")
 	}
 }

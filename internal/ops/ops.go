@@ -40,12 +40,15 @@ func (c *Config) Validate(v *config.V, internalOnly bool) {
 // Besides the Go collector's defaults it exports the live heap as of the
 // last collection (go_gc_heap_live_bytes) and the count of collections
 // (go_gc_cycles_total_gc_cycles_total): heap in use also counts garbage not
-// yet collected, which the servers let grow (lifecycle.TuneGC).
+// yet collected, which the servers let grow (lifecycle.TuneGC); and how
+// long goroutines wait to run once ready (go_sched_latencies_seconds): a
+// tail there is the process waiting for a CPU, which every request's
+// response time then carries.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{
-			Matcher: regexp.MustCompile(`^/gc/(heap/live:bytes|cycles/total:gc-cycles)$`),
+			Matcher: regexp.MustCompile(`^/gc/(heap/live:bytes|cycles/total:gc-cycles)$|^/sched/latencies:seconds$`),
 		})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg

@@ -38,7 +38,7 @@ func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.Server
 		return
 	}
 	if req.Method == sip.OPTIONS && req.Recipient.User == "" {
-		p.respond(tx, req, 200, "OK", sip.NewHeader("Allow", "OPTIONS, REGISTER, MESSAGE, INVITE, ACK, BYE, CANCEL, UPDATE, INFO")) // to this server: keepalive
+		p.respond(tx, req, 200, "OK", sip.NewHeader("Allow", "OPTIONS, REGISTER, MESSAGE, INVITE, ACK, BYE, CANCEL, UPDATE, INFO, PRACK")) // to this server: keepalive
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timerF)

@@ -115,7 +115,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		// INFO and UPDATE belong in dialogs, but out of one they are routed
 		// like MESSAGE (authenticated, forked) and the user agent answers.
 		sip.MESSAGE: px.route, sip.OPTIONS: px.route, sip.INFO: px.route, sip.UPDATE: px.route, sip.INVITE: px.invite, sip.SUBSCRIBE: px.invite,
-		sip.ACK: px.inDialog, sip.BYE: px.inDialog, sip.CANCEL: px.inDialog, sip.NOTIFY: px.inDialog,
+		// PRACK (RFC 3262) is always in a dialog, an early one at least.
+		sip.ACK: px.inDialog, sip.BYE: px.inDialog, sip.CANCEL: px.inDialog, sip.NOTIFY: px.inDialog, sip.PRACK: px.inDialog,
 		"SERVICE": service(&factoryService{authenticator: auth, f: s.factory, log: s.log.With("role", "focus-factory")}, mr),
 	} {
 		s.sip.Handle(m, conferences(fm, h))

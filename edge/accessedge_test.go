@@ -164,9 +164,11 @@ func TestAccessEdgeCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	siptest.Eventually(t, "bob gets the ACK", func() bool { return bob.Acks.Load() == 1 })
-	// UPDATE and INFO in the dialog, both ways through the edge and the
-	// core; INFO and OPTIONS out of dialog, authenticated by the core.
-	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO} {
+	// UPDATE, INFO and PRACK in the dialog (PRACK only as routing goes: the
+	// phones do not send reliable provisional responses), both ways through
+	// the edge and the core; INFO and OPTIONS out of dialog, authenticated
+	// by the core.
+	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.PRACK} {
 		if res, err := siptest.InDialog(ctx, sess, nil, m); err != nil || res.StatusCode != 200 {
 			t.Fatalf("%s in dialog from the remote caller: %v %v", m, res, err)
 		}
@@ -174,16 +176,16 @@ func TestAccessEdgeCalls(t *testing.T) {
 			t.Fatalf("%s in dialog from the internal callee: %v %v", m, res, err)
 		}
 	}
-	if bob.Others.Load() != 2 || alice.Others.Load() != 2 {
-		t.Fatalf("in-dialog requests received: bob %d, alice %d (want 2 each)", bob.Others.Load(), alice.Others.Load())
+	if bob.Others.Load() != 3 || alice.Others.Load() != 3 {
+		t.Fatalf("in-dialog requests received: bob %d, alice %d (want 3 each)", bob.Others.Load(), alice.Others.Load())
 	}
 	for _, m := range []sip.RequestMethod{sip.INFO, sip.OPTIONS} {
 		if res := remoteUA.RequestAuth(m, "sip:alice@example.test", "alice", pw, "sip:bob@example.test"); res.StatusCode != 200 {
 			t.Fatalf("%s out of dialog from the remote user: %d", m, res.StatusCode)
 		}
 	}
-	if bob.Others.Load() != 4 {
-		t.Fatalf("bob received %d requests, want 4", bob.Others.Load())
+	if bob.Others.Load() != 5 {
+		t.Fatalf("bob received %d requests, want 5", bob.Others.Load())
 	}
 	if err := sess.Bye(ctx); err != nil {
 		t.Fatalf("BYE from the remote caller: %v", err)

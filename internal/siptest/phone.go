@@ -23,8 +23,9 @@ type Phone struct {
 	Acks    atomic.Int32
 	Byes    atomic.Int32
 	Cancels atomic.Int32
-	// Others counts UPDATE, INFO and OPTIONS received (answered 200 in a
-	// dialog of this phone or out of dialog, 481 for an unknown dialog).
+	// Others counts UPDATE, INFO, PRACK and OPTIONS received (answered 200
+	// in a dialog of this phone or out of dialog, 481 for an unknown
+	// dialog).
 	Others atomic.Int32
 
 	mu         sync.Mutex
@@ -87,6 +88,7 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 	}
 	u.Server.OnUpdate(other)
 	u.Server.OnInfo(other)
+	u.Server.OnPrack(other)
 	u.Server.OnOptions(other)
 	return p
 }

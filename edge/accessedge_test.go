@@ -261,6 +261,52 @@ func TestAccessEdgeCalls(t *testing.T) {
 	siptest.Eventually(t, "bob's ringing is cancelled", func() bool { return bob.Cancels.Load() == 1 })
 }
 
+// RFC 3262 through the edge and the core, both directions: the callee's
+// reliable 183 reaches the caller with the route set of its early dialog,
+// the caller's PRACK follows that route back, and only then is the call
+// answered.
+func TestAccessEdgeReliableProvisionalResponses(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remoteUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	insideUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	alice := siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
+	bob := siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
+	for _, r := range []struct {
+		ua                 *siptest.UA
+		aor, user, contact string
+	}{{remoteUA, "sip:alice@example.test", "alice", "<sip:alice@198.51.100.7:5061;transport=tls>"}, {insideUA, "sip:bob@example.test", "bob", "<sip:bob@203.0.113.20:5061;transport=tls>"}} {
+		if res := r.ua.Register(r.aor, r.user, pw, r.contact); res.StatusCode != 200 {
+			t.Fatalf("%s: %d", r.user, res.StatusCode)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for i, dir := range []struct {
+		caller, callee *siptest.Phone
+		from, user, to string
+	}{
+		{alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test"}, // remote calls inside
+		{bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test"},   // inside calls remote
+	} {
+		dir.callee.Reliable = true
+		sess, err := dir.caller.Call(ctx, dir.from, dir.user, pw, dir.to)
+		if err != nil || sess.InviteResponse.StatusCode != 200 {
+			t.Fatalf("%s calls %s with a reliable 183: %v", dir.user, dir.to, err)
+		}
+		if n := dir.callee.Pracks.Load(); n != 1 {
+			t.Fatalf("%s got %d PRACKs, want 1", dir.to, n)
+		}
+		if err := sess.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := sess.Bye(ctx); err != nil {
+			t.Fatalf("BYE after a call with PRACK (%d): %v", i, err)
+		}
+	}
+}
+
 // rawConn is a TLS connection to the edge's external listener for bad input.
 type rawConn struct {
 	t *testing.T

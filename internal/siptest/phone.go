@@ -2,6 +2,9 @@ package siptest
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,8 +20,14 @@ const SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0
 // each dialog by Call-ID so that in-dialog requests find theirs.
 type Phone struct {
 	*UA
-	Dialog  *sipgo.DialogUA
-	Answer  bool
+	Dialog *sipgo.DialogUA
+	Answer bool
+	// Reliable makes the phone answer an INVITE with a reliable 183 (RFC
+	// 3262: Require: 100rel, RSeq) and wait for its PRACK before the 200.
+	Reliable bool
+	// Pracks counts PRACKs received for reliable provisional responses.
+	Pracks  atomic.Int32
+	pracked chan struct{}
 	Invites atomic.Int32
 	Acks    atomic.Int32
 	Byes    atomic.Int32
@@ -37,7 +46,7 @@ type Phone struct {
 // NewPhone serves calls on u with contact (sip:user@host:port;transport=tls).
 func NewPhone(u *UA, contact string, answer bool) *Phone {
 	p := &Phone{UA: u, Answer: answer, Dialog: &sipgo.DialogUA{Client: u.Client, ContactHDR: sip.ContactHeader{Address: uri(u.T, contact)}},
-		incoming: map[string]*sipgo.DialogServerSession{}, outgoing: map[string]*sipgo.DialogClientSession{}}
+		incoming: map[string]*sipgo.DialogServerSession{}, outgoing: map[string]*sipgo.DialogClientSession{}, pracked: make(chan struct{}, 1)}
 	u.Server.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		p.Invites.Add(1)
 		p.LastInvite.Store(req)
@@ -48,7 +57,17 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 		p.mu.Lock()
 		p.incoming[req.CallID().Value()] = sess
 		p.mu.Unlock()
-		_ = sess.Respond(180, "Ringing", nil)
+		if p.Reliable {
+			_ = sess.Respond(183, "Session Progress", nil, sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", "1"))
+			select {
+			case <-p.pracked:
+			case <-time.After(5 * time.Second):
+				_ = sess.Respond(504, "No PRACK", nil)
+				return
+			}
+		} else {
+			_ = sess.Respond(180, "Ringing", nil)
+		}
 		if !p.Answer {
 			<-tx.Done()
 			p.Cancels.Add(1)
@@ -88,7 +107,18 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 	}
 	u.Server.OnUpdate(other)
 	u.Server.OnInfo(other)
-	u.Server.OnPrack(other)
+	u.Server.OnPrack(func(req *sip.Request, tx sip.ServerTransaction) {
+		if rack := req.GetHeader("RAck"); rack != nil && p.in(req) != nil {
+			p.Pracks.Add(1)
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+			select {
+			case p.pracked <- struct{}{}:
+			default:
+			}
+			return
+		}
+		other(req, tx)
+	})
 	u.Server.OnOptions(other)
 	return p
 }
@@ -137,7 +167,41 @@ func (p *Phone) Call(ctx context.Context, from, user, password, to string) (*sip
 	p.mu.Lock()
 	p.outgoing[req.CallID().Value()] = sess
 	p.mu.Unlock()
-	return sess, sess.WaitAnswer(ctx, sipgo.AnswerOptions{Username: user, Password: password})
+	return sess, sess.WaitAnswer(ctx, sipgo.AnswerOptions{Username: user, Password: password, OnResponse: func(res *sip.Response) error {
+		if res.StatusCode > 100 && res.StatusCode < 200 && res.GetHeader("RSeq") != nil {
+			return p.prack(ctx, sess.InviteRequest, res)
+		}
+		return nil
+	}})
+}
+
+// prack acknowledges a reliable provisional response (RFC 3262 §7.2) in
+// its early dialog: to its Contact, along the route set its Record-Route
+// gives (reversed, §12.1.2).
+func (p *Phone) prack(ctx context.Context, invite *sip.Request, res *sip.Response) error {
+	contact := res.Contact()
+	if contact == nil {
+		return errors.New("reliable provisional response without Contact")
+	}
+	req := sip.NewRequest(sip.PRACK, *contact.Address.Clone())
+	req.SetDestination(p.UA.Dest)
+	rrs := res.GetHeaders("Record-Route")
+	for i := len(rrs) - 1; i >= 0; i-- {
+		req.AppendHeader(sip.NewHeader("Route", rrs[i].Value()))
+	}
+	req.AppendHeader(sip.HeaderClone(invite.From()))
+	req.AppendHeader(sip.HeaderClone(res.To()))
+	req.AppendHeader(sip.HeaderClone(invite.CallID()))
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: invite.CSeq().SeqNo + 1, MethodName: sip.PRACK})
+	req.AppendHeader(sip.NewHeader("RAck", res.GetHeader("RSeq").Value()+" "+strconv.Itoa(int(invite.CSeq().SeqNo))+" INVITE"))
+	ans, err := p.UA.Client.Do(ctx, req)
+	if err != nil {
+		return err
+	}
+	if ans.StatusCode != 200 {
+		return fmt.Errorf("PRACK answered %d", ans.StatusCode)
+	}
+	return nil
 }
 
 // Eventually waits up to 5 s for ok.

@@ -134,20 +134,30 @@ func accessRoots(t *testing.T, e *env) *x509.CertPool {
 	return accesstest.Material(t, e.nodeFiles("probe.internal")).Roots
 }
 
-func TestAccessEdgeCalls(t *testing.T) {
-	e := newEnv(t)
-	c, ed := e.startAccess()
+// phones registers alice as a remote user (through the edge) and bob as an
+// internal one (on the core's users' listener), each with a phone.
+func (e *env) phones(c *core.Server, ed *edge.Server) (remoteUA *siptest.UA, alice, bob *siptest.Phone) {
+	t := e.t
+	t.Helper()
 	roots := accessRoots(t, e)
-	remoteUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	remoteUA = siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
 	insideUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
-	alice := siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
-	bob := siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
+	alice = siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
+	bob = siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
 	if res := remoteUA.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("alice: %d", res.StatusCode)
 	}
 	if res := insideUA.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("bob: %d", res.StatusCode)
 	}
+	return remoteUA, alice, bob
+}
+
+func TestAccessEdgeCalls(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remoteUA, alice, bob := e.phones(c, ed)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 
@@ -268,19 +278,7 @@ func TestAccessEdgeCalls(t *testing.T) {
 func TestAccessEdgeReliableProvisionalResponses(t *testing.T) {
 	e := newEnv(t)
 	c, ed := e.startAccess()
-	roots := accessRoots(t, e)
-	remoteUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
-	insideUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
-	alice := siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
-	bob := siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
-	for _, r := range []struct {
-		ua                 *siptest.UA
-		aor, user, contact string
-	}{{remoteUA, "sip:alice@example.test", "alice", "<sip:alice@198.51.100.7:5061;transport=tls>"}, {insideUA, "sip:bob@example.test", "bob", "<sip:bob@203.0.113.20:5061;transport=tls>"}} {
-		if res := r.ua.Register(r.aor, r.user, pw, r.contact); res.StatusCode != 200 {
-			t.Fatalf("%s: %d", r.user, res.StatusCode)
-		}
-	}
+	_, alice, bob := e.phones(c, ed)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for i, dir := range []struct {

@@ -186,6 +186,16 @@ func TestAccessEdgeCalls(t *testing.T) {
 			t.Fatalf("%s in dialog from the internal callee: %v %v", m, res, err)
 		}
 	}
+	// A re-INVITE (hold, resume) each way, answered and ACKed across the
+	// edge and the core.
+	if res, err := siptest.ReInvite(ctx, sess, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("re-INVITE from the remote caller: %v %v", res, err)
+	}
+	siptest.Eventually(t, "bob gets the re-INVITE's ACK", func() bool { return bob.ReInvites.Load() == 1 && bob.Acks.Load() == 2 })
+	if res, err := siptest.ReInvite(ctx, nil, bob.Incoming()); err != nil || res.StatusCode != 200 {
+		t.Fatalf("re-INVITE from the internal callee: %v %v", res, err)
+	}
+	siptest.Eventually(t, "alice gets the re-INVITE's ACK", func() bool { return alice.ReInvites.Load() == 1 && alice.Acks.Load() == 1 })
 	if bob.Others.Load() != 3 || alice.Others.Load() != 3 {
 		t.Fatalf("in-dialog requests received: bob %d, alice %d (want 3 each)", bob.Others.Load(), alice.Others.Load())
 	}
@@ -212,7 +222,7 @@ func TestAccessEdgeCalls(t *testing.T) {
 	if err := sessB.Ack(ctx); err != nil {
 		t.Fatal(err)
 	}
-	siptest.Eventually(t, "bob gets the second ACK", func() bool { return bob.Acks.Load() == 2 })
+	siptest.Eventually(t, "bob gets the second ACK", func() bool { return bob.Acks.Load() == 3 })
 	if err := bob.Incoming().Bye(ctx); err != nil {
 		t.Fatalf("BYE from the internal callee: %v", err)
 	}
@@ -233,7 +243,7 @@ func TestAccessEdgeCalls(t *testing.T) {
 	if err := sess2.Ack(ctx); err != nil {
 		t.Fatal(err)
 	}
-	siptest.Eventually(t, "alice gets the ACK", func() bool { return alice.Acks.Load() == 1 })
+	siptest.Eventually(t, "alice gets the ACK", func() bool { return alice.Acks.Load() == 2 })
 	if err := alice.Incoming().Bye(ctx); err != nil {
 		t.Fatalf("BYE from the remote callee: %v", err)
 	}

@@ -29,9 +29,11 @@ type Phone struct {
 	Pracks  atomic.Int32
 	pracked chan struct{}
 	Invites atomic.Int32
-	Acks    atomic.Int32
-	Byes    atomic.Int32
-	Cancels atomic.Int32
+	// ReInvites counts INVITEs in a dialog of this phone (answered 200).
+	ReInvites atomic.Int32
+	Acks      atomic.Int32
+	Byes      atomic.Int32
+	Cancels   atomic.Int32
 	// Others counts UPDATE, INFO, PRACK and OPTIONS received (answered 200
 	// in a dialog of this phone or out of dialog, 481 for an unknown
 	// dialog).
@@ -48,6 +50,14 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 	p := &Phone{UA: u, Answer: answer, Dialog: &sipgo.DialogUA{Client: u.Client, ContactHDR: sip.ContactHeader{Address: uri(u.T, contact)}},
 		incoming: map[string]*sipgo.DialogServerSession{}, outgoing: map[string]*sipgo.DialogClientSession{}, pracked: make(chan struct{}, 1)}
 	u.Server.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		if req.To().Params.Has("tag") && p.knows(req) { // a re-INVITE: accepted as offered
+			p.ReInvites.Add(1)
+			res := sip.NewResponseFromRequest(req, 200, "OK", []byte(SDP))
+			res.AppendHeader(sip.HeaderClone(&p.Dialog.ContactHDR))
+			res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+			_ = tx.Respond(res)
+			return
+		}
 		p.Invites.Add(1)
 		p.LastInvite.Store(req)
 		sess, err := p.Dialog.ReadInvite(req, tx)
@@ -129,6 +139,27 @@ func (p *Phone) knows(req *sip.Request) bool {
 	defer p.mu.Unlock()
 	id := req.CallID().Value()
 	return p.incoming[id] != nil || p.outgoing[id] != nil
+}
+
+// ReInvite sends an INVITE with an offer in the dialog of a call this
+// phone placed (sess) or answered (in), waits for the 200 and ACKs it.
+func ReInvite(ctx context.Context, sess *sipgo.DialogClientSession, in *sipgo.DialogServerSession) (*sip.Response, error) {
+	var contact sip.Uri
+	var do func(context.Context, *sip.Request) (*sip.Response, error)
+	var write func(*sip.Request) error
+	if sess != nil {
+		contact, do, write = *sess.InviteResponse.Contact().Address.Clone(), sess.Do, sess.WriteRequest
+	} else {
+		contact, do, write = *in.InviteRequest.Contact().Address.Clone(), in.Do, in.WriteRequest
+	}
+	req := sip.NewRequest(sip.INVITE, contact)
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(SDP))
+	res, err := do(ctx, req)
+	if err != nil || res.StatusCode != 200 {
+		return res, err
+	}
+	return res, write(sip.NewRequest(sip.ACK, *res.Contact().Address.Clone()))
 }
 
 // InDialog sends method (UPDATE, INFO, …) in the dialog of a call this

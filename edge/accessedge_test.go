@@ -315,6 +315,39 @@ func TestAccessEdgeReliableProvisionalResponses(t *testing.T) {
 	}
 }
 
+// Parallel forking across the edge: bob's desk (inside) answers, so the
+// core cancels the branch to his mobile (a remote device, through the
+// edge), and the mobile's ringing stops.
+func TestAccessEdgeForkCancelsRemoteBranch(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	_, alice, desk := e.phones(c, ed)
+	mobileUA := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	mobile := siptest.NewPhone(mobileUA, "sip:bob@198.51.100.9:5061;transport=tls", false)
+	if res := mobileUA.Register("sip:bob@example.test", "bob", pw, "<sip:bob@198.51.100.9:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("bob's mobile: %d", res.StatusCode)
+	}
+	desk.Answer = false
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	answered := make(chan error, 1)
+	go func() {
+		sess, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+		if err == nil {
+			err = sess.Ack(ctx)
+		}
+		answered <- err
+	}()
+	siptest.Eventually(t, "both of bob's devices ring", func() bool { return desk.Invites.Load() == 1 && mobile.Invites.Load() == 1 })
+	if err := desk.Incoming().RespondSDP([]byte(siptest.SDP)); err != nil { // the desk answers
+		t.Fatal(err)
+	}
+	if err := <-answered; err != nil {
+		t.Fatalf("alice's call: %v", err)
+	}
+	siptest.Eventually(t, "the mobile's branch is cancelled through the edge", func() bool { return mobile.Cancels.Load() == 1 })
+}
+
 // rawConn is a TLS connection to the edge's external listener for bad input.
 type rawConn struct {
 	t *testing.T

@@ -22,7 +22,8 @@ const (
 	ReasonHandshakeFailed = "handshake_failed"
 	ReasonTimeout         = "handshake_timeout"
 	ReasonConnectionCap   = "connection_cap"
-	ReasonSlowMessage     = "slow_message" // a SIP message not complete within the message timeout
+	ReasonSlowMessage     = "slow_message"      // a SIP message not complete within the message timeout
+	ReasonMessageTooLarge = "message_too_large" // a SIP message over the listener's size limit
 )
 
 // PeerRefusedError says why a peer's certificate was not accepted.

@@ -45,6 +45,11 @@ type ListenerConfig struct {
 	// and is not complete this long after its first byte, however slowly
 	// the bytes trickle in (slow-read, "slowloris"); 0: none.
 	MessageTimeout time.Duration
+	// MaxMessageBytes closes a connection on which a SIP message's header,
+	// or its header and declared body, exceed this many bytes, before the
+	// body is read (the parser downstream may allow more); 0: no limit.
+	// Federation partners' connections are not limited.
+	MaxMessageBytes int
 	// OnRefused is called once per refused connection with the reason.
 	OnRefused func(reason string)
 	// OnAccepted is called once per verified connection.
@@ -239,7 +244,7 @@ func (l *Listener) handshake(raw net.Conn) {
 	} else if id.Partner {
 		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
-	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout,
+	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout, maxMsg: l.maxMessage(id),
 		localAddr: &addrString{raw.LocalAddr(), raw.LocalAddr().String()}, remoteAddr: &addrString{raw.RemoteAddr(), remote}}
 	select {
 	case l.conns <- c:
@@ -318,6 +323,7 @@ type trackedConn struct {
 	localAddr, remoteAddr *addrString // pointers: a net.Addr made from one does not allocate
 
 	msgTimeout  time.Duration
+	maxMsg      int64
 	clock       msgClock
 	inMessage   bool
 	msgDeadline time.Time
@@ -339,12 +345,21 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		_ = c.Conn.SetReadDeadline(deadline) // zero: none (between messages, no idle timeout)
 	}
 	n, err := c.Conn.Read(b)
-	if c.msgTimeout > 0 && n > 0 {
+	if (c.msgTimeout > 0 || c.maxMsg > 0) && n > 0 {
 		in, began := c.clock.feed(b[:n])
 		if began {
 			c.msgDeadline = time.Now().Add(c.msgTimeout)
 		}
 		c.inMessage = in
+		if c.maxMsg > 0 && c.clock.size > c.maxMsg {
+			c.l.cfg.Log.Warn("connection closed: SIP message too large", "remote", c.remote,
+				"reason", ReasonMessageTooLarge, "size_at_least", c.clock.size, "limit", c.maxMsg)
+			if c.l.cfg.OnRefused != nil {
+				c.l.cfg.OnRefused(ReasonMessageTooLarge)
+			}
+			_ = c.Close()
+			return 0, errMessageTooLarge
+		}
 	}
 	if err != nil && c.inMessage && deadline.Equal(c.msgDeadline) && errors.Is(err, os.ErrDeadlineExceeded) {
 		c.l.cfg.Log.Warn("connection closed: SIP message not complete in time", "remote", c.remote,
@@ -355,6 +370,19 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// maxMessage is the size limit for a peer's messages: none for a
+// federation partner (an authenticated organisation, whose edge may carry a
+// meeting's full roster), MaxMessageBytes for everyone else.
+func (l *Listener) maxMessage(id *PeerIdentity) int64 {
+	if id.Partner {
+		return 0
+	}
+	return int64(l.cfg.MaxMessageBytes)
+}
+
+// errMessageTooLarge ends a connection whose SIP message is over the limit.
+var errMessageTooLarge = errors.New("SIP message over the listener's size limit")
 
 // addrString is a connection address whose String is made once: sipgo
 // formats both addresses of a connection for every request it sends over

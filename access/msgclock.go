@@ -20,6 +20,7 @@ type msgClock struct {
 	lineLen int   // bytes of the current header line (only the first lineKeep kept)
 	clen    int64 // Content-Length of the current message
 	body    int64 // body bytes still expected
+	size    int64 // the current message's size as known: header bytes so far, plus its Content-Length once the header is complete
 }
 
 const (
@@ -43,7 +44,7 @@ func (m *msgClock) feed(b []byte) (inMessage, began bool) {
 				continue
 			}
 			m.state, m.clen, m.lineLen, began = header, 0, 0, true
-			m.line[0], m.lineLen = c, 1
+			m.line[0], m.lineLen, m.size = c, 1, 1
 		case header:
 			i := bytes.IndexByte(b, '\n')
 			part := b
@@ -54,9 +55,11 @@ func (m *msgClock) feed(b []byte) (inMessage, began bool) {
 				copy(m.line[m.lineLen:], part)
 			}
 			m.lineLen += len(part)
+			m.size += int64(len(part))
 			if i < 0 {
 				return true, began
 			}
+			m.size++ // the LF
 			b = b[i+1:]
 			n := m.lineLen
 			m.lineLen = 0
@@ -74,6 +77,7 @@ func (m *msgClock) feed(b []byte) (inMessage, began bool) {
 			}
 			// The empty line: the header is complete.
 			m.state, m.body = body, m.clen
+			m.size += m.clen
 			if m.body == 0 {
 				m.state = between
 			}

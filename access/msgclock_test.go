@@ -35,6 +35,30 @@ func TestMsgClock(t *testing.T) {
 	}
 }
 
+// The size known of the message in progress: its header bytes so far,
+// plus its Content-Length once the header is complete (before the body).
+func TestMsgClockSize(t *testing.T) {
+	head := "MESSAGE sip:bob@example.test SIP/2.0\r\nContent-Length: 1000\r\n\r\n"
+	var m msgClock
+	m.feed([]byte(head[:20]))
+	if m.size != 20 {
+		t.Fatalf("part of a header: size %d, want 20", m.size)
+	}
+	m.feed([]byte(head[20:]))
+	if want := int64(len(head) + 1000); m.size != want {
+		t.Fatalf("header complete: size %d, want %d (header and declared body)", m.size, want)
+	}
+	m.feed([]byte("\r\n\r\n")) // inside the body: counted already
+	if want := int64(len(head) + 1000); m.size != want {
+		t.Fatalf("in the body: size %d, want %d", m.size, want)
+	}
+	var next msgClock
+	next.feed([]byte("OPTIONS sip:a SIP/2.0\r\n\r\nOPT"))
+	if next.size != 3 {
+		t.Fatalf("a second message begun: size %d, want 3", next.size)
+	}
+}
+
 func TestContentLength(t *testing.T) {
 	for line, want := range map[string]int64{"Content-Length: 12": 12, "l:7": 7, "L : 0": 0, "content-length:\t65536": 65536} {
 		if v, ok := contentLength([]byte(line)); !ok || v != want {
@@ -68,6 +92,9 @@ func FuzzMsgClock(f *testing.F) {
 		}
 		if whole.body < 0 || parts.body < 0 {
 			t.Fatal("negative body count")
+		}
+		if len(b) > 0 && parts.size != whole.size {
+			t.Fatalf("split by %d: size %d, whole: %d", k, parts.size, whole.size)
 		}
 	})
 }

@@ -85,13 +85,17 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 			} // else follow sends it on the first provisional (§9.1)
 		}
 	}
-	tx.OnCancel(func(*sip.Request) {
+	if !tx.OnCancel(func(*sip.Request) {
 		mu.Lock()
 		cancelled = true
 		mu.Unlock()
 		p.log.Info("call cancelled by the caller", "to", target)
 		cancelAll(nil)
-	})
+	}) {
+		// Cancelled (answered 487) or ended before any branch: none is made.
+		p.log.Info("call cancelled by the caller before it was forked", "to", target)
+		return
+	}
 	results := make(chan *sip.Response, len(bindings))
 	for _, b := range bindings {
 		out, err := branchRequest(req, b)

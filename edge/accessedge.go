@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -387,16 +388,24 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 	defer ctx2.Terminate()
 	cancelled := make(chan struct{})
 	if req.IsInvite() {
-		tx.OnCancel(func(*sip.Request) {
-			close(cancelled)
-			go func() {
-				cctx, cc := context.WithTimeout(context.Background(), timerF)
-				defer cc()
-				if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
-					a.log.Info("passing CANCEL on failed", "error", err)
-				}
-			}()
-		})
+		var once sync.Once
+		passOn := func() {
+			once.Do(func() {
+				close(cancelled)
+				go func() {
+					cctx, cc := context.WithTimeout(context.Background(), timerF)
+					defer cc()
+					if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
+						a.log.Info("passing CANCEL on failed", "error", err)
+					}
+				}()
+			})
+		}
+		if !tx.OnCancel(func(*sip.Request) { passOn() }) {
+			// The CANCEL came (or the transaction ended) while the INVITE
+			// was being sent on: pass it on now, or the next hop rings on.
+			passOn()
+		}
 	}
 	for {
 		select {

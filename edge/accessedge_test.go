@@ -327,7 +327,7 @@ func TestAccessEdgeForkCancelsRemoteBranch(t *testing.T) {
 	if res := mobileUA.Register("sip:bob@example.test", "bob", pw, "<sip:bob@198.51.100.9:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("bob's mobile: %d", res.StatusCode)
 	}
-	desk.Answer = false
+	release := desk.HoldAnswers()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	answered := make(chan error, 1)
@@ -339,9 +339,7 @@ func TestAccessEdgeForkCancelsRemoteBranch(t *testing.T) {
 		answered <- err
 	}()
 	siptest.Eventually(t, "both of bob's devices ring", func() bool { return desk.Invites.Load() == 1 && mobile.Invites.Load() == 1 })
-	if err := desk.Incoming().RespondSDP([]byte(siptest.SDP)); err != nil { // the desk answers
-		t.Fatal(err)
-	}
+	release() // the desk answers
 	if err := <-answered; err != nil {
 		t.Fatalf("alice's call: %v", err)
 	}
@@ -433,6 +431,22 @@ func TestAccessEdgeHardening(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
 		}
 	}
+	// A message declaring more than twice the limit: the connection is
+	// closed before its body is read (nothing outside makes the edge
+	// buffer more), and the refusal is counted.
+	huge := dialRaw(t, ed.ExternalAddr(), roots)
+	_ = huge.c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = huge.c.Write([]byte("MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TLS 198.51.100.7;branch=z9hG4bK-huge\r\n" +
+		"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: huge\r\nCSeq: 1 MESSAGE\r\n" +
+		"Content-Type: text/plain\r\nContent-Length: 204800\r\n\r\n"))
+	if _, err := huge.r.ReadByte(); err == nil || isTimeout(err) {
+		t.Errorf("a message declaring 200 KiB kept its connection: %v", err)
+	}
+	_, edgeOps := ed.Addr()
+	if got := metric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="message_too_large"}`); got != "1" {
+		t.Errorf("message_too_large refusals %q, want 1", got)
+	}
+
 	// Junk on the stream: the connection is closed, cleanly.
 	junk := dialRaw(t, ed.ExternalAddr(), roots)
 	_ = junk.c.SetDeadline(time.Now().Add(3 * time.Second))

@@ -67,9 +67,10 @@ type ExternalConfig struct {
 
 // LimitsConfig hardens the external listener.
 type LimitsConfig struct {
-	// MaxMessageBytes: larger requests get 413; a message larger than both
-	// twice this and 1 MiB (the parse limit, which a meeting's full roster
-	// from the core needs) closes the connection.
+	// MaxMessageBytes: larger requests get 413; a user's message larger
+	// than twice this closes the connection before its body is read (a
+	// federation partner's may reach 1 MiB, the parse limit, which a
+	// meeting's full roster needs).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// RequestsPerSecond and Burst per source address; excess gets 503.
 	RequestsPerSecond float64 `yaml:"requests_per_second"`

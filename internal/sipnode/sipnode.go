@@ -174,6 +174,10 @@ func New(cfg Config) (*Node, error) {
 			Material: m, HandshakeTimeout: hs, Log: log, OnRefused: cfg.OnRefused,
 			MaxConnsPerAddr: cfg.UserLimits.MaxConnsPerAddr, MaxConns: cfg.UserLimits.MaxConns, IdleTimeout: cfg.UserLimits.IdleTimeout,
 			MessageTimeout: cfg.UserLimits.MessageTimeout, PartnerRoots: cfg.PartnerRoots, Cert: cfg.UserCert,
+			// Users' messages: up to twice MaxMessage is parsed (the handler
+			// answers 413 above MaxMessage); larger closes the connection
+			// before its body is read, whatever the parser's limit.
+			MaxMessageBytes: 2 * cfg.MaxMessage,
 		})
 		if err != nil {
 			if n.listener != nil {

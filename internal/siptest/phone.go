@@ -27,6 +27,7 @@ type Phone struct {
 	Reliable bool
 	// Pracks counts PRACKs received for reliable provisional responses.
 	Pracks  atomic.Int32
+	hold    atomic.Pointer[chan struct{}] // HoldAnswers
 	pracked chan struct{}
 	Invites atomic.Int32
 	// ReInvites counts INVITEs in a dialog of this phone (answered 200).
@@ -83,6 +84,14 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 			p.Cancels.Add(1)
 			return
 		}
+		if h := p.hold.Load(); h != nil {
+			select {
+			case <-*h:
+			case <-tx.Done():
+				p.Cancels.Add(1)
+				return
+			}
+		}
 		_ = sess.RespondSDP([]byte(SDP))
 		<-tx.Done()
 	})
@@ -131,6 +140,15 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 	})
 	u.Server.OnOptions(other)
 	return p
+}
+
+// HoldAnswers makes the phone ring without answering until release is
+// called (then it answers the calls ringing).
+func (p *Phone) HoldAnswers() (release func()) {
+	ch := make(chan struct{})
+	p.hold.Store(&ch)
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
 }
 
 // knows says whether req belongs to a dialog of this phone.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"portcullis/access"
@@ -344,6 +346,43 @@ func TestAccessEdgeForkCancelsRemoteBranch(t *testing.T) {
 		t.Fatalf("alice's call: %v", err)
 	}
 	siptest.Eventually(t, "the mobile's branch is cancelled through the edge", func() bool { return mobile.Cancels.Load() == 1 })
+}
+
+// A rejected call each way across the edge: the caller gets the callee's
+// final status, the non-2xx is ACKed hop by hop, and the next call goes
+// through.
+func TestAccessEdgeRejectedCalls(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	_, alice, bob := e.phones(c, ed)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, dir := range []struct {
+		caller, callee *siptest.Phone
+		from, user, to string
+		code           int
+	}{
+		{alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", 486}, // remote calls inside
+		{bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", 603},   // inside calls remote
+	} {
+		dir.callee.Reject.Store(int32(dir.code))
+		_, err := dir.caller.Call(ctx, dir.from, dir.user, pw, dir.to)
+		var rejected *sipgo.ErrDialogResponse
+		if !errors.As(err, &rejected) || rejected.Res.StatusCode != dir.code {
+			t.Fatalf("%s calls %s who answers %d: %v", dir.user, dir.to, dir.code, err)
+		}
+		dir.callee.Reject.Store(0)
+		sess, err := dir.caller.Call(ctx, dir.from, dir.user, pw, dir.to)
+		if err != nil || sess.InviteResponse.StatusCode != 200 {
+			t.Fatalf("%s's next call: %v", dir.user, err)
+		}
+		if err := sess.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := sess.Bye(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // rawConn is a TLS connection to the edge's external listener for bad input.

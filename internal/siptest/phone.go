@@ -26,8 +26,11 @@ type Phone struct {
 	// 3262: Require: 100rel, RSeq) and wait for its PRACK before the 200.
 	Reliable bool
 	// Pracks counts PRACKs received for reliable provisional responses.
-	Pracks  atomic.Int32
-	hold    atomic.Pointer[chan struct{}] // HoldAnswers
+	Pracks atomic.Int32
+	hold   atomic.Pointer[chan struct{}] // HoldAnswers
+	// Reject, when set, is the final status the phone answers calls with
+	// after ringing (486 Busy Here, 603 Decline, …).
+	Reject  atomic.Int32
 	pracked chan struct{}
 	Invites atomic.Int32
 	// ReInvites counts INVITEs in a dialog of this phone (answered 200).
@@ -82,6 +85,10 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 		if !p.Answer {
 			<-tx.Done()
 			p.Cancels.Add(1)
+			return
+		}
+		if code := int(p.Reject.Load()); code != 0 {
+			_ = sess.Respond(code, "Rejected", nil)
 			return
 		}
 		if h := p.hold.Load(); h != nil {

@@ -351,9 +351,11 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 			c.msgDeadline = time.Now().Add(c.msgTimeout)
 		}
 		c.inMessage = in
-		if c.maxMsg > 0 && c.clock.size > c.maxMsg {
+		peak := c.clock.peak
+		c.clock.peak = 0
+		if c.maxMsg > 0 && peak > c.maxMsg {
 			c.l.cfg.Log.Warn("connection closed: SIP message too large", "remote", c.remote,
-				"reason", ReasonMessageTooLarge, "size_at_least", c.clock.size, "limit", c.maxMsg)
+				"reason", ReasonMessageTooLarge, "size_at_least", peak, "limit", c.maxMsg)
 			if c.l.cfg.OnRefused != nil {
 				c.l.cfg.OnRefused(ReasonMessageTooLarge)
 			}

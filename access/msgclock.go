@@ -21,6 +21,7 @@ type msgClock struct {
 	clen    int64 // Content-Length of the current message
 	body    int64 // body bytes still expected
 	size    int64 // the current message's size as known: header bytes so far, plus its Content-Length once the header is complete
+	peak    int64 // the largest size since the caller last cleared it (several messages can pass in one feed)
 }
 
 const (
@@ -57,9 +58,11 @@ func (m *msgClock) feed(b []byte) (inMessage, began bool) {
 			m.lineLen += len(part)
 			m.size += int64(len(part))
 			if i < 0 {
+				m.peak = max(m.peak, m.size)
 				return true, began
 			}
 			m.size++ // the LF
+			m.peak = max(m.peak, m.size)
 			b = b[i+1:]
 			n := m.lineLen
 			m.lineLen = 0
@@ -78,6 +81,7 @@ func (m *msgClock) feed(b []byte) (inMessage, began bool) {
 			// The empty line: the header is complete.
 			m.state, m.body = body, m.clen
 			m.size += m.clen
+			m.peak = max(m.peak, m.size)
 			if m.body == 0 {
 				m.state = between
 			}

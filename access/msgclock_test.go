@@ -57,6 +57,13 @@ func TestMsgClockSize(t *testing.T) {
 	if next.size != 3 {
 		t.Fatalf("a second message begun: size %d, want 3", next.size)
 	}
+	// A large message that ends within the same read as the start of the
+	// next still shows in the peak.
+	var both msgClock
+	both.feed([]byte("MESSAGE sip:a SIP/2.0\r\nl: 3000\r\n\r\n" + strings.Repeat("x", 3000) + "OPT"))
+	if both.size != 3 || both.peak < 3000 {
+		t.Fatalf("size %d, peak %d: want 3 and the first message's size", both.size, both.peak)
+	}
 }
 
 func TestContentLength(t *testing.T) {

@@ -75,6 +75,7 @@ func TestCoturnUclient(t *testing.T) {
 		{"udp peer send-indications", []string{"-p", port(e.udp), "-s"}},
 		{"tcp client-to-client send-indications", []string{"-t", "-p", port(e.tcp), "-y", "-s"}},
 		{"tcp relays client-to-client (RFC 6062)", []string{"-T", "-p", port(e.tcp)}},
+		{"tcp relays over tls client-to-client (RFC 6062)", []string{"-T", "-S", "-p", port(e.tls)}},
 	}
 	// uclient paces its sends, so all modes run at once (t.Parallel would
 	// cap them at GOMAXPROCS).

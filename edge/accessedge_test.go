@@ -385,6 +385,28 @@ func TestAccessEdgeRejectedCalls(t *testing.T) {
 	}
 }
 
+// A user's message declaring more than twice the size limit closes the
+// connection before its body is read (nothing outside makes the edge
+// buffer more), and the refusal is counted. The edge runs with its default
+// idle and message timeouts, which would keep the connection for minutes.
+func TestAccessEdgeClosesOversizedMessage(t *testing.T) {
+	e := newEnv(t)
+	_, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	huge := dialRaw(t, ed.ExternalAddr(), roots)
+	_ = huge.c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = huge.c.Write([]byte("MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TLS 198.51.100.7;branch=z9hG4bK-huge\r\n" +
+		"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: huge\r\nCSeq: 1 MESSAGE\r\n" +
+		"Content-Type: text/plain\r\nContent-Length: 204800\r\n\r\n"))
+	if _, err := huge.r.ReadByte(); err == nil || isTimeout(err) {
+		t.Errorf("a message declaring 200 KiB kept its connection: %v", err)
+	}
+	_, edgeOps := ed.Addr()
+	if got := metric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="message_too_large"}`); got != "1" {
+		t.Errorf("message_too_large refusals %q, want 1", got)
+	}
+}
+
 // rawConn is a TLS connection to the edge's external listener for bad input.
 type rawConn struct {
 	t *testing.T
@@ -470,22 +492,6 @@ func TestAccessEdgeHardening(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
 		}
 	}
-	// A message declaring more than twice the limit: the connection is
-	// closed before its body is read (nothing outside makes the edge
-	// buffer more), and the refusal is counted.
-	huge := dialRaw(t, ed.ExternalAddr(), roots)
-	_ = huge.c.SetDeadline(time.Now().Add(3 * time.Second))
-	_, _ = huge.c.Write([]byte("MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TLS 198.51.100.7;branch=z9hG4bK-huge\r\n" +
-		"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: huge\r\nCSeq: 1 MESSAGE\r\n" +
-		"Content-Type: text/plain\r\nContent-Length: 204800\r\n\r\n"))
-	if _, err := huge.r.ReadByte(); err == nil || isTimeout(err) {
-		t.Errorf("a message declaring 200 KiB kept its connection: %v", err)
-	}
-	_, edgeOps := ed.Addr()
-	if got := metric(t, edgeOps, `portcullis_edge_mtls_refused_total{reason="message_too_large"}`); got != "1" {
-		t.Errorf("message_too_large refusals %q, want 1", got)
-	}
-
 	// Junk on the stream: the connection is closed, cleanly.
 	junk := dialRaw(t, ed.ExternalAddr(), roots)
 	_ = junk.c.SetDeadline(time.Now().Add(3 * time.Second))

@@ -184,16 +184,7 @@ func TestTCPAllocation(t *testing.T) {
 		n, _ := c.Read(buf)
 		_, _ = c.Write(bytes.ToUpper(buf[:n]))
 	}()
-	alloc, err := pionTCPClient(t, e, e.cred("dave")).AllocateTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
-	conn, err := alloc.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, relayed, _ := tcpRelay(t, e, e.cred("dave"), ln.Addr())
 	if _, err := conn.Write([]byte("over tcp")); err != nil {
 		t.Fatal(err)
 	}
@@ -205,8 +196,8 @@ func TestTCPAllocation(t *testing.T) {
 	}
 	// RFC 6062 §4.3: the peer sees the connection come from the relayed
 	// transport address the client was given.
-	if got := (<-from).String(); got != alloc.Addr().String() {
-		t.Fatalf("peer sees the connection from %s, the relayed address is %s", got, alloc.Addr())
+	if got := (<-from).String(); got != relayed.String() {
+		t.Fatalf("peer sees the connection from %s, the relayed address is %s", got, relayed)
 	}
 }
 

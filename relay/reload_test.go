@@ -150,16 +150,7 @@ func TestReloadClosesTCPRelaysToDeniedPeers(t *testing.T) {
 		_, err = io.ReadAll(c) // returns when the relay closes its side
 		closed <- err
 	}()
-	alloc, err := pionTCPClient(t, e, e.cred("yusuf")).AllocateTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
-	conn, err := alloc.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, _, _ := tcpRelay(t, e, e.cred("yusuf"), ln.Addr())
 	if _, err := conn.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -199,12 +190,16 @@ func TestReloadRenewsTLSCertificate(t *testing.T) {
 	if err := e.srv.Reload(renewed); err != nil {
 		t.Fatal(err)
 	}
-	after, err := tlsDial(e.tls)
-	if err != nil {
-		t.Fatal(err)
+	served := func() string { // the certificate a new handshake gets
+		t.Helper()
+		c, err := tlsDial(e.tls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
 	}
-	defer after.Close()
-	if got := after.ConnectionState().PeerCertificates[0].Subject.CommonName; got != "renewed.example.test" {
+	if got := served(); got != "renewed.example.test" {
 		t.Fatalf("certificate after reload: %q", got)
 	}
 	c := &client{t: t, conn: before, stream: newReader(before)}
@@ -217,12 +212,7 @@ func TestReloadRenewsTLSCertificate(t *testing.T) {
 	if err := e.srv.Reload(broken); err == nil {
 		t.Fatal("reload with a missing key file accepted")
 	}
-	again, err := tlsDial(e.tls)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	if got := again.ConnectionState().PeerCertificates[0].Subject.CommonName; got != "renewed.example.test" {
+	if got := served(); got != "renewed.example.test" {
 		t.Fatalf("certificate after a rejected reload: %q", got)
 	}
 }

@@ -9,8 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
-	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,34 +203,20 @@ func (c Config) WithTunables(n Config) Config {
 }
 
 // RestartOnly names the settings of cfg that differ from the running ones
-// and that only a restart changes (listeners, relay addresses and ports,
-// realm, lifetimes, sockets, the 401 rate).
+// and that only a restart changes: every key of the section but those
+// WithTunables takes, so a setting added later is restart-only until it is
+// made reloadable there.
 func (s *Server) RestartOnly(cfg Config) []string {
 	s.mu.Lock()
-	old := s.cfg
+	kept := s.cfg.WithTunables(cfg) // what a reload would leave running
 	s.mu.Unlock()
 	var keys []string
-	if old.Enabled != cfg.Enabled {
-		keys = append(keys, "turn.enabled")
-	}
-	if old.Realm != cfg.Realm {
-		keys = append(keys, "turn.realm")
-	}
-	if !slices.Equal(old.ListenUDP, cfg.ListenUDP) || !slices.Equal(old.ListenTCP, cfg.ListenTCP) || !slices.Equal(old.ListenTLS, cfg.ListenTLS) ||
-		old.UDPSockets != cfg.UDPSockets {
-		keys = append(keys, "turn listeners")
-	}
-	if old.Relay != cfg.Relay {
-		keys = append(keys, "turn.relay")
-	}
-	if old.Lifetimes != cfg.Lifetimes {
-		keys = append(keys, "turn.lifetimes")
-	}
-	if old.Unauthenticated != cfg.Unauthenticated {
-		keys = append(keys, "turn.unauthenticated")
-	}
-	if old.Connections != cfg.Connections {
-		keys = append(keys, "turn.connections")
+	have, want := reflect.ValueOf(kept), reflect.ValueOf(cfg)
+	for i := range have.NumField() {
+		if !reflect.DeepEqual(have.Field(i).Interface(), want.Field(i).Interface()) {
+			name, _, _ := strings.Cut(have.Type().Field(i).Tag.Get("yaml"), ",")
+			keys = append(keys, "turn."+name)
+		}
 	}
 	return keys
 }

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,26 @@ func pionTCPClient(t *testing.T, e *env, cred access.TURNCredential) *turn.Clien
 		t.Fatal(err)
 	}
 	return turntest.Client(t, e.tcp, turn.NewSTUNConn(ctrl), cred.Username, cred.Password, realm)
+}
+
+// tcpRelay opens an RFC 6062 allocation for cred with pion's client and
+// connects it to peer. It returns the data connection, the relayed address,
+// and end, which closes both (at the test's end if not before).
+func tcpRelay(t *testing.T, e *env, cred access.TURNCredential, peer net.Addr) (net.Conn, net.Addr, func()) {
+	t.Helper()
+	alloc, err := pionTCPClient(t, e, cred).AllocateTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := alloc.DialTCP("tcp", nil, peer.(*net.TCPAddr))
+	if err != nil {
+		alloc.Close()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	end := func() { once.Do(func() { conn.Close(); alloc.Close() }) }
+	t.Cleanup(end)
+	return conn, alloc.Addr(), end
 }
 
 // freePort returns a port number free on 127.0.0.1 for both UDP and TCP.
@@ -149,21 +170,13 @@ func TestTCPAllocationAccounting(t *testing.T) {
 		_, _ = c.Write([]byte("done"))
 	}()
 	cred := e.cred("victor")
-	alloc, err := pionTCPClient(t, e, cred).AllocateTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, _, end := tcpRelay(t, e, cred, ln.Addr())
 	// Over quota: victor's second allocation, UDP or TCP, gets 486.
 	if got := code(dialClient(t, "udp", e.udp, cred).request(stun.MethodAllocate, udpTransport)); got != stun.CodeAllocQuotaReached {
 		t.Fatalf("a UDP allocation beside a TCP one over a quota of 1: %d, want 486", got)
 	}
 	if got := code(dialClient(t, "tcp", e.tcp, cred).request(stun.MethodAllocate, tcpTransport)); got != stun.CodeAllocQuotaReached {
 		t.Fatalf("a second TCP allocation over a quota of 1: %d, want 486", got)
-	}
-
-	conn, err := alloc.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
 	}
 	start := time.Now()
 	if _, err := conn.Write(make([]byte, 24000)); err != nil {
@@ -193,8 +206,7 @@ func TestTCPAllocationAccounting(t *testing.T) {
 	if v := e.metric("portcullis_relay_paced_bytes_total"); v < 8000 {
 		t.Fatalf("paced bytes %v, want at least 8000", v)
 	}
-	conn.Close()
-	alloc.Close()
+	end()
 	e.waitMetric(t, func(v float64) bool { return v == 0 }, "portcullis_relay_allocations_active")
 	waitLog(t, e, `"transport":"tcp","user":"victor"`)
 	waitLog(t, e, `"bytes_to_peer":24000,"bytes_to_client":4,"reason":"deleted_by_client"`)

@@ -319,36 +319,37 @@ func (e *Engine) keyFor(who signer, keys [][]byte) []byte {
 
 // filter is the front filter for one STUN message from a client: it answers
 // what pion must not see or would answer wrongly, and reports whether the
-// message should go on to pion. reply writes an answer to the client. udp
-// says whether the client's source address is unproven (UDP): only then can
-// an answer be used to amplify, so only then are 401s rate-limited.
-func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bool, reply func([]byte)) bool {
+// message should go on to pion, with the long-term key its integrity was
+// checked with (nil when it carried none). reply writes an answer to the
+// client. udp says whether the client's source address is unproven (UDP):
+// only then can an answer be used to amplify, so only then are 401s
+// rate-limited.
+func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bool, reply func([]byte)) (pass bool, key []byte) {
 	if !knownMethod(h) {
 		if h.class == classRequest {
 			// RFC 8489 §6.3.1: an unknown method in a request gets 400.
 			e.answer(b, h, nil, reply, stun.CodeBadRequest)
 		}
-		return false
+		return false, nil
 	}
 	if !authenticated(h) {
-		return true
+		return true, nil
 	}
 	m := &stun.Message{Raw: append([]byte(nil), b...)}
 	if err := m.Decode(); err != nil {
 		e.cfg.Events.Drop(DropMalformed, len(b))
-		return false
+		return false, nil
 	}
 	if !m.Contains(stun.AttrMessageIntegrity) {
-		return true // pion challenges with 401 + NONCE; WriteTo rate-limits it
+		return true, nil // pion challenges with 401 + NONCE; WriteTo rate-limits it
 	}
 	var username stun.Username
 	var realm stun.Realm
 	var nonce stun.Nonce
 	if username.GetFrom(m) != nil || realm.GetFrom(m) != nil || nonce.GetFrom(m) != nil {
-		return true // pion answers 400
+		return true, nil // pion answers 400
 	}
 	_, keys, reason := e.verify(username.String(), realm.String())
-	var key []byte
 	if reason == "" {
 		var ok bool
 		if key, ok = e.checkIntegrity(m, signer{normal(client), username.String()}, keys); !ok {
@@ -368,7 +369,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		} else {
 			e.cfg.Events.Unauth401Dropped()
 		}
-		return false
+		return false, nil
 	}
 	switch h.method {
 	case methodRefresh, methodCreatePermission, methodChannelBind, methodConnect:
@@ -376,7 +377,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 		// allocation gets 437 (pion answers nothing).
 		if !e.hasAllocation(client, local) {
 			e.answer(b, h, key, reply, stun.CodeAllocMismatch)
-			return false
+			return false, nil
 		}
 	}
 	switch h.method {
@@ -388,12 +389,12 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 			e.quiet.Info("turn peer refused", "client", client.String(), "peer", peer.String(), "method", methodName(h.method))
 			e.cfg.Events.Drop(DropDeniedPeer, 0)
 			e.answer(b, h, key, reply, stun.CodeForbidden)
-			return false
+			return false, nil
 		}
 	case methodAllocate:
 		if total := e.tune().QuotaTotal; e.draining.Load() || (total > 0 && e.Active() >= total) {
 			e.atCapacity(b, h, key, reply)
-			return false
+			return false, nil
 		}
 	case methodRefresh:
 		var lt lifetime
@@ -401,7 +402,7 @@ func (e *Engine) filter(b []byte, h header, client, local netip.AddrPort, udp bo
 			e.markClientDelete(client, local)
 		}
 	}
-	return true
+	return true, key
 }
 
 func (e *Engine) hasAllocation(client, local netip.AddrPort) bool {

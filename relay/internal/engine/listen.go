@@ -209,7 +209,7 @@ func (g *Group) readable(l *loop, s *sock) {
 			e.cfg.Events.Drop(DropMalformed, len(p))
 			continue
 		}
-		if !e.filter(p, h, src, g.addr, true, func(b []byte) { _ = s.send(b, src) }) {
+		if pass, _ := e.filter(p, h, src, g.addr, true, func(b []byte) { _ = s.send(b, src) }); !pass {
 			continue
 		}
 		e.enqueue(g.toPion, p, src)

@@ -223,13 +223,18 @@ func (c *streamConn) Read(p []byte) (int, error) {
 			c.e.cfg.Events.Drop(DropMalformed, len(f))
 			return 0, errFrame
 		case kindSTUN:
-			if !c.e.filter(f, h, c.client, c.local, false, func(b []byte) { _, _ = c.Conn.Write(b) }) {
+			pass, key := c.e.filter(f, h, c.client, c.local, false, func(b []byte) { _, _ = c.Conn.Write(b) })
+			if !pass {
 				continue
 			}
 			if h.method == methodConnectionBind && h.class == classRequest {
 				c.raw = true
 				_ = c.Conn.SetReadDeadline(time.Time{})
-				c.bind.Store(c.e.bindRequest(f, c.client))
+				if key != nil { // its answer is signed with the key it was checked with
+					b := &boundRequest{key: key}
+					copy(b.id[:], f[8:stunHeaderLen])
+					c.bind.Store(b)
+				}
 			}
 		}
 		c.pending = f
@@ -253,23 +258,6 @@ func (c *streamConn) Write(p []byte) (int, error) {
 		}
 	}
 	return c.Conn.Write(p)
-}
-
-// bindRequest notes a ConnectionBind that passed the front filter (so its
-// credentials were checked) with the key its answer is signed with; nil if
-// it carried none.
-func (e *Engine) bindRequest(f []byte, client netip.AddrPort) *boundRequest {
-	m := &stun.Message{Raw: append([]byte(nil), f...)}
-	var username stun.Username
-	var realm stun.Realm
-	if m.Decode() != nil || username.GetFrom(m) != nil || realm.GetFrom(m) != nil {
-		return nil
-	}
-	_, keys, reason := e.verify(username.String(), realm.String())
-	if reason != "" {
-		return nil
-	}
-	return &boundRequest{id: m.TransactionID, key: stun.MessageIntegrity(e.keyFor(signer{normal(client), username.String()}, keys))}
 }
 
 // signAnswer adds MESSAGE-INTEGRITY (and FINGERPRINT after it) to pion's

@@ -58,7 +58,7 @@ func (t *tcpAlloc) revokeDenied(pol *policy.PeerPolicy) {
 	t.connMu.Lock()
 	var doomed []*peerConn
 	for c := range t.conns {
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err != nil || pol.Check(ap.Addr()) != policy.Allowed {
+		if pol.Check(addrPort(c.RemoteAddr()).Addr()) != policy.Allowed {
 			doomed = append(doomed, c)
 		}
 	}

@@ -20,6 +20,11 @@ type Config struct {
 	// SecretFile holds the shared secret for REST credentials (the core
 	// issues credentials with the same secret).
 	SecretFile string `yaml:"secret_file"`
+	// PreviousSecretGrace is how long after a change of the secret the
+	// credentials issued under the one before are still honoured: set it to
+	// the core's turn.max_ttl, the longest a credential issued just before
+	// the change can live (0: not at all).
+	PreviousSecretGrace time.Duration `yaml:"previous_secret_grace"`
 
 	ListenUDP   []string `yaml:"listen_udp"` // external address(es), STUN/TURN over UDP
 	ListenTCP   []string `yaml:"listen_tcp"`
@@ -101,11 +106,12 @@ type RateConfig struct {
 // DefaultConfig holds the defaults (relay disabled until configured).
 func DefaultConfig() Config {
 	return Config{
-		Relay:           RelayConfig{PortMin: 49152, PortMax: 65535},
-		Lifetimes:       LifetimeConfig{Allocation: 10 * time.Minute, Permission: 5 * time.Minute, Channel: 10 * time.Minute},
-		Quota:           QuotaConfig{PerUser: 10, Total: 10000},
-		Unauthenticated: RateConfig{PerSecond: 20, Burst: 40},
-		Connections:     ConnLimits{PerAddress: 100, Max: 10000},
+		PreviousSecretGrace: 24 * time.Hour, // the core's default turn.max_ttl
+		Relay:               RelayConfig{PortMin: 49152, PortMax: 65535},
+		Lifetimes:           LifetimeConfig{Allocation: 10 * time.Minute, Permission: 5 * time.Minute, Channel: 10 * time.Minute},
+		Quota:               QuotaConfig{PerUser: 10, Total: 10000},
+		Unauthenticated:     RateConfig{PerSecond: 20, Burst: 40},
+		Connections:         ConnLimits{PerAddress: 100, Max: 10000},
 	}
 }
 
@@ -116,6 +122,7 @@ func (c *Config) Validate(v *config.V) {
 	}
 	v.CheckNotEmpty("realm", c.Realm)
 	v.CheckNotEmpty("secret_file", c.SecretFile)
+	v.Check(c.PreviousSecretGrace >= 0 && c.PreviousSecretGrace <= 7*24*time.Hour, "previous_secret_grace", "must be between 0 and 168h, got %s", c.PreviousSecretGrace)
 	v.Check(len(c.ListenUDP)+len(c.ListenTCP)+len(c.ListenTLS) > 0, "listen_udp", "at least one of listen_udp, listen_tcp, listen_tls must be set")
 	for name, list := range map[string][]string{"listen_udp": c.ListenUDP, "listen_tcp": c.ListenTCP, "listen_tls": c.ListenTLS} {
 		for i, a := range list {

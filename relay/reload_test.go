@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -214,5 +215,58 @@ func TestReloadRenewsTLSCertificate(t *testing.T) {
 	}
 	if got := served(); got != "renewed.example.test" {
 		t.Fatalf("certificate after a rejected reload: %q", got)
+	}
+}
+
+// After a change of the secret, credentials issued under the one before
+// are honoured for turn.previous_secret_grace, then refused with 401, also
+// for an allocation made with one; with no grace they stop at once.
+func TestReloadRetiresPreviousSecretAfterGrace(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Relay.BindIPv6 = ""
+	e := start(t, cfg)
+	old := e.secret
+	a := dialClient(t, "udp", e.udp, access.IssueTURN(old, "alice", time.Hour, time.Now()))
+	mustOK(t, "Allocate", a.request(stun.MethodAllocate, udpTransport))
+
+	const grace = 1500 * time.Millisecond
+	rotated := cfg
+	rotated.SecretFile = newSecretFile(t)
+	rotated.PreviousSecretGrace = grace
+	if keys := e.srv.RestartOnly(rotated); len(keys) != 0 {
+		t.Fatalf("restart-only keys %v for a new secret and grace", keys)
+	}
+	changed := time.Now()
+	if err := e.srv.Reload(rotated); err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, "Refresh with the old secret's credential within the grace", a.request(stun.MethodRefresh, lifetimeAttr(600)))
+	if !strings.Contains(e.logs.String(), `"previous_secret_until"`) {
+		t.Fatalf("the reload's log line does not say until when the old secret works:\n%s", e.logs.String())
+	}
+	time.Sleep(time.Until(changed.Add(grace + 100*time.Millisecond)))
+	if got := code(a.request(stun.MethodRefresh, lifetimeAttr(600))); got != stun.CodeUnauthorized {
+		t.Fatalf("Refresh with the old secret's credential after the grace: %d, want 401", got)
+	}
+	b := dialClient(t, "udp", e.udp, access.IssueTURN(old, "bob", time.Hour, time.Now()))
+	if got := code(b.request(stun.MethodAllocate, udpTransport)); got != stun.CodeUnauthorized {
+		t.Fatalf("Allocate with the old secret's credential after the grace: %d, want 401", got)
+	}
+
+	// No grace: the credentials of the secret before stop with the change.
+	fresh, err := access.LoadTURNSecret(rotated.SecretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialClient(t, "udp", e.udp, access.IssueTURN(fresh, "carol", time.Hour, time.Now()))
+	mustOK(t, "Allocate with the current secret", c.request(stun.MethodAllocate, udpTransport))
+	none := rotated
+	none.SecretFile = newSecretFile(t)
+	none.PreviousSecretGrace = 0
+	if err := e.srv.Reload(none); err != nil {
+		t.Fatal(err)
+	}
+	if got := code(c.request(stun.MethodRefresh, lifetimeAttr(600))); got != stun.CodeUnauthorized {
+		t.Fatalf("Refresh with the replaced secret's credential and no grace: %d, want 401", got)
 	}
 }

@@ -196,7 +196,8 @@ func (s *Server) loadCert(cfg Config) error {
 // WithTunables is c with the settings a reload changes taken from n: the
 // ones tunables reads, and the TLS key pair's files.
 func (c Config) WithTunables(n Config) Config {
-	c.SecretFile, c.AllowedPeers, c.DeniedPeers = n.SecretFile, n.AllowedPeers, n.DeniedPeers
+	c.SecretFile, c.PreviousSecretGrace = n.SecretFile, n.PreviousSecretGrace
+	c.AllowedPeers, c.DeniedPeers = n.AllowedPeers, n.DeniedPeers
 	c.Quota, c.Bandwidth, c.AlternateServer = n.Quota, n.Bandwidth, n.AlternateServer
 	c.TLSCertFile, c.TLSKeyFile = n.TLSCertFile, n.TLSKeyFile
 	return c
@@ -224,8 +225,9 @@ func (s *Server) RestartOnly(cfg Config) []string {
 // Reload applies what a reload may change (tunables, and the TLS key pair
 // for new handshakes) and keeps allocations going. A changed secret file
 // takes effect at once, and credentials issued under the secret before it
-// are still honoured until the next change, so that calls in progress keep
-// their media while the core issues new ones. On error nothing changes.
+// are still honoured for turn.previous_secret_grace after the change (and
+// never after the next one), so that calls in progress keep their media
+// while the core issues new ones. On error nothing changes.
 func (s *Server) Reload(cfg Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -242,13 +244,18 @@ func (s *Server) Reload(cfg Config) error {
 	rotated := !bytes.Equal(t.Secret, cur.Secret)
 	switch {
 	case rotated:
-		t.Previous = cur.Secret
+		t.Previous, t.RotatedAt = cur.Secret, time.Now()
 	default:
-		t.Previous = cur.Previous
+		t.Previous, t.RotatedAt = cur.Previous, cur.RotatedAt
+	}
+	var previousUntil any // logged: when the previous secret's credentials stop working
+	if t.Previous != nil {
+		t.PreviousUntil = t.RotatedAt.Add(cfg.PreviousSecretGrace)
+		previousUntil = t.PreviousUntil.UTC().Format(time.RFC3339)
 	}
 	s.eng.Retune(t)
 	s.cfg = s.cfg.WithTunables(cfg)
-	s.log.Info("relay settings applied", "secret_rotated", rotated, "allowed_peers", cfg.AllowedPeers, "denied_peers", cfg.DeniedPeers,
+	s.log.Info("relay settings applied", "secret_rotated", rotated, "previous_secret_until", previousUntil, "allowed_peers", cfg.AllowedPeers, "denied_peers", cfg.DeniedPeers,
 		"quota_per_user", cfg.Quota.PerUser, "quota_total", cfg.Quota.Total,
 		"bandwidth_per_allocation_kbps", cfg.Bandwidth.PerAllocationKbps, "bandwidth_per_user_kbps", cfg.Bandwidth.PerUserKbps)
 	return nil

@@ -43,10 +43,12 @@ type Config struct {
 // allocations go on.
 type Tunables struct {
 	Secret []byte
-	// Previous is the secret before the last change, still honoured for
-	// the credentials issued under it (nil: none).
-	Previous []byte
-	Policy   *policy.PeerPolicy
+	// Previous is the secret before the last change (at RotatedAt), still
+	// honoured for the credentials issued under it until PreviousUntil
+	// (nil: none).
+	Previous                 []byte
+	RotatedAt, PreviousUntil time.Time
+	Policy                   *policy.PeerPolicy
 
 	QuotaPerUser int // active allocations per user
 	QuotaTotal   int // active allocations in all
@@ -275,7 +277,8 @@ func (e *Engine) verify(username, realm string) (string, [][]byte, string) {
 	if realm != e.cfg.Realm {
 		return "", nil, "wrong_realm"
 	}
-	userID, err := access.ParseTURNUsername(username, time.Now())
+	now := time.Now()
+	userID, err := access.ParseTURNUsername(username, now)
 	if err != nil {
 		if errors.Is(err, access.ErrTURNExpired) {
 			return "", nil, "expired"
@@ -284,7 +287,7 @@ func (e *Engine) verify(username, realm string) (string, [][]byte, string) {
 	}
 	t := e.tune()
 	keys := [][]byte{access.TURNKey(username, realm, access.TURNPassword(t.Secret, username))}
-	if t.Previous != nil {
+	if t.Previous != nil && now.Before(t.PreviousUntil) {
 		keys = append(keys, access.TURNKey(username, realm, access.TURNPassword(t.Previous, username)))
 	}
 	return userID, keys, ""

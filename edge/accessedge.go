@@ -387,29 +387,56 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 	}
 	defer ctx2.Terminate()
 	cancelled := make(chan struct{})
+	// A CANCEL is sent on only once the next hop has answered provisionally
+	// (§9.1): sent earlier, it can overtake the INVITE there, be answered
+	// 481, and leave the callee ringing.
+	var (
+		mu        sync.Mutex
+		wanted    bool // the caller cancelled
+		answered  bool // a provisional response came
+		cancelOut sync.Once
+	)
+	sendCancel := func() {
+		cancelOut.Do(func() {
+			go func() {
+				cctx, cc := context.WithTimeout(context.Background(), timerF)
+				defer cc()
+				if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
+					a.log.Info("passing CANCEL on failed", "error", err)
+				}
+			}()
+		})
+	}
 	if req.IsInvite() {
-		var once sync.Once
 		passOn := func() {
-			once.Do(func() {
-				close(cancelled)
-				go func() {
-					cctx, cc := context.WithTimeout(context.Background(), timerF)
-					defer cc()
-					if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
-						a.log.Info("passing CANCEL on failed", "error", err)
-					}
-				}()
-			})
+			mu.Lock()
+			defer mu.Unlock()
+			if wanted {
+				return
+			}
+			wanted = true
+			close(cancelled)
+			if answered {
+				sendCancel()
+			} // else on the first provisional response
 		}
 		if !tx.OnCancel(func(*sip.Request) { passOn() }) {
 			// The CANCEL came (or the transaction ended) while the INVITE
-			// was being sent on: pass it on now, or the next hop rings on.
+			// was being sent on: pass it on too, or the next hop rings on.
 			passOn()
 		}
 	}
 	for {
 		select {
 		case res := <-ctx2.Responses():
+			if req.IsInvite() && res.IsProvisional() {
+				mu.Lock()
+				answered = true
+				if wanted {
+					sendCancel()
+				}
+				mu.Unlock()
+			}
 			if res.StatusCode == 100 {
 				continue
 			}

@@ -283,6 +283,37 @@ func TestAccessEdgeCalls(t *testing.T) {
 	siptest.Eventually(t, "bob's ringing is cancelled", func() bool { return bob.Cancels.Load() == 1 })
 }
 
+// A remote caller that hangs up at once sends its CANCEL straight after
+// the INVITE (0-2 ms after it here), so the CANCEL can reach the edge
+// before the edge knows the INVITE (481, and the caller cancels again on
+// the first provisional), while the INVITE is being sent on, or just after.
+// The edge must not pass it on before the core has answered the INVITE
+// provisionally: sent at once, it overtook the INVITE in the core, was
+// answered 481, and the callee rang on (this test failed 5 runs of 5 so).
+// However it falls, every INVITE that reaches the callee is cancelled.
+func TestAccessEdgeCancelRightAfterInvite(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess(func(cfg *edge.Config) { // 40 calls of 4 requests at once
+		cfg.External.Limits.RequestsPerSecond, cfg.External.Limits.Burst = 1000, 1000
+	})
+	_, alice, bob := e.phones(c, ed)
+	bob.Answer = false // rings until cancelled
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 40 {
+		cs, is, err := alice.CallAndCancel(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test", time.Duration(i)*50*time.Microsecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cs != 200 || is != 487 {
+			t.Fatalf("call %d: CANCEL answered %d, INVITE %d; want 200 and 487", i, cs, is)
+		}
+	}
+	// An INVITE still on its way to bob would ring on: give it time to land.
+	time.Sleep(300 * time.Millisecond)
+	siptest.Eventually(t, "every INVITE that reached bob is cancelled", func() bool { return bob.Cancels.Load() == bob.Invites.Load() })
+}
+
 // RFC 3262 through the edge and the core, both directions: the callee's
 // reliable 183 reaches the caller with the route set of its early dialog,
 // the caller's PRACK follows that route back, and only then is the call

@@ -11,6 +11,9 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/icholy/digest"
+
+	"portcullis/internal/sipnode"
 )
 
 // SDP is a minimal G.711 offer or answer.
@@ -272,5 +275,71 @@ func Eventually(t interface {
 			t.Fatalf("never: %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// CallAndCancel invites `to`, authenticating as user, and sends the CANCEL
+// `after` the INVITE, before any answer (as a client hanging up at once
+// does). A CANCEL that arrived before the INVITE was known is
+// answered 481; then it is sent again after the first provisional
+// response, as RFC 3261 §9.1 has it. It returns the statuses the CANCEL
+// (the last one sent) and the INVITE were answered with.
+func (p *Phone) CallAndCancel(ctx context.Context, from, user, password, to string, after time.Duration) (cancelStatus, inviteStatus int, err error) {
+	req := p.newRequest(sip.INVITE, from, to)
+	req.AppendHeader(sip.HeaderClone(&p.Dialog.ContactHDR))
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(SDP))
+	res, err := p.Client.Do(ctx, req)
+	if err != nil {
+		return 0, 0, err
+	}
+	if res.StatusCode != 407 {
+		return 0, 0, fmt.Errorf("INVITE without credentials answered %d, want 407", res.StatusCode)
+	}
+	chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
+	if err != nil {
+		return 0, 0, err
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: "INVITE", URI: req.Recipient.Addr(), Username: user, Password: password, Count: 1})
+	if err != nil {
+		return 0, 0, err
+	}
+	inv := req.Clone()
+	inv.RemoveHeader("Via") // a new transaction: the client adds a new branch
+	inv.CSeq().SeqNo++
+	inv.AppendHeader(sip.NewHeader("Proxy-Authorization", cred.String()))
+	tx, err := p.Client.TransactionRequest(ctx, inv)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Terminate()
+	cancel := func() (int, error) {
+		r, err := p.Client.Do(ctx, sipnode.CancelRequest(inv))
+		if err != nil {
+			return 0, err
+		}
+		return r.StatusCode, nil
+	}
+	time.Sleep(after)
+	if cancelStatus, err = cancel(); err != nil {
+		return 0, 0, err
+	}
+	for {
+		select {
+		case r := <-tx.Responses():
+			if r.IsProvisional() {
+				if r.StatusCode > 100 && cancelStatus == 481 {
+					if cancelStatus, err = cancel(); err != nil {
+						return 0, 0, err
+					}
+				}
+				continue
+			}
+			return cancelStatus, r.StatusCode, nil
+		case <-tx.Done():
+			return cancelStatus, 0, tx.Err()
+		case <-ctx.Done():
+			return cancelStatus, 0, ctx.Err()
+		}
 	}
 }

@@ -236,15 +236,15 @@ func TestReloadRetiresPreviousSecretAfterGrace(t *testing.T) {
 	if keys := e.srv.RestartOnly(rotated); len(keys) != 0 {
 		t.Fatalf("restart-only keys %v for a new secret and grace", keys)
 	}
-	changed := time.Now()
 	if err := e.srv.Reload(rotated); err != nil {
 		t.Fatal(err)
 	}
+	changed := time.Now() // not before the change: the grace ends by changed+grace
 	mustOK(t, "Refresh with the old secret's credential within the grace", a.request(stun.MethodRefresh, lifetimeAttr(600)))
 	if !strings.Contains(e.logs.String(), `"previous_secret_until"`) {
 		t.Fatalf("the reload's log line does not say until when the old secret works:\n%s", e.logs.String())
 	}
-	time.Sleep(time.Until(changed.Add(grace + 100*time.Millisecond)))
+	time.Sleep(time.Until(changed.Add(grace + 50*time.Millisecond)))
 	if got := code(a.request(stun.MethodRefresh, lifetimeAttr(600))); got != stun.CodeUnauthorized {
 		t.Fatalf("Refresh with the old secret's credential after the grace: %d, want 401", got)
 	}

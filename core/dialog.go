@@ -185,8 +185,8 @@ func (p *proxy) cancelBranch(b *branch) {
 }
 
 // inDialog forwards a request inside a dialog we record-routed (§16.4:
-// loose routing). Our Route carries the caller's flow; the callee is found
-// by the contact it registered.
+// loose routing). Our Route carries the caller's flow; a registered
+// contact (the callee's) is reached over the flow it registered from.
 func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
 	if req.Method == sip.ACK {
 		tx = nil // an ACK is never answered (§17.1.1.3)
@@ -224,18 +224,24 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		// §16.12: another hop recorded the dialog (an edge, toward a remote
 		// user): it comes next.
 		dest = net.JoinHostPort(next.Address.Host, strconv.Itoa(next.Address.Port))
-	} else if req.Source() == callerFlow {
-		// From the caller: to the callee's registered flow.
+	} else {
+		// To a registered contact (the callee's, or an internal caller's):
+		// over its flow now. Which side sent the request is not told by its
+		// source: a caller who came through an edge comes back over a new
+		// connection once the edge's link has broken and been made again.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		flow, err := p.flowOf(ctx, req.Recipient.String())
 		cancel()
-		if err != nil {
+		switch {
+		case err == nil:
+			dest = flow
+		case req.Source() == callerFlow:
+			// From the caller, to a contact no longer registered.
 			if tx != nil {
 				p.refuse(tx, req, 404, "Not Found (no flow to this contact)", "no_flow")
 			}
 			return
-		}
-		dest = flow
+		} // else toward the caller, over its flow
 	}
 	out.SetDestination(dest)
 	if req.Method == sip.ACK {

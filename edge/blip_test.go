@@ -60,9 +60,9 @@ func (r *tcpRelay) cut() {
 	r.conns = nil
 }
 
-// A call from a remote user survives a break in the edge's link to the
+// Calls with a remote user survive a break in the edge's link to the
 // core: after the edge has connected again (from a new port), each party's
-// BYE still reaches the other.
+// BYE still reaches the other, whoever called.
 func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 	e := newEnv(t)
 	var relay *tcpRelay
@@ -70,35 +70,43 @@ func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 		relay = newTCPRelay(t, cfg.Core.Address)
 		cfg.Core.Address = relay.ln.Addr().String()
 	})
-	_, alice, bob := e.phones(c, ed)
+	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
 	_, edgeOps := ed.Addr()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for i, hangUp := range []string{"caller", "callee"} {
-		sess, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	for _, tc := range []struct {
+		name           string
+		caller, callee *siptest.Phone
+		from, user, to string
+		callerHangsUp  bool
+	}{
+		{"remote caller hangs up", alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", true},
+		{"internal callee hangs up", alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", false},
+		{"internal caller hangs up", bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", true},
+		{"remote callee hangs up", bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", false},
+	} {
+		acks := tc.callee.Acks.Load()
+		sess, err := tc.caller.Call(ctx, tc.from, tc.user, pw, tc.to)
 		if err != nil || sess.InviteResponse.StatusCode != 200 {
-			t.Fatalf("call in: %v", err)
+			t.Fatalf("%s: call: %v", tc.name, err)
 		}
 		if err := sess.Ack(ctx); err != nil {
 			t.Fatal(err)
 		}
-		siptest.Eventually(t, "bob gets the ACK", func() bool { return bob.Acks.Load() == int32(i+1) })
+		siptest.Eventually(t, tc.name+": the ACK arrives", func() bool { return tc.callee.Acks.Load() == acks+1 })
 
 		relay.cut()
 		time.Sleep(300 * time.Millisecond) // the edge notices and connects again
 		waitReadyz(t, edgeOps, 200)
 
-		switch hangUp {
-		case "caller":
-			if err := sess.Bye(ctx); err != nil {
-				t.Fatalf("BYE from the remote caller after the link broke: %v", err)
-			}
-			siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 1 })
-		case "callee":
-			if err := bob.Incoming().Bye(ctx); err != nil {
-				t.Fatalf("BYE from the internal callee after the link broke: %v", err)
-			}
-			siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
+		hearer, bye := tc.callee, func() error { return sess.Bye(ctx) }
+		if !tc.callerHangsUp {
+			hearer, bye = tc.caller, func() error { return tc.callee.Incoming().Bye(ctx) }
 		}
+		byes := hearer.Byes.Load()
+		if err := bye(); err != nil {
+			t.Fatalf("%s after the link broke: BYE: %v", tc.name, err)
+		}
+		siptest.Eventually(t, tc.name+": the BYE arrives", func() bool { return hearer.Byes.Load() == byes+1 })
 	}
 }

@@ -96,7 +96,11 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
 	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
-	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokens(),
+	routeKey, err := s.store.RouteKey(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: route key: %w", err)
+	}
+	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokensWithKey(routeKey),
 		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
 	s.turnSecret.Store(&secret)
 	mr := &mras{authenticator: auth, secret: s.secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}

@@ -110,3 +110,55 @@ func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 		siptest.Eventually(t, tc.name+": the BYE arrives", func() bool { return hearer.Byes.Load() == byes+1 })
 	}
 }
+
+// Calls with a remote user survive a restart of the core: the core signs
+// its Record-Routes with a key kept in its store, and a party's BYE after
+// the restart (the internal user registered again, the edge linked again)
+// reaches the other.
+func TestAccessEdgeDialogSurvivesCoreRestart(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
+	_, edgeOps := ed.Addr()
+	coreAddr, _ := c.Addr()
+	usersAddr := c.UsersAddr()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	in, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	if err != nil || in.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call in: %v", err)
+	}
+	if err := in.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
+	if err != nil || out.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call out: %v", err)
+	}
+	if err := out.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "both ACKs arrive", func() bool { return bob.Acks.Load() == 1 && alice.Acks.Load() == 1 })
+
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cc := e.coreConfig(coreAddr, "edge1.internal")
+	cc.SIP.UsersListen = usersAddr
+	c2 := e.startCore(cc)
+	t.Cleanup(func() { c2.Close() })
+	time.Sleep(300 * time.Millisecond) // the edge notices and links again
+	waitReadyz(t, edgeOps, 200)
+	if res := bob.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("bob registers again: %d", res.StatusCode)
+	}
+
+	if err := in.Bye(ctx); err != nil {
+		t.Fatalf("the remote caller's BYE after the core restarted: %v", err)
+	}
+	siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 1 })
+	if err := out.Bye(ctx); err != nil {
+		t.Fatalf("the internal caller's BYE after the core restarted: %v", err)
+	}
+	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
+}

@@ -225,21 +225,37 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 // DeploymentID returns the identifier this store was given when first
 // opened, creating it then. It names the deployment in logs and endpoints.json.
 func (s *Store) DeploymentID(ctx context.Context) (string, error) {
-	var id string
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = 'deployment_id'`).Scan(&id)
+	return s.setOnce(ctx, "deployment_id", 8)
+}
+
+// RouteKey returns the key the core signs its Record-Route and flow tokens
+// with, made when first asked for, so that dialogs in progress keep
+// their routes across a restart. It is as secret as the digests.
+func (s *Store) RouteKey(ctx context.Context) ([]byte, error) {
+	h, err := s.setOnce(ctx, "route_key", 32)
+	if err != nil {
+		return nil, err
+	}
+	return hex.DecodeString(h)
+}
+
+// setOnce returns a setting, first set to n random bytes (in hex) by
+// whoever asks first.
+func (s *Store) setOnce(ctx context.Context, key string, n int) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
 	if err == nil {
-		return id, nil
+		return v, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
 		return "", err
 	}
-	b := make([]byte, 8)
+	b := make([]byte, n)
 	_, _ = rand.Read(b)
-	id = hex.EncodeToString(b)
-	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO settings(key, value) VALUES ('deployment_id', ?)`, id); err != nil {
+	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)`, key, hex.EncodeToString(b)); err != nil {
 		return "", err
 	}
-	return s.DeploymentID(ctx)
+	return s.setOnce(ctx, key, n)
 }
 
 // queryAll runs a query and scans every row.

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
@@ -24,6 +25,10 @@ func TestMigrationsAndExclusiveOpen(t *testing.T) {
 	if err != nil || len(id) != 16 {
 		t.Fatalf("deployment id %q %v", id, err)
 	}
+	key, err := s.RouteKey(ctx)
+	if err != nil || len(key) != 32 {
+		t.Fatalf("route key of %d bytes, %v", len(key), err)
+	}
 	if _, err := store.Open(ctx, cfg); !errors.Is(err, store.ErrInUse) {
 		t.Fatalf("second open: %v, want ErrInUse", err)
 	}
@@ -40,5 +45,8 @@ func TestMigrationsAndExclusiveOpen(t *testing.T) {
 	id2, _ := s.DeploymentID(ctx)
 	if v2 != v || id2 != id {
 		t.Fatalf("after reopen: version %d→%d id %s→%s", v, v2, id, id2)
+	}
+	if key2, err := s.RouteKey(ctx); err != nil || !bytes.Equal(key2, key) {
+		t.Fatalf("the route key changed on reopen (%v)", err)
 	}
 }

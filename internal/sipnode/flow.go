@@ -23,8 +23,12 @@ type FlowTokens struct{ mac *keyedmac.Key }
 func NewFlowTokens() *FlowTokens {
 	k := make([]byte, 32)
 	_, _ = rand.Read(k)
-	return &FlowTokens{mac: keyedmac.New(k)}
+	return NewFlowTokensWithKey(k)
 }
+
+// NewFlowTokensWithKey makes a signer with a kept key, so that its tokens
+// open after a restart.
+func NewFlowTokensWithKey(key []byte) *FlowTokens { return &FlowTokens{mac: keyedmac.New(key)} }
 
 const (
 	kindFlow    = 'F'

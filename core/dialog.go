@@ -242,6 +242,13 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 			}
 			return
 		} // else toward the caller, over its flow
+		if !p.flowAlive(dest) {
+			// The user's connection is gone: the core never dials a user.
+			if tx != nil {
+				p.refuse(tx, req, 430, "Flow Failed", "flow_failed")
+			}
+			return
+		}
 	}
 	out.SetDestination(dest)
 	if req.Method == sip.ACK {

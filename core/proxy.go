@@ -145,11 +145,42 @@ func (p *proxy) targetBindings(ctx context.Context, req *sip.Request, tx sip.Ser
 		p.respond(tx, req, 500, "Server Internal Error")
 		return "", nil, false
 	}
+	bindings = p.liveBindings(ctx, bindings)
 	if len(bindings) == 0 {
 		p.refuse(tx, req, 480, "Temporarily Unavailable", "no_binding")
 		return "", nil, false
 	}
 	return target, bindings, true
+}
+
+// liveBindings drops the bindings of users registered here directly whose
+// connection is gone (RFC 5626 §5.3: the flow failed; the client registers
+// again over a new one): the core never dials a user. Bindings through an
+// edge (a Path) are the edge's to judge (it answers 430).
+func (p *proxy) liveBindings(ctx context.Context, bindings []store.Binding) []store.Binding {
+	var live []store.Binding // made only once one is dropped
+	for i, b := range bindings {
+		if _, addr, ok := strings.Cut(b.Source, ":"); ok && b.Path == "" && !p.flowAlive(addr) {
+			if live == nil {
+				live = append(make([]store.Binding, 0, len(bindings)), bindings[:i]...)
+			}
+			p.dropBinding(ctx, b)
+			continue
+		}
+		if live != nil {
+			live = append(live, b)
+		}
+	}
+	if live == nil {
+		return bindings
+	}
+	return live
+}
+
+// flowAlive says whether a user's connection (a flow) is open.
+func (p *proxy) flowAlive(addr string) bool {
+	c, err := p.node.UA.TransportLayer().GetConnection("tls", addr)
+	return err == nil && c != nil
 }
 
 // fork sends req to every binding at once (§16.6) and returns the response
@@ -247,13 +278,18 @@ func (p *proxy) flowCheck(b store.Binding, res *sip.Response) *sip.Response {
 	if res != nil && res.StatusCode == 430 {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if err := p.st.DeleteBinding(ctx, b.AOR, b.Contact); err != nil {
-			p.log.Warn("dropping a failed flow's binding", "aor", b.AOR, "error", err)
-		} else {
-			p.log.Info("binding dropped: its flow failed", "aor", b.AOR, "contact", b.Contact)
-		}
+		p.dropBinding(ctx, b)
 	}
 	return res
+}
+
+// dropBinding removes a binding whose flow failed.
+func (p *proxy) dropBinding(ctx context.Context, b store.Binding) {
+	if err := p.st.DeleteBinding(ctx, b.AOR, b.Contact); err != nil {
+		p.log.Warn("dropping a failed flow's binding", "aor", b.AOR, "error", err)
+		return
+	}
+	p.log.Info("binding dropped: its flow failed", "aor", b.AOR, "contact", b.Contact)
 }
 
 // send runs one client transaction and returns its final response, or nil

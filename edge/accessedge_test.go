@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -604,6 +605,61 @@ func TestFlowFailedDropsBinding(t *testing.T) {
 	}
 	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
 		t.Fatalf("after the binding was dropped: %d", res.StatusCode)
+	}
+}
+
+// The core never dials a user either: an internal user whose connection
+// is gone has its binding dropped (480 then, at once), and a request in a
+// dialog with them gets 430.
+func TestCoreDropsBindingOfClosedFlow(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	if err != nil || sess.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call: %v", err)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bob.UA.UA.Close() // bob's connection goes
+	time.Sleep(100 * time.Millisecond)
+	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "430") {
+		t.Fatalf("BYE to a user whose connection is gone: %v, want 430", err)
+	}
+	carol := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	if res := carol.Message("sip:carol@example.test", "carol", pw, "sip:bob@example.test", "are you there?"); res.StatusCode != 480 {
+		t.Fatalf("MESSAGE to a user whose connection is gone: %d, want 480", res.StatusCode)
+	}
+	if bs, _ := c.Store().Bindings(context.Background(), "sip:bob@example.test", time.Now()); len(bs) != 0 {
+		t.Fatalf("binding kept after its flow failed: %+v", bs)
+	}
+
+	// Of bob's three devices, the second one's connection goes: the others
+	// still get his IMs.
+	var devices []*siptest.UA
+	for i := range 3 {
+		d := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+		if res := d.Register("sip:bob@example.test", "bob", pw, fmt.Sprintf("<sip:bob@203.0.113.%d:5061;transport=tls>", 30+i)); res.StatusCode != 200 {
+			t.Fatalf("device %d: %d", i, res.StatusCode)
+		}
+		devices = append(devices, d)
+	}
+	devices[1].UA.Close()
+	time.Sleep(100 * time.Millisecond)
+	if res := carol.Message("sip:carol@example.test", "carol", pw, "sip:bob@example.test", "still there?"); res.StatusCode != 200 {
+		t.Fatalf("MESSAGE to bob with one device gone: %d", res.StatusCode)
+	}
+	for _, i := range []int{0, 2} {
+		if got := devices[i].WaitMessages(1, 2*time.Second); len(got) != 1 {
+			t.Fatalf("device %d got %d IMs", i, len(got))
+		}
+	}
+	if bs, _ := c.Store().Bindings(context.Background(), "sip:bob@example.test", time.Now()); len(bs) != 2 {
+		t.Fatalf("%d bindings left, want the two live ones", len(bs))
 	}
 }
 

@@ -242,7 +242,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 			}
 			return
 		} // else toward the caller, over its flow
-		if !p.flowAlive(dest) {
+		if !p.node.FlowOpen(dest) {
 			// The user's connection is gone: the core never dials a user.
 			if tx != nil {
 				p.refuse(tx, req, 430, "Flow Failed", "flow_failed")

@@ -160,7 +160,7 @@ func (p *proxy) targetBindings(ctx context.Context, req *sip.Request, tx sip.Ser
 func (p *proxy) liveBindings(ctx context.Context, bindings []store.Binding) []store.Binding {
 	var live []store.Binding // made only once one is dropped
 	for i, b := range bindings {
-		if _, addr, ok := strings.Cut(b.Source, ":"); ok && b.Path == "" && !p.flowAlive(addr) {
+		if _, addr, ok := strings.Cut(b.Source, ":"); ok && b.Path == "" && !p.node.FlowOpen(addr) {
 			if live == nil {
 				live = append(make([]store.Binding, 0, len(bindings)), bindings[:i]...)
 			}
@@ -175,12 +175,6 @@ func (p *proxy) liveBindings(ctx context.Context, bindings []store.Binding) []st
 		return bindings
 	}
 	return live
-}
-
-// flowAlive says whether a user's connection (a flow) is open.
-func (p *proxy) flowAlive(addr string) bool {
-	c, err := p.node.UA.TransportLayer().GetConnection("tls", addr)
-	return err == nil && c != nil
 }
 
 // fork sends req to every binding at once (§16.6) and returns the response

@@ -298,7 +298,7 @@ func (a *accessEdge) fromCore(m *msg) {
 			return
 		}
 		flow = addr
-	} else if c, err := a.node.UA.TransportLayer().GetConnection("tls", flow); err != nil || c == nil {
+	} else if !a.node.FlowOpen(flow) {
 		// The remote user's connection is gone. The edge never dials out
 		// to a user (RFC 5626 §5.3: the flow failed; the client registers
 		// again over a new one).

@@ -201,6 +201,17 @@ func (n *Node) listeners() []*access.Listener {
 	return ls
 }
 
+// FlowOpen says whether a TLS connection with addr (a flow) is open. It
+// gives back the reference the pool's lookup takes, without closing.
+func (n *Node) FlowOpen(addr string) bool {
+	c, err := n.UA.TransportLayer().GetConnection("tls", addr)
+	if err != nil || c == nil {
+		return false
+	}
+	c.Ref(-1)
+	return true
+}
+
 // UserAddr is the user listener's address ("" without one).
 func (n *Node) UserAddr() string {
 	if n.users == nil {

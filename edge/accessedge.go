@@ -34,6 +34,7 @@ type accessEdge struct {
 	hostname string // the edge's internal name, in the trust header
 	coreAddr string
 	tokens   *sipnode.FlowTokens
+	contacts *contactFlows         // where each remote user's contact last registered from
 	rate     *policy.SourceLimiter // requests per source address
 	log      *slog.Logger
 	quiet    *logthrottle.Logger // for lines anyone outside can cause per request
@@ -120,6 +121,11 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 			a.log.Warn("Path from outside removed", "count", n, "source", req.Source())
 		}
 		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(req.Source()))+">"))
+		fix = func(res *sip.Response) {
+			if res.IsSuccess() {
+				a.contacts.learn(req, res, req.Source(), time.Now())
+			}
+		}
 	case sip.INVITE, sip.SUBSCRIBE:
 		fix = a.recordDialog(req, out)
 	}
@@ -301,9 +307,16 @@ func (a *accessEdge) fromCore(m *msg) {
 	} else if !a.node.FlowOpen(flow) {
 		// The remote user's connection is gone. The edge never dials out
 		// to a user (RFC 5626 §5.3: the flow failed; the client registers
-		// again over a new one).
-		a.refuse(tx, req, 430, "Flow Failed", "flow_failed")
-		return
+		// again over a new one). If they have, the request goes over that.
+		renewed, ok := "", false
+		if to := req.To(); to != nil {
+			renewed, ok = a.contacts.lookup(to.Address, req.Recipient, time.Now())
+		}
+		if !ok || !a.node.FlowOpen(renewed) {
+			a.refuse(tx, req, 430, "Flow Failed", "flow_failed")
+			return
+		}
+		flow = renewed
 	}
 	out := req.Clone()
 	out.RemoveHeader("Route") // ours, the top one

@@ -2,11 +2,15 @@ package edge_test
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo"
 
 	"portcullis/edge"
 	"portcullis/internal/siptest"
@@ -161,4 +165,59 @@ func TestAccessEdgeDialogSurvivesCoreRestart(t *testing.T) {
 		t.Fatalf("the internal caller's BYE after the core restarted: %v", err)
 	}
 	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
+}
+
+// A remote user's phone that loses its connection mid-call (a roaming
+// phone) connects and registers again: requests in the call reach it over
+// the new connection. Someone else registering that contact under their
+// own AOR does not get them.
+func TestAccessEdgeDialogFollowsReconnectedUser(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const contact = "sip:alice@198.51.100.7:5061;transport=tls"
+	conf := &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12}
+	call := func(callee *siptest.Phone) *sipgo.DialogClientSession {
+		t.Helper()
+		sess, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
+		if err != nil || sess.InviteResponse.StatusCode != 200 {
+			t.Fatalf("call out: %v", err)
+		}
+		if err := sess.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+		siptest.Eventually(t, "alice's phone gets the ACK", func() bool { return callee.Acks.Load() == 1 })
+		return sess
+	}
+
+	// carol registers alice's contact under her own AOR: no effect.
+	sess := call(alice)
+	alice.UA.UA.Close()
+	carol := siptest.NewPhone(siptest.New(t, ed.ExternalAddr(), conf), contact, true)
+	if res := carol.Register("sip:carol@example.test", "carol", pw, "<"+contact+">"); res.StatusCode != 200 {
+		t.Fatalf("carol registers: %d", res.StatusCode)
+	}
+	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "430") {
+		t.Fatalf("BYE to alice's lost connection: %v, want 430", err)
+	}
+	if n := carol.Byes.Load(); n != 0 {
+		t.Fatalf("carol got alice's BYE")
+	}
+
+	// alice connects and registers again: the next call's requests follow.
+	alice2 := siptest.NewPhone(siptest.New(t, ed.ExternalAddr(), conf), contact, true)
+	if res := alice2.Register("sip:alice@example.test", "alice", pw, "<"+contact+">"); res.StatusCode != 200 {
+		t.Fatalf("alice registers again: %d", res.StatusCode)
+	}
+	sess = call(alice2)
+	alice2.UA.UA.Close()
+	alice3 := siptest.NewPhone(siptest.New(t, ed.ExternalAddr(), conf), contact, true)
+	if res := alice3.Register("sip:alice@example.test", "alice", pw, "<"+contact+">"); res.StatusCode != 200 {
+		t.Fatalf("alice registers over a third connection: %d", res.StatusCode)
+	}
+	_ = sess.Bye(ctx) // alice3's phone does not know the call (481): the BYE reaching it is the point
+	siptest.Eventually(t, "bob's BYE reaches alice over her new connection", func() bool { return alice3.Byes.Load() == 1 })
 }

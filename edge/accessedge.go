@@ -295,7 +295,10 @@ func (a *accessEdge) fromCore(m *msg) {
 		// partner's user agent.
 		domain, addr, pok := a.tokens.OpenPartner(route.Address.User)
 		if !pok {
-			a.refuse(tx, req, 403, "Forbidden (Route is not this edge's)", "foreign_route")
+			// Signed by an earlier run of this edge (its keys live as long
+			// as the process): the connection it names is gone. 430 makes
+			// the core drop a binding whose Path it is.
+			a.refuse(tx, req, 430, "Flow Failed", "stale_route")
 			return
 		}
 		var err error

@@ -221,3 +221,41 @@ func TestAccessEdgeDialogFollowsReconnectedUser(t *testing.T) {
 	_ = sess.Bye(ctx) // alice3's phone does not know the call (481): the BYE reaching it is the point
 	siptest.Eventually(t, "bob's BYE reaches alice over her new connection", func() bool { return alice3.Byes.Load() == 1 })
 }
+
+// After an edge restart, a Path or Route the previous edge process signed
+// cannot be opened: the edge answers the core 430 (the flow is gone), so
+// the core drops the binding of a remote user who has not come back, and
+// the next request gets 480 rather than a refusal each time.
+func TestEdgeRestartDropsStaleBindings(t *testing.T) {
+	e := newEnv(t)
+	var ec edge.Config
+	c, ed := e.startAccess(func(cfg *edge.Config) { ec = *cfg })
+	roots := accessRoots(t, e)
+	remote := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	if res := remote.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("alice registers: %d", res.StatusCode)
+	}
+	internal, _ := ed.Addr()
+	ec.Internal.Listen, ec.External.Listen = internal, ed.ExternalAddr()
+	remote.UA.Close()
+	if err := ed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ed2, err := edge.Start(ec, deps(t, "edge"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ed2.Close() })
+	_, ops := ed2.Addr()
+	waitReadyz(t, ops, 200)
+	inside := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("bob registers: %d", res.StatusCode)
+	}
+	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "still there?"); res.StatusCode != 430 {
+		t.Fatalf("MESSAGE over a Path from before the restart: %d, want 430", res.StatusCode)
+	}
+	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
+		t.Fatalf("MESSAGE once the binding is dropped: %d, want 480", res.StatusCode)
+	}
+}

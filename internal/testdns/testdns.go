@@ -4,9 +4,11 @@
 package testdns
 
 import (
+	"errors"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/miekg/dns"
 )
@@ -21,18 +23,23 @@ type Server struct {
 }
 
 // Start serves UDP and TCP on addr (host:port; port 0 picks one, the same
-// for both when it can).
+// for both: a port free for UDP may be taken for TCP by another test, so
+// with port 0 it tries again on another).
 func Start(addr string) (*Server, error) {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	for try := 0; ; try++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return Serve(pc, ln), nil
+		}
 		pc.Close()
-		return nil, err
+		if _, port, _ := net.SplitHostPort(addr); port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+			return nil, err
+		}
 	}
-	return Serve(pc, ln), nil
 }
 
 // Serve answers on sockets the caller bound (e.g. inside a namespace).

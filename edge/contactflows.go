@@ -51,14 +51,23 @@ func (c *contactFlows) learn(req *sip.Request, res *sip.Response, flow string, n
 		return
 	}
 	aor := aorKey(to.Address)
-	asked := map[string]bool{}
+	asked, all := map[string]bool{}, false
 	for _, h := range req.GetHeaders("Contact") {
 		if ch, ok := h.(*sip.ContactHeader); ok {
 			asked[contactKeyOf(ch.Address)] = true
+			all = all || ch.Address.Wildcard
 		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if all { // "Contact: *": every binding of the AOR ends
+		for k := range c.m {
+			if k.aor == aor {
+				delete(c.m, k)
+			}
+		}
+		return
+	}
 	for k := range asked {
 		delete(c.m, contactKey{aor, k}) // unregistered unless the answer lists it
 	}

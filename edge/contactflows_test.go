@@ -56,6 +56,12 @@ func TestContactFlows(t *testing.T) {
 	if _, ok := c.lookup(aor, contact, now); ok {
 		t.Fatal("found after unregistering")
 	}
+	// "Contact: *" ends them all.
+	c.learn(register, reply("Contact: <sip:alice@198.51.100.7:5061;transport=tls>;expires=60\r\n"), "127.0.0.1:2000", now)
+	c.learn(parse("REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1;branch=z9hG4bKx\r\nTo: <sip:alice@example.test>\r\nFrom: <sip:alice@example.test>;tag=2\r\nCall-ID: c\r\nCSeq: 2 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n"), reply(""), "127.0.0.1:2000", now)
+	if _, ok := c.lookup(aor, contact, now); ok {
+		t.Fatal("found after Contact: *")
+	}
 	// The cap: expired entries make room, live ones do not.
 	for i, flow := range []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"} {
 		r := parse("REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1;branch=z9hG4bKx\r\nTo: <sip:u" + flow[len(flow)-1:] + "@example.test>\r\nFrom: <sip:u@example.test>;tag=2\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:u@198.51.100.9:5061>\r\nContent-Length: 0\r\n\r\n")

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -128,21 +129,7 @@ func TestAccessEdgeDialogSurvivesCoreRestart(t *testing.T) {
 	usersAddr := c.UsersAddr()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	in, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
-	if err != nil || in.InviteResponse.StatusCode != 200 {
-		t.Fatalf("call in: %v", err)
-	}
-	if err := in.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
-	out, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
-	if err != nil || out.InviteResponse.StatusCode != 200 {
-		t.Fatalf("call out: %v", err)
-	}
-	if err := out.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
-	siptest.Eventually(t, "both ACKs arrive", func() bool { return bob.Acks.Load() == 1 && alice.Acks.Load() == 1 })
+	in, out := callBothWays(ctx, t, alice, bob)
 
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -157,14 +144,7 @@ func TestAccessEdgeDialogSurvivesCoreRestart(t *testing.T) {
 		t.Fatalf("bob registers again: %d", res.StatusCode)
 	}
 
-	if err := in.Bye(ctx); err != nil {
-		t.Fatalf("the remote caller's BYE after the core restarted: %v", err)
-	}
-	siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 1 })
-	if err := out.Bye(ctx); err != nil {
-		t.Fatalf("the internal caller's BYE after the core restarted: %v", err)
-	}
-	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
+	hangUpBothWays(ctx, t, "core", in, out, alice, bob)
 }
 
 // A remote user's phone that loses its connection mid-call (a roaming
@@ -235,19 +215,8 @@ func TestEdgeRestartDropsStaleBindings(t *testing.T) {
 	if res := remote.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("alice registers: %d", res.StatusCode)
 	}
-	internal, _ := ed.Addr()
-	ec.Internal.Listen, ec.External.Listen = internal, ed.ExternalAddr()
 	remote.UA.Close()
-	if err := ed.Close(); err != nil {
-		t.Fatal(err)
-	}
-	ed2, err := edge.Start(ec, deps(t, "edge"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ed2.Close() })
-	_, ops := ed2.Addr()
-	waitReadyz(t, ops, 200)
+	restartEdge(t, ed, ec)
 	inside := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
 	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("bob registers: %d", res.StatusCode)
@@ -258,4 +227,81 @@ func TestEdgeRestartDropsStaleBindings(t *testing.T) {
 	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
 		t.Fatalf("MESSAGE once the binding is dropped: %d, want 480", res.StatusCode)
 	}
+}
+
+// With internal.route_key_file, calls through the edge go on across its
+// restart: once the remote user has connected and registered again, each
+// party's BYE reaches the other.
+func TestAccessEdgeDialogSurvivesEdgeRestart(t *testing.T) {
+	e := newEnv(t)
+	var ec edge.Config
+	c, ed := e.startAccess(func(cfg *edge.Config) {
+		cfg.Internal.RouteKeyFile = filepath.Join(t.TempDir(), "edge-route.key")
+		ec = *cfg
+	})
+	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	in, out := callBothWays(ctx, t, alice, bob)
+
+	restartEdge(t, ed, ec)
+	if res := alice.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("alice registers again: %d", res.StatusCode)
+	}
+
+	hangUpBothWays(ctx, t, "edge", in, out, alice, bob)
+}
+
+// callBothWays has remote alice call internal bob (in) and bob call alice
+// (out), both answered and ACKed.
+func callBothWays(ctx context.Context, t *testing.T, alice, bob *siptest.Phone) (in, out *sipgo.DialogClientSession) {
+	t.Helper()
+	in, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	if err != nil || in.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call in: %v", err)
+	}
+	if err := in.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err = bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
+	if err != nil || out.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call out: %v", err)
+	}
+	if err := out.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "both ACKs arrive", func() bool { return bob.Acks.Load() == 1 && alice.Acks.Load() == 1 })
+	return in, out
+}
+
+// hangUpBothWays has each caller of callBothWays hang up after what
+// restarted, and checks the BYE reaches the other party.
+func hangUpBothWays(ctx context.Context, t *testing.T, what string, in, out *sipgo.DialogClientSession, alice, bob *siptest.Phone) {
+	t.Helper()
+	if err := in.Bye(ctx); err != nil {
+		t.Fatalf("the remote caller's BYE after the %s restarted: %v", what, err)
+	}
+	siptest.Eventually(t, "bob gets alice's BYE", func() bool { return bob.Byes.Load() == 1 })
+	if err := out.Bye(ctx); err != nil {
+		t.Fatalf("the internal caller's BYE after the %s restarted: %v", what, err)
+	}
+	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
+}
+
+// restartEdge closes ed and starts an edge with ec (the config ed was
+// started with) on ed's listening addresses, and waits until it is ready.
+func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
+	t.Helper()
+	internal, _ := ed.Addr()
+	ec.Internal.Listen, ec.External.Listen = internal, ed.ExternalAddr()
+	if err := ed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ed2, err := edge.Start(ec, deps(t, "edge"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ed2.Close() })
+	_, ops := ed2.Addr()
+	waitReadyz(t, ops, 200)
 }

@@ -46,6 +46,10 @@ type InternalConfig struct {
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	// TrustedCores names the core certificates allowed to connect.
 	TrustedCores []string `yaml:"trusted_cores"`
+	// RouteKeyFile keeps the key the edge signs its Path and Record-Route
+	// tokens with (made, mode 0600, when missing), so that calls through
+	// the edge go on across its restart; empty: a new key each run.
+	RouteKeyFile string `yaml:"route_key_file"`
 }
 
 // ExternalConfig is the `external` section (the Access Edge).
@@ -190,7 +194,7 @@ func (c *LinkConfig) Validate(v *config.V) {
 func (c *Config) Resolve(base string) {
 	c.TLS.Resolve(base)
 	c.TURN.Resolve(base)
-	for _, p := range []*string{&c.External.TLSCertFile, &c.External.TLSKeyFile, &c.Federation.TrustRootsFile} {
+	for _, p := range []*string{&c.External.TLSCertFile, &c.External.TLSKeyFile, &c.Federation.TrustRootsFile, &c.Internal.RouteKeyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -246,7 +250,7 @@ func restartOnly(old, new Config) []string {
 		keys = append(keys, "metrics")
 	}
 	if old.Internal.Listen != new.Internal.Listen || old.Internal.Hostname != new.Internal.Hostname ||
-		old.Internal.HandshakeTimeout != new.Internal.HandshakeTimeout {
+		old.Internal.HandshakeTimeout != new.Internal.HandshakeTimeout || old.Internal.RouteKeyFile != new.Internal.RouteKeyFile {
 		keys = append(keys, "internal")
 	}
 	if old.TLS != new.TLS {

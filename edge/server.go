@@ -118,8 +118,16 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		return nil, fmt.Errorf("internal.listen %s: %w", cfg.Internal.Listen, err)
 	}
 	if cfg.External.Listen != "" {
+		tokens := sipnode.NewFlowTokens()
+		if cfg.Internal.RouteKeyFile != "" {
+			key, err := sipnode.LoadOrMakeKey(cfg.Internal.RouteKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("internal.route_key_file: %w", err)
+			}
+			tokens = sipnode.NewFlowTokensWithKey(key)
+		}
 		ae := &accessEdge{node: s.sip, contacts: newContactFlows(4 * max(cfg.External.Limits.MaxConnections, 1000)), internal: s.sip.Addr(), external: s.sip.UserAddr(), cfg: cfg.External, hostname: cfg.Internal.Hostname, coreAddr: cfg.Core.Address,
-			tokens: sipnode.NewFlowTokens(), log: s.log.With("role", "access-edge"), quiet: logthrottle.New(s.log.With("role", "access-edge")),
+			tokens: tokens, log: s.log.With("role", "access-edge"), quiet: logthrottle.New(s.log.With("role", "access-edge")),
 			rate:      policy.NewSourceLimiter(rate.Limit(cfg.External.Limits.RequestsPerSecond), cfg.External.Limits.Burst),
 			refused:   func(r string) { s.metrics.refused.WithLabelValues(r).Inc() },
 			fed:       policy.NewFederation(cfg.Federation),

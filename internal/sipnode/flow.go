@@ -4,7 +4,12 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"strings"
 
 	"portcullis/internal/keyedmac"
@@ -29,6 +34,40 @@ func NewFlowTokens() *FlowTokens {
 // NewFlowTokensWithKey makes a signer with a kept key, so that its tokens
 // open after a restart.
 func NewFlowTokensWithKey(key []byte) *FlowTokens { return &FlowTokens{mac: keyedmac.New(key)} }
+
+// LoadOrMakeKey reads a 32-byte key (hex) from file, or makes one there
+// (mode 0600) when the file does not exist.
+func LoadOrMakeKey(file string) ([]byte, error) {
+	for range 2 {
+		b, err := os.ReadFile(file)
+		if err == nil {
+			k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+			if err != nil || len(k) != 32 {
+				return nil, fmt.Errorf("%s: not a key of 32 bytes in hex", file)
+			}
+			return k, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		k := make([]byte, 32)
+		_, _ = rand.Read(k)
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue // made by another process meanwhile: read that one
+		}
+		if err != nil {
+			return nil, err
+		}
+		_, werr := f.WriteString(hex.EncodeToString(k) + "\n")
+		if err := errors.Join(werr, f.Close()); err != nil {
+			_ = os.Remove(file)
+			return nil, err
+		}
+		return k, nil
+	}
+	return nil, fmt.Errorf("%s: cannot be read or made", file)
+}
 
 const (
 	kindFlow    = 'F'

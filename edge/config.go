@@ -12,6 +12,7 @@ import (
 	"portcullis/internal/config"
 	"portcullis/internal/lifecycle"
 	"portcullis/internal/ops"
+	"portcullis/internal/sipnode"
 	"portcullis/policy"
 	"portcullis/relay"
 )
@@ -202,7 +203,7 @@ func (c *Config) Resolve(base string) {
 }
 
 // Preflight checks what only the machine can tell: the certificate files,
-// the TURN secret and the TURN TLS key pair.
+// the route key file, the TURN secret and the TURN TLS key pair.
 func Preflight(c Config) error {
 	if _, err := access.LoadMaterial(c.TLS); err != nil {
 		return err
@@ -210,6 +211,11 @@ func Preflight(c Config) error {
 	if c.External.Listen != "" {
 		if _, err := access.LoadServerPair(c.External.TLSCertFile, c.External.TLSKeyFile); err != nil {
 			return fmt.Errorf("external: %w", err)
+		}
+		if c.Internal.RouteKeyFile != "" {
+			if err := sipnode.CheckKeyFile(c.Internal.RouteKeyFile); err != nil {
+				return fmt.Errorf("internal.route_key_file: %w", err)
+			}
 		}
 	}
 	if c.Federation.AllowFederation {

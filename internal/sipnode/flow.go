@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"portcullis/internal/keyedmac"
@@ -41,11 +42,7 @@ func LoadOrMakeKey(file string) ([]byte, error) {
 	for range 2 {
 		b, err := os.ReadFile(file)
 		if err == nil {
-			k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-			if err != nil || len(k) != 32 {
-				return nil, fmt.Errorf("%s: not a key of 32 bytes in hex", file)
-			}
-			return k, nil
+			return parseKey(file, b)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -67,6 +64,31 @@ func LoadOrMakeKey(file string) ([]byte, error) {
 		return k, nil
 	}
 	return nil, fmt.Errorf("%s: cannot be read or made", file)
+}
+
+func parseKey(file string, b []byte) ([]byte, error) {
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("%s: not a key of 32 bytes in hex", file)
+	}
+	return k, nil
+}
+
+// CheckKeyFile says whether LoadOrMakeKey can work with file, making
+// nothing: a key there, or a folder to make it in.
+func CheckKeyFile(file string) error {
+	b, err := os.ReadFile(file)
+	if err == nil {
+		_, err = parseKey(file, b)
+		return err
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if fi, err := os.Stat(filepath.Dir(file)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s: missing, and its folder is not there to make it in", file)
+	}
+	return nil
 }
 
 const (

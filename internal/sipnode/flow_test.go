@@ -38,3 +38,28 @@ func TestLoadOrMakeKey(t *testing.T) {
 		t.Fatal("a key made in a folder that does not exist")
 	}
 }
+
+func TestCheckKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckKeyFile(filepath.Join(dir, "route.key")); err != nil {
+		t.Fatalf("a key to make in a folder that is there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "route.key")); err == nil {
+		t.Fatal("the check made the key")
+	}
+	if err := CheckKeyFile(filepath.Join(dir, "missing", "route.key")); err == nil {
+		t.Fatal("a key to make in a folder that is not there")
+	}
+	if _, err := LoadOrMakeKey(filepath.Join(dir, "route.key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckKeyFile(filepath.Join(dir, "route.key")); err != nil {
+		t.Fatalf("a key made: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "route.key"), []byte("abcd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckKeyFile(filepath.Join(dir, "route.key")); err == nil {
+		t.Fatal("a short key passed")
+	}
+}

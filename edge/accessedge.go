@@ -402,56 +402,28 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		return errNextHop
 	}
 	defer ctx2.Terminate()
-	cancelled := make(chan struct{})
-	// A CANCEL is sent on only once the next hop has answered provisionally
-	// (§9.1): sent earlier, it can overtake the INVITE there, be answered
-	// 481, and leave the callee ringing.
-	var (
-		mu        sync.Mutex
-		wanted    bool // the caller cancelled
-		answered  bool // a provisional response came
-		cancelOut sync.Once
-	)
-	sendCancel := func() {
-		cancelOut.Do(func() {
-			go func() {
-				cctx, cc := context.WithTimeout(context.Background(), timerF)
-				defer cc()
-				if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
-					a.log.Info("passing CANCEL on failed", "error", err)
-				}
-			}()
-		})
-	}
+	var cr *cancelRelay
+	var cancelled <-chan struct{} // closed once the caller cancels (nil: never)
 	if req.IsInvite() {
-		passOn := func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if wanted {
-				return
+		cr = &cancelRelay{cancelled: make(chan struct{}), send: func() {
+			cctx, cc := context.WithTimeout(context.Background(), timerF)
+			defer cc()
+			if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
+				a.log.Info("passing CANCEL on failed", "error", err)
 			}
-			wanted = true
-			close(cancelled)
-			if answered {
-				sendCancel()
-			} // else on the first provisional response
-		}
-		if !tx.OnCancel(func(*sip.Request) { passOn() }) {
+		}}
+		cancelled = cr.cancelled
+		if !tx.OnCancel(func(*sip.Request) { cr.callerCancelled() }) {
 			// The CANCEL came (or the transaction ended) while the INVITE
 			// was being sent on: pass it on too, or the next hop rings on.
-			passOn()
+			cr.callerCancelled()
 		}
 	}
 	for {
 		select {
 		case res := <-ctx2.Responses():
-			if req.IsInvite() && res.IsProvisional() {
-				mu.Lock()
-				answered = true
-				if wanted {
-					sendCancel()
-				}
-				mu.Unlock()
+			if cr != nil && res.IsProvisional() {
+				cr.provisional()
 			}
 			if res.StatusCode == 100 {
 				continue
@@ -484,6 +456,42 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
 			return nil
 		}
+	}
+}
+
+// cancelRelay passes a caller's CANCEL of an INVITE on to the next hop
+// only once that hop has answered provisionally (§9.1): sent earlier, it
+// can overtake the INVITE there, be answered 481, and leave the callee
+// ringing.
+type cancelRelay struct {
+	cancelled chan struct{} // closed when the caller cancels
+	send      func()        // sends the CANCEL on
+
+	mu                     sync.Mutex
+	wanted, answered, sent bool
+}
+
+func (c *cancelRelay) callerCancelled() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.wanted {
+		c.wanted = true
+		close(c.cancelled)
+		c.sendOnce()
+	}
+}
+
+func (c *cancelRelay) provisional() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.answered = true
+	c.sendOnce()
+}
+
+func (c *cancelRelay) sendOnce() { // with mu held
+	if c.wanted && c.answered && !c.sent {
+		c.sent = true
+		go c.send()
 	}
 }
 

@@ -79,40 +79,28 @@ func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 	_, edgeOps := ed.Addr()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, tc := range []struct {
-		name           string
-		caller, callee *siptest.Phone
-		from, user, to string
-		callerHangsUp  bool
-	}{
-		{"remote caller hangs up", alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", true},
-		{"internal callee hangs up", alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", false},
-		{"internal caller hangs up", bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", true},
-		{"remote callee hangs up", bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", false},
-	} {
-		acks := tc.callee.Acks.Load()
-		sess, err := tc.caller.Call(ctx, tc.from, tc.user, pw, tc.to)
-		if err != nil || sess.InviteResponse.StatusCode != 200 {
-			t.Fatalf("%s: call: %v", tc.name, err)
-		}
-		if err := sess.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
-		siptest.Eventually(t, tc.name+": the ACK arrives", func() bool { return tc.callee.Acks.Load() == acks+1 })
+	for _, dir := range bothWays(alice, bob) {
+		for _, callerHangsUp := range []bool{true, false} {
+			name := dir.user + " called, the caller hangs up"
+			if !callerHangsUp {
+				name = dir.user + " called, the callee hangs up"
+			}
+			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
 
-		relay.cut()
-		time.Sleep(300 * time.Millisecond) // the edge notices and connects again
-		waitReadyz(t, edgeOps, 200)
+			relay.cut()
+			time.Sleep(300 * time.Millisecond) // the edge notices and connects again
+			waitReadyz(t, edgeOps, 200)
 
-		hearer, bye := tc.callee, func() error { return sess.Bye(ctx) }
-		if !tc.callerHangsUp {
-			hearer, bye = tc.caller, func() error { return tc.callee.Incoming().Bye(ctx) }
+			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
+			if !callerHangsUp {
+				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
+			}
+			byes := hearer.Byes.Load()
+			if err := bye(); err != nil {
+				t.Fatalf("%s after the link broke: BYE: %v", name, err)
+			}
+			siptest.Eventually(t, name+": the BYE arrives", func() bool { return hearer.Byes.Load() == byes+1 })
 		}
-		byes := hearer.Byes.Load()
-		if err := bye(); err != nil {
-			t.Fatalf("%s after the link broke: BYE: %v", tc.name, err)
-		}
-		siptest.Eventually(t, tc.name+": the BYE arrives", func() bool { return hearer.Byes.Load() == byes+1 })
 	}
 }
 
@@ -162,15 +150,7 @@ func TestAccessEdgeDialogFollowsReconnectedUser(t *testing.T) {
 	conf := &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12}
 	call := func(callee *siptest.Phone) *sipgo.DialogClientSession {
 		t.Helper()
-		sess, err := bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
-		if err != nil || sess.InviteResponse.StatusCode != 200 {
-			t.Fatalf("call out: %v", err)
-		}
-		if err := sess.Ack(ctx); err != nil {
-			t.Fatal(err)
-		}
-		siptest.Eventually(t, "alice's phone gets the ACK", func() bool { return callee.Acks.Load() == 1 })
-		return sess
+		return bob.CallAcked(ctx, t, callee, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
 	}
 
 	// carol registers alice's contact under her own AOR: no effect.
@@ -256,21 +236,8 @@ func TestAccessEdgeDialogSurvivesEdgeRestart(t *testing.T) {
 // (out), both answered and ACKed.
 func callBothWays(ctx context.Context, t *testing.T, alice, bob *siptest.Phone) (in, out *sipgo.DialogClientSession) {
 	t.Helper()
-	in, err := alice.Call(ctx, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
-	if err != nil || in.InviteResponse.StatusCode != 200 {
-		t.Fatalf("call in: %v", err)
-	}
-	if err := in.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
-	out, err = bob.Call(ctx, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
-	if err != nil || out.InviteResponse.StatusCode != 200 {
-		t.Fatalf("call out: %v", err)
-	}
-	if err := out.Ack(ctx); err != nil {
-		t.Fatal(err)
-	}
-	siptest.Eventually(t, "both ACKs arrive", func() bool { return bob.Acks.Load() == 1 && alice.Acks.Load() == 1 })
+	in = alice.CallAcked(ctx, t, bob, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	out = bob.CallAcked(ctx, t, alice, "sip:bob@example.test", "bob", pw, "sip:alice@example.test")
 	return in, out
 }
 

@@ -234,6 +234,25 @@ func (p *Phone) Call(ctx context.Context, from, user, password, to string) (*sip
 	}})
 }
 
+// CallAcked places a call as Call does, fails t unless it is answered
+// 200, ACKs it, and waits until the callee's phone has the ACK.
+func (p *Phone) CallAcked(ctx context.Context, t interface {
+	Helper()
+	Fatalf(string, ...any)
+}, callee *Phone, from, user, password, to string) *sipgo.DialogClientSession {
+	t.Helper()
+	acks := callee.Acks.Load()
+	sess, err := p.Call(ctx, from, user, password, to)
+	if err != nil || sess.InviteResponse.StatusCode != 200 {
+		t.Fatalf("%s calls %s: %v", user, to, err)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		t.Fatalf("%s ACKs: %v", user, err)
+	}
+	Eventually(t, to+" gets the ACK", func() bool { return callee.Acks.Load() == acks+1 })
+	return sess
+}
+
 // prack acknowledges a reliable provisional response (RFC 3262 §7.2) in
 // its early dialog: to its Contact, along the route set its Record-Route
 // gives (reversed, §12.1.2).

@@ -76,3 +76,46 @@ func TestCalls(t *testing.T) {
 		t.Errorf("call to an unknown user: %v, want 404", err)
 	}
 }
+
+// A callee's 200 that crosses the caller's CANCEL (the callee answered
+// before the CANCEL reached it) still reaches the caller after the 487, and
+// the caller's ACK and BYE reach the callee (RFC 3261 §9.1): dropped, the
+// callee would send it again for 32 s and then hang up a call no one
+// hears. Both ways it reaches the core: while the branch is still open
+// (the CANCEL toward the callee held up), and after the callee's own 487
+// has ended the branch.
+func TestCancelCrossesAnswer(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	phone := func(aor, user, port, dest string, answer bool) *siptest.Phone {
+		t.Helper()
+		p := siptest.NewPhone(siptest.New(t, dest, roots), "sip:"+user+"@127.0.0.1:"+port+";transport=tls", answer)
+		if res := p.Register(aor, user, alicePW, "<sip:"+user+"@127.0.0.1:"+port+";transport=tls>"); res.StatusCode != 200 {
+			t.Fatalf("register %s: %d", aor, res.StatusCode)
+		}
+		return p
+	}
+	alice := phone("sip:alice@example.test", "alice", "7100", s.UsersAddr(), true)
+
+	t.Run("branch open", func(t *testing.T) {
+		pipe := siptest.NewPipe(t, s.UsersAddr())
+		bob := phone("sip:bob@example.test", "bob", "7200", pipe.Addr(), true)
+		release := bob.HoldAnswers()
+		res, bye, err := alice.CallCancelCrossed(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test", siptest.CrossHooks{
+			Ringing: pipe.Hold, // the core's CANCEL waits on the way to bob
+			Cancelled: func() {
+				release() // bob answers, not having seen the CANCEL
+				siptest.Eventually(t, "bob answers", func() bool { return bob.Answered.Load() == 1 })
+			},
+			Answered: pipe.Release,
+		})
+		siptest.CheckCrossed(t, bob, 0, 0, res, bye, err)
+	})
+	t.Run("branch ended", func(t *testing.T) {
+		carol := phone("sip:carol@example.test", "carol", "7300", s.UsersAddr(), false)
+		carol.CrossAnswer.Store(true) // her 200 comes after her own 487
+		res, bye, err := alice.CallCancelCrossed(ctx, "sip:alice@example.test", "alice", alicePW, "sip:carol@example.test", siptest.CrossHooks{})
+		siptest.CheckCrossed(t, carol, 0, 0, res, bye, err)
+	})
+}

@@ -85,9 +85,21 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 			} // else follow sends it on the first provisional (§9.1)
 		}
 	}
+	// A 2xx crossing the caller's CANCEL still goes to the caller, after
+	// the 487 (sipnode/late.go): from a branch still open (follow), or
+	// matching no transaction any more (the next hop's 487 ended it).
+	sendLate := func(up *sip.Response) {
+		if err := p.node.RespondLate(req, up); err != nil {
+			p.log.Warn("passing a 2xx that crossed a CANCEL failed", "error", err)
+		}
+	}
+	late := func(res *sip.Response) { sendLate(p.upstream(res)) }
 	if !tx.OnCancel(func(*sip.Request) {
 		mu.Lock()
 		cancelled = true
+		for _, b := range branches {
+			p.node.ExpectLateAnswer(b.out, late)
+		}
 		mu.Unlock()
 		p.log.Info("call cancelled by the caller", "to", target)
 		cancelAll(nil)
@@ -116,11 +128,14 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		br := &branch{out: out, tx: ctxTx}
 		mu.Lock()
 		br.cancelled = over // follow CANCELs it on its first provisional
+		if cancelled {
+			p.node.ExpectLateAnswer(out, late)
+		}
 		branches = append(branches, br)
 		mu.Unlock()
 		go func() {
 			sipnode.GrowStack()
-			results <- p.flowCheck(b, p.follow(br, tx, &mu, cancelAll))
+			results <- p.flowCheck(b, p.follow(br, tx, sendLate, &mu, cancelAll))
 		}()
 	}
 	success, best := collect(results, len(bindings))
@@ -143,8 +158,9 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 }
 
 // follow relays one branch's responses until its final one, which it
-// returns. A 2xx is sent upstream at once and the other branches cancelled.
-func (p *proxy) follow(b *branch, up sip.ServerTransaction, mu *sync.Mutex, cancelAll func(except *branch)) *sip.Response {
+// returns. A 2xx is sent upstream at once (after the caller's CANCEL, it
+// crossed it: with late) and the other branches cancelled.
+func (p *proxy) follow(b *branch, up sip.ServerTransaction, late func(*sip.Response), mu *sync.Mutex, cancelAll func(except *branch)) *sip.Response {
 	defer b.tx.Terminate()
 	for {
 		select {
@@ -163,7 +179,12 @@ func (p *proxy) follow(b *branch, up sip.ServerTransaction, mu *sync.Mutex, canc
 				continue
 			}
 			if res.IsSuccess() {
-				if err := up.Respond(p.upstream(res)); err != nil {
+				crossed := func(u *sip.Response) { // it crossed the caller's CANCEL
+					if p.node.ClaimLate(b.out, res) {
+						late(u)
+					}
+				}
+				if err := sipnode.PassSuccess(up, p.upstream(res), crossed); err != nil {
 					p.log.Warn("forwarding 2xx failed", "error", err)
 				}
 				cancelAll(b)

@@ -302,8 +302,10 @@ func (p *proxy) send(ctx context.Context, out *sip.Request) *sip.Response {
 // upstream makes a downstream response ready to forward: our Via removed
 // (§16.7 step 3), leaving the request's own. It changes res in place (no
 // copy per forwarded response): a client transaction is done with a
-// response once it has passed it up, and nothing here reads its Via after.
+// response once it has passed it up, and nothing here reads its Via after;
+// but a 2xx to an INVITE is copied first (sipnode.OwnResponse).
 func (p *proxy) upstream(res *sip.Response) *sip.Response {
+	res = sipnode.OwnResponse(res)
 	res.RemoveHeader("Via")
 	return res
 }

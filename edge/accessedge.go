@@ -402,6 +402,26 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		return errNextHop
 	}
 	defer ctx2.Terminate()
+	ackWanted := false // an INVITE answered with a non-2xx final: see awaitAck
+	defer func() {
+		if ackWanted {
+			awaitAck(tx)
+		}
+	}()
+	upstream := func(res *sip.Response) *sip.Response {
+		var up *sip.Response
+		if hide {
+			up = restore(req, res)
+		} else {
+			up = sipnode.OwnResponse(res) // the client transaction is done with it
+			up.RemoveHeader("Via")
+		}
+		if fix != nil {
+			fix(up)
+		}
+		return up
+	}
+	late := func(up *sip.Response) { a.respondLate(node, req, up) }
 	var cr *cancelRelay
 	var cancelled <-chan struct{} // closed once the caller cancels (nil: never)
 	if req.IsInvite() {
@@ -413,10 +433,17 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 			}
 		}}
 		cancelled = cr.cancelled
-		if !tx.OnCancel(func(*sip.Request) { cr.callerCancelled() }) {
+		onCancel := func(*sip.Request) {
+			// A 2xx that crosses the CANCEL still goes to the caller,
+			// after the 487 (sipnode/late.go), also once the next hop's
+			// 487 has ended our client transaction.
+			node.ExpectLateAnswer(out, func(res *sip.Response) { late(upstream(res)) })
+			cr.callerCancelled()
+		}
+		if !tx.OnCancel(onCancel) {
 			// The CANCEL came (or the transaction ended) while the INVITE
 			// was being sent on: pass it on too, or the next hop rings on.
-			cr.callerCancelled()
+			onCancel(nil)
 		}
 	}
 	for {
@@ -428,34 +455,84 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 			if res.StatusCode == 100 {
 				continue
 			}
-			var up *sip.Response
-			if hide {
-				up = restore(req, res)
-			} else {
-				up = res // the client transaction is done with it
-				up.RemoveHeader("Via")
-			}
-			if fix != nil {
-				fix(up)
-			}
-			select {
-			case <-cancelled:
-				// the server transaction already answered 487
+			up := upstream(res)
+			switch {
+			case cr != nil && res.IsSuccess():
+				crossed := func(u *sip.Response) { // it crossed the caller's CANCEL
+					if node.ClaimLate(out, res) {
+						late(u)
+					}
+				}
+				if err := sipnode.PassSuccess(tx, up, crossed); err != nil {
+					a.log.Warn("relaying 2xx failed", "error", err)
+				}
 			default:
-				if err := tx.Respond(up); err != nil {
-					a.log.Warn("relaying response failed", "status", res.StatusCode, "error", err)
+				select {
+				case <-cancelled:
+					// the server transaction already answered 487
+				default:
+					if err := tx.Respond(up); err != nil {
+						a.log.Warn("relaying response failed", "status", res.StatusCode, "error", err)
+					}
 				}
 			}
 			if !res.IsProvisional() {
+				ackWanted = req.IsInvite() && (!res.IsSuccess() || closed(cancelled))
 				return nil
 			}
 		case <-ctx2.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
+			ackWanted = req.IsInvite()
 			return nil
 		case <-ctx.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
+			ackWanted = req.IsInvite()
 			return nil
 		}
+	}
+}
+
+// awaitAck keeps the server transaction of an INVITE answered with a
+// non-2xx final response (relayed, or sipgo's 487 to a CANCEL) until the
+// ACK for that response has come, for at most ackWait: sipgo ends a
+// transaction on a reliable transport as soon as its handler returns, and
+// an ACK that came after would be taken for a new request and, carrying
+// the INVITE's Route (§17.1.1.3), sent on in the dialog to the user. Over
+// TLS a UA ACKs a non-2xx at once; one that does not (or an attacker that
+// never does) holds the wait for ackWait, not Timer H's 32 s. A
+// transaction that took a 2xx ends by itself (Timer L) and is not waited
+// for.
+func awaitAck(tx sip.ServerTransaction) {
+	t := time.NewTimer(ackWait)
+	defer t.Stop()
+	select {
+	case <-tx.Done():
+	case <-t.C:
+	}
+}
+
+const ackWait = 2 * time.Second
+
+// closed says whether ch (nil: never) is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// respondLate sends res to the caller of req without req's transaction
+// (sipnode.RespondLate), over the connection req came on: to the edge's own
+// user agent, or to node's (a partner's) when req came to that one.
+func (a *accessEdge) respondLate(node *sipnode.Node, req *sip.Request, res *sip.Response) {
+	err := a.node.RespondLate(req, res)
+	if err != nil && node != a.node {
+		err = node.RespondLate(req, res)
+	}
+	if err != nil {
+		a.log.Warn("passing a 2xx that crossed a CANCEL failed", "error", err)
 	}
 }
 

@@ -156,11 +156,19 @@ func bothWays(alice, bob *siptest.Phone) []direction {
 }
 
 func (e *env) phones(c *core.Server, ed *edge.Server) (remoteUA *siptest.UA, alice, bob *siptest.Phone) {
+	e.t.Helper()
+	return e.phonesVia(ed.ExternalAddr(), c.UsersAddr())
+}
+
+// phonesVia is phones with alice connecting to remote (the edge's
+// external listener, or a siptest.Pipe to it) and bob to inside (the
+// core's users listener, or a pipe to it).
+func (e *env) phonesVia(remote, inside string) (remoteUA *siptest.UA, alice, bob *siptest.Phone) {
 	t := e.t
 	t.Helper()
 	roots := accessRoots(t, e)
-	remoteUA = siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
-	insideUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	remoteUA = siptest.New(t, remote, &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+	insideUA := siptest.New(t, inside, &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
 	alice = siptest.NewPhone(remoteUA, "sip:alice@198.51.100.7:5061;transport=tls", true)
 	bob = siptest.NewPhone(insideUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
 	if res := remoteUA.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
@@ -332,6 +340,47 @@ func TestAccessEdgeCancelRightAfterInvite(t *testing.T) {
 	siptest.Eventually(t, "every INVITE that reached bob is cancelled", func() bool { return bob.Cancels.Load() == bob.Invites.Load() })
 }
 
+// A callee's 200 that crosses the caller's CANCEL reaches the caller
+// through the edge and the core, whoever is remote, and the caller's ACK
+// and BYE reach the callee (RFC 3261 §9.1). The proxy next to the callee
+// gets it either on its open branch (the CANCEL toward the callee held up)
+// or after the callee's own 487 has ended that branch; every proxy
+// further up gets it after the next hop's 487 ended its branch.
+func TestAccessEdgeCancelCrossesAnswer(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	remotePipe, insidePipe := siptest.NewPipe(t, ed.ExternalAddr()), siptest.NewPipe(t, c.UsersAddr())
+	_, alice, bob := e.phonesVia(remotePipe.Addr(), insidePipe.Addr())
+	pipes := map[*siptest.Phone]*siptest.Pipe{alice: remotePipe, bob: insidePipe}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, dir := range bothWays(alice, bob) {
+		callee, pipe := dir.callee, pipes[dir.callee]
+		t.Run(dir.user+" calls, branch open", func(t *testing.T) {
+			acks, byes, answered := callee.Acks.Load(), callee.Byes.Load(), callee.Answered.Load()
+			release := callee.HoldAnswers()
+			res, bye, err := dir.caller.CallCancelCrossed(ctx, dir.from, dir.user, pw, dir.to, siptest.CrossHooks{
+				Ringing: pipe.Hold, // the CANCEL waits on the way to the callee
+				Cancelled: func() {
+					release() // the callee answers, not having seen the CANCEL
+					siptest.Eventually(t, "the callee answers", func() bool { return callee.Answered.Load() == answered+1 })
+				},
+				Answered: pipe.Release,
+			})
+			siptest.CheckCrossed(t, callee, acks, byes, res, bye, err)
+		})
+		t.Run(dir.user+" calls, branch ended", func(t *testing.T) {
+			acks, byes := callee.Acks.Load(), callee.Byes.Load()
+			release := callee.HoldAnswers()
+			defer release()
+			callee.CrossAnswer.Store(true) // the 200 comes after the callee's 487
+			defer callee.CrossAnswer.Store(false)
+			res, bye, err := dir.caller.CallCancelCrossed(ctx, dir.from, dir.user, pw, dir.to, siptest.CrossHooks{})
+			siptest.CheckCrossed(t, callee, acks, byes, res, bye, err)
+		})
+	}
+}
+
 // RFC 3262 through the edge and the core, both directions: the callee's
 // reliable 183 reaches the caller with the route set of its early dialog,
 // the caller's PRACK follows that route back, and only then is the call
@@ -392,8 +441,9 @@ func TestAccessEdgeForkCancelsRemoteBranch(t *testing.T) {
 }
 
 // A rejected call each way across the edge: the caller gets the callee's
-// final status, the non-2xx is ACKed hop by hop, and the next call goes
-// through.
+// final status, the non-2xx is ACKed hop by hop (no proxy's ACK for its
+// own non-2xx goes on to the callee: the edge kept its transaction until
+// that ACK came, awaitAck), and the next call goes through.
 func TestAccessEdgeRejectedCalls(t *testing.T) {
 	e := newEnv(t)
 	c, ed := e.startAccess()
@@ -403,10 +453,15 @@ func TestAccessEdgeRejectedCalls(t *testing.T) {
 	for i, dir := range bothWays(alice, bob) {
 		code := [...]int{486, 603}[i] // Busy Here inside, Decline outside
 		dir.callee.Reject.Store(int32(code))
+		acks := dir.callee.Acks.Load()
 		_, err := dir.caller.Call(ctx, dir.from, dir.user, pw, dir.to)
 		var rejected *sipgo.ErrDialogResponse
 		if !errors.As(err, &rejected) || rejected.Res.StatusCode != code {
 			t.Fatalf("%s calls %s who answers %d: %v", dir.user, dir.to, code, err)
+		}
+		time.Sleep(200 * time.Millisecond) // an ACK sent on would land by now
+		if n := dir.callee.Acks.Load() - acks; n != 0 {
+			t.Errorf("%s got %d ACKs outside any transaction after rejecting a call", dir.to, n)
 		}
 		dir.callee.Reject.Store(0)
 		sess, err := dir.caller.Call(ctx, dir.from, dir.user, pw, dir.to)

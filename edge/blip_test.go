@@ -3,11 +3,8 @@ package edge_test
 import (
 	"context"
 	"crypto/tls"
-	"io"
-	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,63 +14,15 @@ import (
 	"portcullis/internal/siptest"
 )
 
-// tcpRelay forwards connections to target, and can cut them all (a network
-// blip between edge and core: both ends see their connection end, and the
-// edge's next connection reaches the core from a new port).
-type tcpRelay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func newTCPRelay(t *testing.T, target string) *tcpRelay {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &tcpRelay{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); r.cut() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			r.mu.Lock()
-			r.conns = append(r.conns, in, out)
-			r.mu.Unlock()
-			go func() { _, _ = io.Copy(out, in); out.Close() }()
-			go func() { _, _ = io.Copy(in, out); in.Close() }()
-		}
-	}()
-	return r
-}
-
-func (r *tcpRelay) cut() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range r.conns {
-		c.Close()
-	}
-	r.conns = nil
-}
-
 // Calls with a remote user survive a break in the edge's link to the
 // core: after the edge has connected again (from a new port), each party's
 // BYE still reaches the other, whoever called.
 func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 	e := newEnv(t)
-	var relay *tcpRelay
+	var relay *siptest.Pipe // a network blip between edge and core: Cut
 	c, ed := e.startAccess(func(cfg *edge.Config) {
-		relay = newTCPRelay(t, cfg.Core.Address)
-		cfg.Core.Address = relay.ln.Addr().String()
+		relay = siptest.NewPipe(t, cfg.Core.Address)
+		cfg.Core.Address = relay.Addr()
 	})
 	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
 	_, edgeOps := ed.Addr()
@@ -87,7 +36,7 @@ func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 			}
 			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
 
-			relay.cut()
+			relay.Cut()
 			time.Sleep(300 * time.Millisecond) // the edge notices and connects again
 			waitReadyz(t, edgeOps, 200)
 

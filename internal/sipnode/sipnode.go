@@ -98,6 +98,7 @@ type Node struct {
 	serving  chan error    // set by Serve; receives each ServeTLS's result
 	closer   sync.Once
 	closeErr error
+	late     lateAnswers // late.go
 }
 
 // New creates the user agent and binds the listener (if cfg.Listen is set).
@@ -111,9 +112,10 @@ func New(cfg Config) (*Node, error) {
 		sipgo.WithUserAgentDNSResolver(NoDNS),
 		sipgo.WithUserAgentHostname(cfg.Hostname),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(libraryLogger(log).With("layer", "sip-transport"))),
-		// A response that matches no transaction (a 2xx retransmission after
-		// the transaction ended, or junk) is dropped with a debug line:
-		// sipgo's default logs each at info, so a peer could flood the log.
+		// A response that matches no transaction (a retransmission after
+		// the transaction ended, or junk; a 2xx that crossed a CANCEL was
+		// taken already: late.go) is dropped with a debug line: sipgo's
+		// default logs each at info, so a peer could flood the log.
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) {
 			log.Debug("response matching no transaction dropped", "status", r.StatusCode, "source", r.Source())
 		})),
@@ -141,6 +143,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, UA: ua, Server: srv, Client: cli}
+	ua.TransportLayer().OnMessage(n.watchLate)
 	n.Handle(sip.OPTIONS, n.options)
 	srv.OnNoRoute(n.wrap(func(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
 		res := sip.NewResponseFromRequest(req, 405, "Method Not Allowed", nil)

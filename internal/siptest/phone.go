@@ -2,11 +2,11 @@ package siptest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -33,9 +33,16 @@ type Phone struct {
 	hold   atomic.Pointer[chan struct{}] // HoldAnswers
 	// Reject, when set, is the final status the phone answers calls with
 	// after ringing (486 Busy Here, 603 Decline, …).
-	Reject  atomic.Int32
-	pracked chan struct{}
-	Invites atomic.Int32
+	Reject atomic.Int32
+	// CrossAnswer makes the phone send a 200 for a call cancelled while
+	// it rang, as if it had answered as the CANCEL came
+	// (CallCancelCrossed).
+	CrossAnswer atomic.Bool
+	pracked     chan struct{}
+	Invites     atomic.Int32
+	// Answered counts the calls the phone answers 200 in their
+	// transaction (counted as it sends the 200).
+	Answered atomic.Int32
 	// ReInvites counts INVITEs in a dialog of this phone (answered 200).
 	ReInvites atomic.Int32
 	Acks      atomic.Int32
@@ -87,7 +94,7 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 		}
 		if !p.Answer {
 			<-tx.Done()
-			p.Cancels.Add(1)
+			p.cancelled(sess, req)
 			return
 		}
 		if code := int(p.Reject.Load()); code != 0 {
@@ -98,11 +105,12 @@ func NewPhone(u *UA, contact string, answer bool) *Phone {
 			select {
 			case <-*h:
 			case <-tx.Done():
-				p.Cancels.Add(1)
+				p.cancelled(sess, req)
 				return
 			}
 		}
-		_ = sess.RespondSDP([]byte(SDP))
+		p.Answered.Add(1)
+		_ = sess.RespondSDP([]byte(SDP)) // returns once ACKed
 		<-tx.Done()
 	})
 	u.Server.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
@@ -257,20 +265,10 @@ func (p *Phone) CallAcked(ctx context.Context, t interface {
 // its early dialog: to its Contact, along the route set its Record-Route
 // gives (reversed, §12.1.2).
 func (p *Phone) prack(ctx context.Context, invite *sip.Request, res *sip.Response) error {
-	contact := res.Contact()
-	if contact == nil {
-		return errors.New("reliable provisional response without Contact")
+	req, err := p.dialogRequest(sip.PRACK, invite, res, invite.CSeq().SeqNo+1)
+	if err != nil {
+		return err
 	}
-	req := sip.NewRequest(sip.PRACK, *contact.Address.Clone())
-	req.SetDestination(p.UA.Dest)
-	rrs := res.GetHeaders("Record-Route")
-	for i := len(rrs) - 1; i >= 0; i-- {
-		req.AppendHeader(sip.NewHeader("Route", rrs[i].Value()))
-	}
-	req.AppendHeader(sip.HeaderClone(invite.From()))
-	req.AppendHeader(sip.HeaderClone(res.To()))
-	req.AppendHeader(sip.HeaderClone(invite.CallID()))
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: invite.CSeq().SeqNo + 1, MethodName: sip.PRACK})
 	req.AppendHeader(sip.NewHeader("RAck", res.GetHeader("RSeq").Value()+" "+strconv.Itoa(int(invite.CSeq().SeqNo))+" INVITE"))
 	ans, err := p.UA.Client.Do(ctx, req)
 	if err != nil {
@@ -280,6 +278,27 @@ func (p *Phone) prack(ctx context.Context, invite *sip.Request, res *sip.Respons
 		return fmt.Errorf("PRACK answered %d", ans.StatusCode)
 	}
 	return nil
+}
+
+// dialogRequest builds a request in the dialog res (a response to invite
+// with a To tag) sets up, as its caller: to res's Contact, along the route
+// set its Record-Route gives (reversed, §12.1.2), sent to the UA's Dest.
+func (p *Phone) dialogRequest(method sip.RequestMethod, invite *sip.Request, res *sip.Response, seq uint32) (*sip.Request, error) {
+	contact := res.Contact()
+	if contact == nil {
+		return nil, fmt.Errorf("%d to INVITE without Contact", res.StatusCode)
+	}
+	req := sip.NewRequest(method, *contact.Address.Clone())
+	req.SetDestination(p.UA.Dest)
+	rrs := res.GetHeaders("Record-Route")
+	for i := len(rrs) - 1; i >= 0; i-- {
+		req.AppendHeader(sip.NewHeader("Route", rrs[i].Value()))
+	}
+	req.AppendHeader(sip.HeaderClone(invite.From()))
+	req.AppendHeader(sip.HeaderClone(res.To()))
+	req.AppendHeader(sip.HeaderClone(invite.CallID()))
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
+	return req, nil
 }
 
 // Eventually waits up to 5 s for ok.
@@ -304,30 +323,7 @@ func Eventually(t interface {
 // response, as RFC 3261 §9.1 has it. It returns the statuses the CANCEL
 // (the last one sent) and the INVITE were answered with.
 func (p *Phone) CallAndCancel(ctx context.Context, from, user, password, to string, after time.Duration) (cancelStatus, inviteStatus int, err error) {
-	req := p.newRequest(sip.INVITE, from, to)
-	req.AppendHeader(sip.HeaderClone(&p.Dialog.ContactHDR))
-	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	req.SetBody([]byte(SDP))
-	res, err := p.Client.Do(ctx, req)
-	if err != nil {
-		return 0, 0, err
-	}
-	if res.StatusCode != 407 {
-		return 0, 0, fmt.Errorf("INVITE without credentials answered %d, want 407", res.StatusCode)
-	}
-	chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
-	if err != nil {
-		return 0, 0, err
-	}
-	cred, err := digest.Digest(chal, digest.Options{Method: "INVITE", URI: req.Recipient.Addr(), Username: user, Password: password, Count: 1})
-	if err != nil {
-		return 0, 0, err
-	}
-	inv := req.Clone()
-	inv.RemoveHeader("Via") // a new transaction: the client adds a new branch
-	inv.CSeq().SeqNo++
-	inv.AppendHeader(sip.NewHeader("Proxy-Authorization", cred.String()))
-	tx, err := p.Client.TransactionRequest(ctx, inv)
+	inv, tx, err := p.invite(ctx, from, user, password, to)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -360,5 +356,174 @@ func (p *Phone) CallAndCancel(ctx context.Context, from, user, password, to stri
 		case <-ctx.Done():
 			return cancelStatus, 0, ctx.Err()
 		}
+	}
+}
+
+// invite sends an INVITE to `to` with credentials: the first is answered
+// 407, the second, with its answer, is returned with its transaction.
+func (p *Phone) invite(ctx context.Context, from, user, password, to string) (*sip.Request, sip.ClientTransaction, error) {
+	req := p.newRequest(sip.INVITE, from, to)
+	req.AppendHeader(sip.HeaderClone(&p.Dialog.ContactHDR))
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(SDP))
+	res, err := p.Client.Do(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if res.StatusCode != 407 {
+		return nil, nil, fmt.Errorf("INVITE without credentials answered %d, want 407", res.StatusCode)
+	}
+	chal, err := digest.ParseChallenge(res.GetHeader("Proxy-Authenticate").Value())
+	if err != nil {
+		return nil, nil, err
+	}
+	cred, err := digest.Digest(chal, digest.Options{Method: "INVITE", URI: req.Recipient.Addr(), Username: user, Password: password, Count: 1})
+	if err != nil {
+		return nil, nil, err
+	}
+	inv := req.Clone()
+	inv.RemoveHeader("Via") // a new transaction: the client adds a new branch
+	inv.CSeq().SeqNo++
+	inv.AppendHeader(sip.NewHeader("Proxy-Authorization", cred.String()))
+	tx, err := p.Client.TransactionRequest(ctx, inv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return inv, tx, nil
+}
+
+// CrossHooks are run by CallCancelCrossed as the call goes: Ringing
+// before the CANCEL is sent, Cancelled once the 487 has come (which must
+// then come before the 2xx), Answered once the 2xx has (before the ACK).
+// Any may be nil.
+type CrossHooks struct{ Ringing, Cancelled, Answered func() }
+
+// CallCancelCrossed invites `to`, cancels the call once it rings, and
+// waits for the INVITE's 487 and then for a 2xx that crossed the CANCEL
+// (the callee answered before the CANCEL reached it: RFC 3261 §9.1). That
+// 2xx comes after the INVITE's 487 (watched off the connection: see
+// UA.watchFinals); the phone ACKs it and hangs up with BYE, as a caller
+// must. It returns the 2xx and the
+// status the BYE was answered with.
+func (p *Phone) CallCancelCrossed(ctx context.Context, from, user, password, to string, hooks CrossHooks) (*sip.Response, int, error) {
+	run := func(f func()) {
+		if f != nil {
+			f()
+		}
+	}
+	inv, tx, err := p.invite(ctx, from, user, password, to)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer tx.Terminate()
+	finals, stop := p.Watch(inv.CallID().Value())
+	defer stop()
+	ringing := func() error {
+		for {
+			select {
+			case r := <-tx.Responses():
+				if r.StatusCode > 100 && r.StatusCode < 200 {
+					return nil
+				}
+				if !r.IsProvisional() {
+					return fmt.Errorf("INVITE answered %d before it rang", r.StatusCode)
+				}
+			case <-tx.Done():
+				return fmt.Errorf("INVITE ended before it rang: %v", tx.Err())
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	final := func() (*sip.Response, error) {
+		for {
+			select {
+			case r := <-finals:
+				if r.CSeq().SeqNo == inv.CSeq().SeqNo { // not the first INVITE's 407
+					return r, nil
+				}
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	if err := ringing(); err != nil {
+		return nil, 0, err
+	}
+	run(hooks.Ringing)
+	if ans, err := p.Client.Do(ctx, sipnode.CancelRequest(inv)); err != nil || ans.StatusCode != 200 {
+		return nil, 0, fmt.Errorf("CANCEL: %v %v", ans, err)
+	}
+	// The 487 comes first, unless a proxy's 487 was held up (its thread
+	// not scheduled) for as long as the callee's 2xx took to overtake it.
+	ok, err := final()
+	if err != nil {
+		return nil, 0, fmt.Errorf("no final response: %w", err)
+	}
+	if ok.StatusCode == 487 {
+		run(hooks.Cancelled)
+		if ok, err = final(); err != nil {
+			return nil, 0, fmt.Errorf("no 2xx after the 487: %w", err)
+		}
+	} else if hooks.Cancelled != nil {
+		return nil, 0, fmt.Errorf("cancelled INVITE answered %d before the callee was let answer", ok.StatusCode)
+	}
+	if !ok.IsSuccess() {
+		return nil, 0, fmt.Errorf("cancelled INVITE answered %d, want 487 and a 2xx", ok.StatusCode)
+	}
+	run(hooks.Answered)
+	ack, err := p.dialogRequest(sip.ACK, inv, ok, inv.CSeq().SeqNo)
+	if err != nil {
+		return ok, 0, err
+	}
+	if err := p.Client.WriteRequest(ack); err != nil {
+		return ok, 0, err
+	}
+	bye, err := p.dialogRequest(sip.BYE, inv, ok, inv.CSeq().SeqNo+1)
+	if err != nil {
+		return ok, 0, err
+	}
+	ans, err := p.Client.Do(ctx, bye)
+	if err != nil {
+		return ok, 0, err
+	}
+	return ok, ans.StatusCode, nil
+}
+
+// cancelled counts a call cancelled while it rang. With CrossAnswer, the
+// phone then sends its 200 anyway, as a phone picked up just before the
+// CANCEL reached it would have: after the transaction's 487, so without
+// the transaction.
+func (p *Phone) cancelled(sess *sipgo.DialogServerSession, req *sip.Request) {
+	p.Cancels.Add(1)
+	if !p.CrossAnswer.Load() {
+		return
+	}
+	res := sip.NewSDPResponseFromRequest(sess.InviteRequest, []byte(SDP))
+	res.AppendHeader(sip.HeaderClone(&p.Dialog.ContactHDR))
+	res.SetDestination(req.Source())
+	res.SetTransport(req.Transport())
+	if err := p.Server.WriteResponse(res); err != nil {
+		p.T.Errorf("answering a cancelled call: %v", err)
+	}
+}
+
+// CheckCrossed checks what CallCancelCrossed returned (res, bye, err): the
+// 2xx came, and the callee got the ACK (acks before the call: acks) and the
+// BYE (byes), which it answered 200.
+func CheckCrossed(t testing.TB, callee *Phone, acks, byes int32, res *sip.Response, bye int, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("the caller never got the 2xx that crossed its CANCEL: %v", err)
+	}
+	if res.StatusCode != 200 || !res.To().Params.Has("tag") {
+		t.Fatalf("crossing answer: %s", res.StartLine())
+	}
+	Eventually(t, "the callee gets the ACK", func() bool { return callee.Acks.Load() == acks+1 })
+	if bye != 200 {
+		t.Errorf("BYE after the crossing answer: %d, want 200", bye)
+	}
+	if got := callee.Byes.Load() - byes; got != 1 {
+		t.Errorf("the callee got %d BYEs, want 1", got)
 	}
 }

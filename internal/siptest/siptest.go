@@ -26,6 +26,7 @@ type UA struct {
 
 	mu       sync.Mutex
 	Received []*sip.Request // MESSAGEs received (answered 200)
+	finals   sync.Map       // Call-ID → chan *sip.Response: final responses to its INVITEs (watchFinals)
 }
 
 // New makes a UA that sends to dest with tls (RootCAs and ServerName set).
@@ -45,6 +46,7 @@ func New(t testing.TB, dest string, conf *tls.Config) *UA {
 		t.Fatal(err)
 	}
 	u := &UA{T: t, UA: ua, Client: cl, Server: srv, Dest: dest, callID: sip.GenerateTagN(16)}
+	ua.TransportLayer().OnMessage(u.watchFinals)
 	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
 		u.mu.Lock()
 		u.Received = append(u.Received, req)
@@ -53,6 +55,37 @@ func New(t testing.TB, dest string, conf *tls.Config) *UA {
 	})
 	t.Cleanup(func() { ua.Close() })
 	return u
+}
+
+// watchFinals passes final responses to INVITEs of a watched call (Watch)
+// on, as they come off the connection. sipgo's transactions cannot show a
+// 2xx that follows a 487 (RFC 3261 §9.1, a 2xx that crossed a CANCEL): an
+// INVITE transaction ends with its 487, and one that has not ended yet
+// drops the 2xx; its goroutines may even see the two in either order.
+func (u *UA) watchFinals(m sip.Message) {
+	res, ok := m.(*sip.Response)
+	if !ok || res.StatusCode < 200 {
+		return
+	}
+	if cseq := res.CSeq(); cseq == nil || cseq.MethodName != sip.INVITE {
+		return
+	}
+	if id := res.CallID(); id != nil {
+		if ch, ok := u.finals.Load(id.Value()); ok {
+			select {
+			case ch.(chan *sip.Response) <- res:
+			default:
+			}
+		}
+	}
+}
+
+// Watch returns the final responses to the INVITEs of call callID, in the
+// order they arrive, until stop is called.
+func (u *UA) Watch(callID string) (finals <-chan *sip.Response, stop func()) {
+	ch := make(chan *sip.Response, 16)
+	u.finals.Store(callID, ch)
+	return ch, func() { u.finals.Delete(callID) }
 }
 
 func uri(t testing.TB, s string) sip.Uri {

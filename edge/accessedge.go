@@ -421,7 +421,7 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		}
 		return up
 	}
-	late := func(up *sip.Response) { a.respondLate(node, req, up) }
+	late := func(up *sip.Response) { a.respondLate(req, up) }
 	var cr *cancelRelay
 	var cancelled <-chan struct{} // closed once the caller cancels (nil: never)
 	if req.IsInvite() {
@@ -524,12 +524,17 @@ func closed(ch <-chan struct{}) bool {
 }
 
 // respondLate sends res to the caller of req without req's transaction
-// (sipnode.RespondLate), over the connection req came on: to the edge's own
-// user agent, or to node's (a partner's) when req came to that one.
-func (a *accessEdge) respondLate(node *sipnode.Node, req *sip.Request, res *sip.Response) {
+// (sipnode.RespondLate), over the connection req came on: one of the edge's
+// own user agent's, or of a partner's agent when a partner's edge sent req
+// over a connection we dialled.
+func (a *accessEdge) respondLate(req *sip.Request, res *sip.Response) {
 	err := a.node.RespondLate(req, res)
-	if err != nil && node != a.node {
-		err = node.RespondLate(req, res)
+	if err != nil && a.partners != nil {
+		for _, n := range a.partners.nodes() {
+			if n.RespondLate(req, res) == nil {
+				return
+			}
+		}
 	}
 	if err != nil {
 		a.log.Warn("passing a 2xx that crossed a CANCEL failed", "error", err)

@@ -143,6 +143,17 @@ func (p *partnerAgents) agent(domain string) (*sipnode.Node, error) {
 	return n, nil
 }
 
+// nodes returns the partners' agents.
+func (p *partnerAgents) nodes() []*sipnode.Node {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ns := make([]*sipnode.Node, 0, len(p.agents))
+	for _, n := range p.agents {
+		ns = append(ns, n)
+	}
+	return ns
+}
+
 // Close closes every agent.
 func (p *partnerAgents) Close() error {
 	p.mu.Lock()

@@ -247,24 +247,36 @@ func (a *accessEdge) ours(u sip.Uri, flow string) bool {
 // caller at flow: the hops above our entry for that caller become one URI
 // of our external listener that carries them, in the order the caller's
 // requests will follow them (§12.1.2: a UAC reverses the Record-Route).
+// Entries below ours came from outside with the request (a partner's edge,
+// a client's own proxy) and stay, after ours: the caller's requests reach
+// those hops first.
 func (a *accessEdge) hideRoutes(res *sip.Response, flow string) {
 	rrs := res.GetHeaders("Record-Route")
 	if len(rrs) == 0 {
 		return
 	}
 	var inside []string
+	var below []sip.Header
+	found := false
 	for _, h := range rrs {
 		rr, ok := h.(*sip.RecordRouteHeader)
 		if !ok {
 			continue
 		}
-		if a.ours(rr.Address, flow) {
-			break
+		switch {
+		case found:
+			below = append(below, sip.HeaderClone(rr))
+		case a.ours(rr.Address, flow):
+			found = true
+		default:
+			inside = append([]string{rr.Address.String()}, inside...)
 		}
-		inside = append([]string{rr.Address.String()}, inside...)
 	}
 	sipnode.RemoveAll(res, "Record-Route")
 	res.AppendHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
+	for _, h := range below {
+		res.AppendHeader(h)
+	}
 }
 
 // internalURI is a loose-routing URI of our internal listener with user.
@@ -344,7 +356,9 @@ func (a *accessEdge) fromCore(m *msg) {
 // request going out with one route of ours standing for the internal ones
 // (in the order a UAS follows them: §12.1.1), and returns the fix that
 // restores them, with ours (carrying the flow token tok) on the responses
-// going back inside.
+// going back inside. Entries above ours in a response were added outside
+// (a partner's edge) and stay, before ours: the requests of the dialog
+// from inside reach them after us.
 func (a *accessEdge) hideInternalRoutes(out *sip.Request, tok string) func(*sip.Response) {
 	var inside []string
 	var kept []sip.Header
@@ -358,10 +372,28 @@ func (a *accessEdge) hideInternalRoutes(out *sip.Request, tok string) func(*sip.
 		return nil
 	}
 	sipnode.RemoveAll(out, "Record-Route")
-	out.PrependHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
+	routes := a.tokens.MakeRoutes(inside)
+	out.PrependHeader(a.recordRoute(a.externalURI(routes)))
 	internal := a.recordRoute(a.internalURI(tok))
 	return func(res *sip.Response) {
+		var above []sip.Header
+		for _, h := range res.GetHeaders("Record-Route") {
+			rr, ok := h.(*sip.RecordRouteHeader)
+			if !ok {
+				continue
+			}
+			if rr.Address.User == routes && a.namesUs(rr.Address) {
+				break
+			}
+			above = append(above, sip.HeaderClone(rr))
+		}
+		if len(above) == len(res.GetHeaders("Record-Route")) {
+			above = nil // ours is missing: keep nothing from outside
+		}
 		sipnode.RemoveAll(res, "Record-Route")
+		for _, h := range above {
+			res.AppendHeader(h)
+		}
 		res.AppendHeader(internal)
 		for _, h := range kept {
 			res.AppendHeader(h)
@@ -582,6 +614,7 @@ func (c *cancelRelay) sendOnce() { // with mu held
 // other headers of res.
 func restore(req *sip.Request, res *sip.Response) *sip.Response {
 	up := sip.NewResponseFromRequest(req, res.StatusCode, res.Reason, res.Body())
+	sipnode.RemoveAll(up, "Record-Route") // copied from req: res has the dialog's own
 	if to := res.To(); to != nil {
 		up.ReplaceHeader(sip.HeaderClone(to))
 	}

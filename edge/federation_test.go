@@ -453,3 +453,62 @@ func TestFederationKeepalive(t *testing.T) {
 		t.Fatalf("B accepted %d partner connections: the idle one was not kept alive", n)
 	}
 }
+
+// Calls between two organisations, through both edges, each way: a remote
+// user of A and an internal user of B. The callee answers, the caller's
+// ACK reaches it, and either party hangs up; a caller's CANCEL stops the
+// ringing; a 2xx that crosses the CANCEL still reaches the caller, who
+// ACKs and hangs it up. Until 2026-11-22 no in-dialog request crossed: each
+// edge dropped the other's Record-Route, and the callee's edge refused the
+// ACK (403, its Request-URI a contact, not a home domain).
+func TestFederationCalls(t *testing.T) {
+	pub := accesstest.New(t)
+	b := startOrg(t, pub, "partner.test", nil)
+	a := startOrg(t, pub, "example.test", func(c *edge.Config) {
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "partner.test", Edge: b.edge.ExternalAddr()}}
+	})
+	b.reload(func(c *edge.Config) {
+		c.Federation.Partners = []policy.PartnerConfig{{Domain: "example.test", Edge: a.edge.ExternalAddr()}}
+	})
+	alice := siptest.NewPhone(a.remote("alice"), "sip:alice@198.51.100.7:5061;transport=tls", true)
+	bob := siptest.NewPhone(b.internal("bob"), "sip:bob@203.0.113.20:5061;transport=tls", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, dir := range []direction{
+		{alice, bob, "sip:alice@example.test", "alice", "sip:bob@partner.test"},
+		{bob, alice, "sip:bob@partner.test", "bob", "sip:alice@example.test"},
+	} {
+		for _, callerHangsUp := range []bool{true, false} {
+			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
+			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
+			if !callerHangsUp {
+				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
+			}
+			byes := hearer.Byes.Load()
+			if err := bye(); err != nil {
+				t.Fatalf("%s's call (caller hangs up: %v): BYE: %v", dir.user, callerHangsUp, err)
+			}
+			siptest.Eventually(t, "the BYE crosses both edges", func() bool { return hearer.Byes.Load() == byes+1 })
+		}
+
+		// Cancelled at once: the CANCEL may overtake the INVITE before the
+		// callee's core forks it (then nothing rings); if it rings, it stops.
+		cancels, invites := dir.callee.Cancels.Load(), dir.callee.Invites.Load()
+		dir.callee.Answer = false
+		cs, is, err := dir.caller.CallAndCancel(ctx, dir.from, dir.user, pw, dir.to, 0)
+		if err != nil || cs != 200 || is != 487 {
+			t.Fatalf("%s cancels: CANCEL %d, INVITE %d, %v", dir.user, cs, is, err)
+		}
+		time.Sleep(100 * time.Millisecond) // an INVITE still on its way would ring by now
+		siptest.Eventually(t, "the callee's ringing stops", func() bool {
+			return dir.callee.Cancels.Load()-cancels == dir.callee.Invites.Load()-invites
+		})
+
+		acks, byes := dir.callee.Acks.Load(), dir.callee.Byes.Load()
+		dir.callee.CrossAnswer.Store(true)
+		res, bye, err := dir.caller.CallCancelCrossed(ctx, dir.from, dir.user, pw, dir.to, siptest.CrossHooks{})
+		siptest.CheckCrossed(t, dir.callee, acks, byes, res, bye, err)
+		dir.callee.CrossAnswer.Store(false)
+		dir.callee.Answer = true
+	}
+}

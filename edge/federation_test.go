@@ -456,7 +456,8 @@ func TestFederationKeepalive(t *testing.T) {
 
 // Calls between two organisations, through both edges, each way: a remote
 // user of A and an internal user of B. The callee answers, the caller's
-// ACK reaches it, and either party hangs up; a caller's CANCEL stops the
+// ACK reaches it, re-INVITE, UPDATE and INFO cross each way, and either
+// party hangs up; a caller's CANCEL stops the
 // ringing; a 2xx that crosses the CANCEL still reaches the caller, who
 // ACKs and hangs it up. Until 2026-11-22 no in-dialog request crossed: each
 // edge dropped the other's Record-Route, and the callee's edge refused the
@@ -480,6 +481,32 @@ func TestFederationCalls(t *testing.T) {
 	} {
 		for _, callerHangsUp := range []bool{true, false} {
 			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
+			// In the dialog, each way: a re-INVITE (answered and ACKed),
+			// UPDATE and INFO.
+			reinvites := dir.callee.ReInvites.Load() + dir.caller.ReInvites.Load()
+			for _, m := range []sip.RequestMethod{sip.INVITE, sip.UPDATE, sip.INFO} {
+				for side, send := range map[string]func() (*sip.Response, error){
+					"caller": func() (*sip.Response, error) {
+						if m == sip.INVITE {
+							return siptest.ReInvite(ctx, sess, nil)
+						}
+						return siptest.InDialog(ctx, sess, nil, m)
+					},
+					"callee": func() (*sip.Response, error) {
+						if m == sip.INVITE {
+							return siptest.ReInvite(ctx, nil, dir.callee.Incoming())
+						}
+						return siptest.InDialog(ctx, nil, dir.callee.Incoming(), m)
+					},
+				} {
+					if res, err := send(); err != nil || res.StatusCode != 200 {
+						t.Fatalf("%s's call: %s from the %s: %v %v", dir.user, m, side, res, err)
+					}
+				}
+			}
+			if n := dir.callee.ReInvites.Load() + dir.caller.ReInvites.Load() - reinvites; n != 2 {
+				t.Fatalf("%d re-INVITEs arrived, want 2", n)
+			}
 			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
 			if !callerHangsUp {
 				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }

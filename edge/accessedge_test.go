@@ -27,24 +27,40 @@ import (
 const pw = "correct horse battery"
 
 // startAccess starts a core (users listener, registrar for example.test,
-// users alice and bob) and an edge with an Access Edge in front of it.
+// users alice, bob and carol) and an edge with an Access Edge in front of
+// it.
 func (e *env) startAccess(tune ...func(*edge.Config)) (*core.Server, *edge.Server) {
 	e.t.Helper()
-	cc := e.coreConfig("127.0.0.1:0", "edge1.internal")
+	c := e.accessCore("edge1.internal")
+	return c, e.accessEdge(c, "edge1.internal", tune...)
+}
+
+// accessCore starts startAccess's core, trusting the edges named.
+func (e *env) accessCore(edges ...string) *core.Server {
+	e.t.Helper()
+	cc := e.coreConfig("127.0.0.1:0", edges...)
 	cc.SIP.UsersListen = "127.0.0.1:0"
 	c := e.startCore(cc)
+	e.t.Cleanup(func() { c.Close() })
 	for _, aor := range []string{"sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test"} {
 		if err := core.AddUser(context.Background(), c.Store(), aor, pw); err != nil {
 			e.t.Fatal(err)
 		}
 	}
+	return c
+}
+
+// accessEdge starts an edge named name (its internal certificate) in
+// front of c, and waits until it is linked.
+func (e *env) accessEdge(c *core.Server, name string, tune ...func(*edge.Config)) *edge.Server {
+	e.t.Helper()
 	coreAddr, _ := c.Addr()
-	public := e.pki.Issue(e.t, access.IssueRequest{Name: "sip.example.test", SANs: []string{"sip.example.test", "127.0.0.1"}, Usage: access.UsageServer})
+	public := e.publicCert()
 	ec := edge.DefaultConfig()
 	ec.Metrics.Listen, ec.Internal.Listen = "127.0.0.1:0", "127.0.0.1:0"
-	ec.Internal.Hostname = "edge1.internal"
+	ec.Internal.Hostname = name
 	ec.Internal.TrustedCores = []string{"core1.internal"}
-	ec.TLS = e.nodeFiles("edge1.internal")
+	ec.TLS = e.nodeFiles(name)
 	ec.Core = edge.LinkConfig{Address: coreAddr, ServerName: "core1.internal", KeepaliveInterval: 100 * time.Millisecond,
 		KeepaliveTimeout: 500 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond}
 	ec.External.Listen = "127.0.0.1:0"
@@ -53,14 +69,72 @@ func (e *env) startAccess(tune ...func(*edge.Config)) (*core.Server, *edge.Serve
 	for _, f := range tune {
 		f(&ec)
 	}
-	ed, err := edge.Start(ec, deps(e.t, "edge"))
+	ed, err := edge.Start(ec, deps(e.t, strings.TrimSuffix(name, ".internal")))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { ed.Close(); c.Close() })
+	e.t.Cleanup(func() { ed.Close() })
 	_, edgeOps := ed.Addr()
 	waitReadyz(e.t, edgeOps, 200)
-	return c, ed
+	return ed
+}
+
+// publicCert is the edges' public certificate (sip.example.test), issued
+// once.
+func (e *env) publicCert() access.TLSFiles {
+	f := access.TLSFiles{CAFile: e.pki.CAFile(), CertFile: access.CertPath(e.pki.Dir, "sip.example.test"), KeyFile: access.KeyPath(e.pki.Dir, "sip.example.test")}
+	if _, err := access.LoadMaterial(f); err == nil {
+		return f
+	}
+	return e.pki.Issue(e.t, access.IssueRequest{Name: "sip.example.test", SANs: []string{"sip.example.test", "127.0.0.1"}, Usage: access.UsageServer})
+}
+
+// Two edges in front of one core (an operator's second edge): a remote
+// user on each calls the other, each way, and either hangs up; IM crosses
+// both. The core reaches each user through the edge they registered at.
+func TestTwoEdgesOneCore(t *testing.T) {
+	e := newEnv(t)
+	c := e.accessCore("edge1.internal", "edge2.internal")
+	ed1, ed2 := e.accessEdge(c, "edge1.internal"), e.accessEdge(c, "edge2.internal")
+	roots := accessRoots(t, e)
+	remote := func(ed *edge.Server, user, contact string) *siptest.Phone {
+		t.Helper()
+		ua := siptest.New(t, ed.ExternalAddr(), &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
+		if res := ua.Register("sip:"+user+"@example.test", user, pw, "<"+contact+">"); res.StatusCode != 200 {
+			t.Fatalf("%s registers at an edge: %d", user, res.StatusCode)
+		}
+		return siptest.NewPhone(ua, contact, true)
+	}
+	alice := remote(ed1, "alice", "sip:alice@198.51.100.7:5061;transport=tls")
+	carol := remote(ed2, "carol", "sip:carol@198.51.100.8:5061;transport=tls")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for _, dir := range []direction{
+		{alice, carol, "sip:alice@example.test", "alice", "sip:carol@example.test"},
+		{carol, alice, "sip:carol@example.test", "carol", "sip:alice@example.test"},
+	} {
+		if res := dir.caller.Message(dir.from, dir.user, pw, dir.to, "hi from "+dir.user); res.StatusCode != 200 {
+			t.Fatalf("IM from %s: %d", dir.user, res.StatusCode)
+		}
+		for _, callerHangsUp := range []bool{true, false} {
+			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
+			if res, err := siptest.ReInvite(ctx, nil, dir.callee.Incoming()); err != nil || res.StatusCode != 200 {
+				t.Fatalf("re-INVITE from %s's callee: %v %v", dir.user, res, err)
+			}
+			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
+			if !callerHangsUp {
+				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
+			}
+			byes := hearer.Byes.Load()
+			if err := bye(); err != nil {
+				t.Fatalf("%s's call (caller hangs up: %v): BYE: %v", dir.user, callerHangsUp, err)
+			}
+			siptest.Eventually(t, "the BYE crosses both edges", func() bool { return hearer.Byes.Load() == byes+1 })
+		}
+	}
+	if n := len(alice.WaitMessages(1, 5*time.Second)) + len(carol.WaitMessages(1, 5*time.Second)); n != 2 {
+		t.Fatalf("%d IMs arrived, want 2", n)
+	}
 }
 
 func TestAccessEdgeRemoteUserIM(t *testing.T) {

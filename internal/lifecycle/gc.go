@@ -30,6 +30,7 @@ const (
 	gcTunePeriod      = time.Second
 	liveHeapBytes     = "/gc/heap/live:bytes"
 	allocatedBytes    = "/gc/heap/allocs:bytes"
+	gogcPercent       = "/gc/gogc:percent"
 )
 
 // gcPercent is the GC percentage for live bytes and an allocation rate in
@@ -52,8 +53,8 @@ func TuneGC(log *slog.Logger) (stop func()) {
 		log.Info("garbage collection left to GOGC", "GOGC", v)
 		return func() {}
 	}
-	sample := []metrics.Sample{{Name: liveHeapBytes}, {Name: allocatedBytes}}
-	read := func() (live, allocated uint64) {
+	sample := []metrics.Sample{{Name: liveHeapBytes}, {Name: allocatedBytes}, {Name: gogcPercent}}
+	read := func() (live, allocated uint64, current int) {
 		metrics.Read(sample)
 		if sample[0].Value.Kind() == metrics.KindUint64 {
 			live = sample[0].Value.Uint64()
@@ -61,22 +62,28 @@ func TuneGC(log *slog.Logger) (stop func()) {
 		if sample[1].Value.Kind() == metrics.KindUint64 {
 			allocated = sample[1].Value.Uint64()
 		}
-		return live, allocated
+		current = -1
+		if sample[2].Value.Kind() == metrics.KindUint64 {
+			current = int(sample[2].Value.Uint64())
+		}
+		return live, allocated, current
 	}
-	_, lastAllocated := read()
-	last, current := time.Now(), gcMinPercent
-	orig := debug.SetGCPercent(current)
+	_, lastAllocated, _ := read()
+	last := time.Now()
+	orig := debug.SetGCPercent(gcMinPercent)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		Every(ctx, gcTunePeriod, func(now time.Time) {
-			live, allocated := read()
+			// The percentage in force is read, not remembered: whatever
+			// else set it (a second tuner in one process: portcullis dev)
+			// is corrected on the next tick.
+			live, allocated, current := read()
 			rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
 			lastAllocated, last = allocated, now
 			if p := gcPercent(live, rate); p != current && ctx.Err() == nil {
 				debug.SetGCPercent(p)
-				current = p
 				log.Debug("garbage collection percentage set", "percent", p, "live_bytes", live, "allocated_per_second", rate)
 			}
 		})

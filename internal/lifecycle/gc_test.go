@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -42,7 +43,8 @@ func TestTuneGCLeavesGOGC(t *testing.T) {
 }
 
 // Without GOGC, allocating fast raises the GC percentage above Go's
-// default, and stopping brings it back.
+// default (also again after something else set it back), and stopping
+// brings it back.
 func TestTuneGCFollowsAllocation(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	orig := debug.SetGCPercent(100)
@@ -54,7 +56,10 @@ func TestTuneGCFollowsAllocation(t *testing.T) {
 	debug.SetGCPercent(123)
 	stop := TuneGC(log)
 
-	percent := func() int { p := debug.SetGCPercent(-1); debug.SetGCPercent(p); return p }
+	// Read without setting it: setting it back (SetGCPercent) could undo
+	// what the tuner set in between, and the tuner sets only on a change.
+	gogc := []metrics.Sample{{Name: gogcPercent}}
+	percent := func() int { metrics.Read(gogc); return int(gogc[0].Value.Uint64()) }
 	waitFor := func(what string, ok func(int) bool, work func()) {
 		t.Helper()
 		for deadline := time.Now().Add(5 * gcTunePeriod); !ok(percent()); {
@@ -65,14 +70,19 @@ func TestTuneGCFollowsAllocation(t *testing.T) {
 		}
 	}
 	var sink [][]byte
-	waitFor("raised while allocating", func(p int) bool { return p > gcMinPercent }, func() {
+	allocate := func() {
 		for range 2000 { // 64 MiB in small pieces, kept briefly
 			sink = append(sink, make([]byte, 32<<10))
 			if len(sink) > 64 {
 				sink = sink[:0]
 			}
 		}
-	})
+	}
+	waitFor("raised while allocating", func(p int) bool { return p > gcMinPercent }, allocate)
+	// Set back by someone else (a second tuner in the process stopping):
+	// the tuner notices on its next tick.
+	debug.SetGCPercent(gcMinPercent)
+	waitFor("raised again after it was reset", func(p int) bool { return p > gcMinPercent }, allocate)
 	waitFor("back to the default when idle", func(p int) bool { return p == gcMinPercent }, func() { time.Sleep(100 * time.Millisecond) })
 	_ = sink
 	stop()

@@ -2,6 +2,7 @@ package core_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"testing"
 	"time"
@@ -11,15 +12,22 @@ import (
 	"portcullis/internal/siptest"
 )
 
+// registeredPhone is a phone of user (aor) at 127.0.0.1:port, connected to
+// dest (the core's users listener, or a pipe to it) and registered.
+func registeredPhone(t *testing.T, dest string, roots *tls.Config, aor, user, port string, answer bool) *siptest.Phone {
+	t.Helper()
+	contact := "sip:" + user + "@127.0.0.1:" + port + ";transport=tls"
+	p := siptest.NewPhone(siptest.New(t, dest, roots), contact, answer)
+	if res := p.Register(aor, user, alicePW, "<"+contact+">"); res.StatusCode != 200 {
+		t.Fatalf("register %s: %d", aor, res.StatusCode)
+	}
+	return p
+}
+
 func TestCalls(t *testing.T) {
 	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test")
 	phone := func(aor, user, port string, answer bool) *siptest.Phone {
-		t.Helper()
-		p := siptest.NewPhone(siptest.New(t, s.UsersAddr(), roots), "sip:"+user+"@127.0.0.1:"+port+";transport=tls", answer)
-		if res := p.Register(aor, user, alicePW, "<sip:"+user+"@127.0.0.1:"+port+";transport=tls>"); res.StatusCode != 200 {
-			t.Fatalf("register %s: %d", aor, res.StatusCode)
-		}
-		return p
+		return registeredPhone(t, s.UsersAddr(), roots, aor, user, port, answer)
 	}
 	alice := phone("sip:alice@example.test", "alice", "7100", true)
 	bobDesk := phone("sip:bob@example.test", "bob", "7201", true)
@@ -89,12 +97,7 @@ func TestCancelCrossesAnswer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	phone := func(aor, user, port, dest string, answer bool) *siptest.Phone {
-		t.Helper()
-		p := siptest.NewPhone(siptest.New(t, dest, roots), "sip:"+user+"@127.0.0.1:"+port+";transport=tls", answer)
-		if res := p.Register(aor, user, alicePW, "<sip:"+user+"@127.0.0.1:"+port+";transport=tls>"); res.StatusCode != 200 {
-			t.Fatalf("register %s: %d", aor, res.StatusCode)
-		}
-		return p
+		return registeredPhone(t, dest, roots, aor, user, port, answer)
 	}
 	alice := phone("sip:alice@example.test", "alice", "7100", s.UsersAddr(), true)
 
@@ -118,4 +121,57 @@ func TestCancelCrossesAnswer(t *testing.T) {
 		res, bye, err := alice.CallCancelCrossed(ctx, "sip:alice@example.test", "alice", alicePW, "sip:carol@example.test", siptest.CrossHooks{})
 		siptest.CheckCrossed(t, carol, 0, 0, res, bye, err)
 	})
+}
+
+// A draining core refuses new calls (503) but still serves the requests of
+// calls under way: the callee hangs up and the caller gets the BYE; a call
+// whose INVITE was answered as the drain began still gets its ACK.
+func TestDrainLetsCallsEnd(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	alice := registeredPhone(t, s.UsersAddr(), roots, "sip:alice@example.test", "alice", "7100", true)
+	bob := registeredPhone(t, s.UsersAddr(), roots, "sip:bob@example.test", "bob", "7200", true)
+	first := alice.CallAcked(ctx, t, bob, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
+
+	// The second call is answered while the drain begins; its ACK comes
+	// after.
+	release := bob.HoldAnswers()
+	answered := make(chan error, 1)
+	var second *sipgo.DialogClientSession
+	go func() {
+		var err error
+		second, err = alice.Call(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
+		answered <- err
+	}()
+	siptest.Eventually(t, "bob's second phone call rings", func() bool { return bob.Invites.Load() == 2 })
+	drained := make(chan error, 1)
+	go func() { drained <- s.Drain(ctx) }()
+	siptest.Eventually(t, "the drain begins", func() bool {
+		_, err := alice.Call(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
+		var de *sipgo.ErrDialogResponse
+		return errors.As(err, &de) && de.Res.StatusCode == 503
+	})
+	release()
+	if err := <-answered; err != nil || second.InviteResponse.StatusCode != 200 {
+		t.Fatalf("the call answered as the drain began: %v", err)
+	}
+	if err := second.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "its ACK reaches bob", func() bool { return bob.Acks.Load() == 2 })
+	if err := <-drained; err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	for i, hangUp := range []func() error{
+		func() error { return bob.Incoming().Bye(ctx) }, // the callee hangs up the second
+		func() error { return first.Bye(ctx) },          // the caller the first
+	} {
+		if err := hangUp(); err != nil {
+			t.Fatalf("BYE %d while draining: %v", i+1, err)
+		}
+	}
+	if alice.Byes.Load() != 1 || bob.Byes.Load() != 1 {
+		t.Fatalf("BYEs: alice %d, bob %d; want 1 and 1", alice.Byes.Load(), bob.Byes.Load())
+	}
 }

@@ -285,7 +285,7 @@ func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 			}
 			return
 		}
-		if !n.enter() {
+		if !n.enter(inDialog(req)) {
 			if req.Method != sip.ACK {
 				res := sip.NewResponseFromRequest(req, 503, "Service Unavailable (draining)", nil)
 				res.AppendHeader(sip.NewHeader("Retry-After", "30"))
@@ -305,10 +305,14 @@ func (n *Node) wrap(h Handler) sipgo.RequestHandler {
 	}
 }
 
-func (n *Node) enter() bool {
+// enter counts a request in progress, or says false while draining. A
+// request in a dialog (and an ACK) is still served then: it belongs to a
+// call already under way, which a drain lets finish (the ACK of a call
+// set up as the drain began, the BYE that ends one).
+func (n *Node) enter(dialog bool) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.draining.Load() {
+	if n.draining.Load() && !dialog {
 		return false
 	}
 	n.inflight++
@@ -323,6 +327,16 @@ func (n *Node) leave() {
 		close(n.idle)
 		n.idle = nil
 	}
+}
+
+// inDialog says whether req belongs to a dialog: an ACK, or a request
+// whose To has a tag (§12.2).
+func inDialog(req *sip.Request) bool {
+	if req.Method == sip.ACK {
+		return true
+	}
+	to := req.To()
+	return to != nil && to.Params.Has("tag")
 }
 
 // options answers keepalive OPTIONS (RFC 3261 §11.2).
@@ -345,8 +359,9 @@ func respond(log *slog.Logger, tx sip.ServerTransaction, res *sip.Response) {
 // Draining reports whether Drain has begun.
 func (n *Node) Draining() bool { return n.draining.Load() }
 
-// Drain stops accepting connections and new requests (answered 503) and waits
-// for requests in progress to finish, or for ctx to end.
+// Drain stops accepting connections and new requests (answered 503; requests
+// in a dialog are still served) and waits for requests in progress to
+// finish, or for ctx to end.
 func (n *Node) Drain(ctx context.Context) error {
 	n.mu.Lock()
 	n.draining.Store(true)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"portcullis/core"
 	"portcullis/edge"
 	"portcullis/internal/siptest"
+	"portcullis/internal/turntest"
 )
 
 const pw = "correct horse battery"
@@ -839,5 +841,50 @@ func TestAccessEdgeSlowMessage(t *testing.T) {
 	}
 	if got := alive.send("OPTIONS sip:example.test SIP/2.0", "CSeq: 1 OPTIONS\r\n", ""); got != 200 {
 		t.Fatalf("after %s of keep-alives: %d, want 200", 2400*time.Millisecond, got)
+	}
+}
+
+// The MRAS role end to end: a remote user asks the core for TURN
+// credentials with SIP SERVICE through the edge ([MS-AVEDGEA]), and the
+// edge's media relay takes them; another identity is refused.
+func TestRemoteUserGetsRelayCredentials(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess(func(cfg *edge.Config) {
+		cfg.TURN.Enabled = true
+		cfg.TURN.Realm = "example.test"
+		cfg.TURN.SecretFile = e.secret // the core issues under the same secret
+		cfg.TURN.ListenUDP = []string{"127.0.0.1:0"}
+		cfg.TURN.Relay.BindIPv4, cfg.TURN.Relay.PortMin, cfg.TURN.Relay.PortMax = "127.0.0.1", 50000, 59999
+		cfg.TURN.AllowedPeers = []string{"127.0.0.1/32"}
+	})
+	remoteUA, _, _ := e.phones(c, ed)
+	const mras = "application/msrtc-media-relay-auth+xml"
+	request := func(identity string) string {
+		return `<request requestID="1" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="2"><identity>` +
+			identity + `</identity><location>internet</location><duration>480</duration></credentialsRequest></request>`
+	}
+	res := remoteUA.Service("sip:alice@example.test", "alice", pw, "sip:alice@example.test", mras, request("sip:alice@example.test"))
+	if res.StatusCode != 200 {
+		t.Fatalf("SERVICE through the edge: %d %s", res.StatusCode, res.Reason)
+	}
+	var got struct {
+		Username string `xml:"credentialsResponse>credentials>username"`
+		Password string `xml:"credentialsResponse>credentials>password"`
+	}
+	if err := xml.Unmarshal(res.Body(), &got); err != nil || got.Username == "" {
+		t.Fatalf("answer: %v\n%s", err, res.Body())
+	}
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	relayed, err := turntest.Client(t, ed.Relay().Listeners()[0].Address, conn, got.Username, got.Password, "example.test").Allocate()
+	if err != nil {
+		t.Fatalf("the edge's relay refused credentials the core issued: %v", err)
+	}
+	relayed.Close()
+	if res := remoteUA.Service("sip:alice@example.test", "alice", pw, "sip:alice@example.test", mras, request("sip:bob@example.test")); res.StatusCode != 403 {
+		t.Fatalf("credentials for another identity: %d, want 403", res.StatusCode)
 	}
 }

@@ -154,6 +154,16 @@ func (u *UA) Message(from, username, password, to, text string, extra ...sip.Hea
 	return u.do(req, username, password)
 }
 
+// Service sends a SERVICE request (the MRAS request for TURN credentials,
+// C3P to a focus factory) with a body of contentType, with credentials.
+func (u *UA) Service(from, username, password, to, contentType, body string) *sip.Response {
+	u.T.Helper()
+	req := u.newRequest("SERVICE", from, to)
+	req.AppendHeader(sip.NewHeader("Content-Type", contentType))
+	req.SetBody([]byte(body))
+	return u.do(req, username, password)
+}
+
 // MessageTyped sends an IM with any content type and body, without
 // credentials (as a partner's edge would).
 func (u *UA) MessageTyped(from, to, contentType, body string) *sip.Response {

@@ -77,8 +77,7 @@ func TuneGC(log *slog.Logger) (stop func()) {
 		defer close(done)
 		Every(ctx, gcTunePeriod, func(now time.Time) {
 			// The percentage in force is read, not remembered: whatever
-			// else set it (a second tuner in one process: portcullis dev)
-			// is corrected on the next tick.
+			// else in the process set it is corrected on the next tick.
 			live, allocated, current := read()
 			rate := uint64(float64(allocated-lastAllocated) / now.Sub(last).Seconds())
 			lastAllocated, last = allocated, now

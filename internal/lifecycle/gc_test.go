@@ -79,8 +79,8 @@ func TestTuneGCFollowsAllocation(t *testing.T) {
 		}
 	}
 	waitFor("raised while allocating", func(p int) bool { return p > gcMinPercent }, allocate)
-	// Set back by someone else (a second tuner in the process stopping):
-	// the tuner notices on its next tick.
+	// Set back by something else in the process: the tuner notices on its
+	// next tick.
 	debug.SetGCPercent(gcMinPercent)
 	waitFor("raised again after it was reset", func(p int) bool { return p > gcMinPercent }, allocate)
 	waitFor("back to the default when idle", func(p int) bool { return p == gcMinPercent }, func() { time.Sleep(100 * time.Millisecond) })

@@ -888,3 +888,36 @@ func TestRemoteUserGetsRelayCredentials(t *testing.T) {
 		t.Fatalf("credentials for another identity: %d, want 403", res.StatusCode)
 	}
 }
+
+// A remote user over IPv6: the edge's external listener on ::1 (its flow
+// tokens, Path and Record-Route carry an IPv6 source): registration, IM
+// both ways, and a call each way with the hang-up.
+func TestAccessEdgeIPv6RemoteUser(t *testing.T) {
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Fatalf("this machine has no IPv6 loopback: %v", err)
+	} else {
+		ln.Close()
+	}
+	e := newEnv(t)
+	c, ed := e.startAccess(func(cfg *edge.Config) { cfg.External.Listen = "[::1]:0" })
+	remoteUA, alice, bob := e.phones(c, ed)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if res := remoteUA.Message("sip:alice@example.test", "alice", pw, "sip:bob@example.test", "over IPv6"); res.StatusCode != 200 {
+		t.Fatalf("IM in: %d", res.StatusCode)
+	}
+	if res := bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "back over IPv6"); res.StatusCode != 200 {
+		t.Fatalf("IM out: %d", res.StatusCode)
+	}
+	if n := len(remoteUA.WaitMessages(1, 5*time.Second)); n != 1 {
+		t.Fatalf("alice got %d IMs", n)
+	}
+	for _, dir := range bothWays(alice, bob) {
+		sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
+		byes := dir.callee.Byes.Load()
+		if err := sess.Bye(ctx); err != nil {
+			t.Fatalf("%s hangs up: %v", dir.user, err)
+		}
+		siptest.Eventually(t, "the callee gets the BYE", func() bool { return dir.callee.Byes.Load() == byes+1 })
+	}
+}

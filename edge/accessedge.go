@@ -75,6 +75,18 @@ func (a *accessEdge) methodNotAllowed(req *sip.Request, tx sip.ServerTransaction
 	a.refuse(tx, req, 405, "Method Not Allowed", "method_not_allowed", sip.NewHeader("Allow", strings.Join(a.cfg.AllowedMethods, ", ")))
 }
 
+// answerOptions answers an OPTIONS addressed to the edge itself (a
+// client's keep-alive or capability query, RFC 3261 §11) with what it lets
+// through; nothing goes inside.
+func (a *accessEdge) answerOptions(req *sip.Request, tx sip.ServerTransaction) {
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	res.AppendHeader(sip.NewHeader("Allow", strings.Join(a.cfg.AllowedMethods, ", ")))
+	res.AppendHeader(sip.NewHeader("Accept", "application/sdp"))
+	if err := tx.Respond(res); err != nil {
+		a.log.Info("answering OPTIONS failed", "error", err)
+	}
+}
+
 // fromOutside forwards a remote user's request to the core (after the
 // policy chain's sanity, rate, trust and access links).
 func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
@@ -91,6 +103,10 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 		req.RemoveHeader("Route")
+	}
+	if req.Method == sip.OPTIONS && req.Recipient.User == "" && a.namesUs(req.Recipient) {
+		a.answerOptions(req, tx)
+		return
 	}
 	if !a.home(req.Recipient.Host) {
 		// Another domain: only a partner the policy admits (the core

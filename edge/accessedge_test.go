@@ -921,3 +921,25 @@ func TestAccessEdgeIPv6RemoteUser(t *testing.T) {
 		siptest.Eventually(t, "the callee gets the BYE", func() bool { return dir.callee.Byes.Load() == byes+1 })
 	}
 }
+
+// An OPTIONS addressed to the edge itself (a client's keep-alive or
+// capability query) is answered by the edge, 200 with its method list,
+// by its listener's address or its public name; one for a home user goes
+// to the core as before (authenticated there).
+func TestAccessEdgeAnswersOptionsToItself(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess(func(cfg *edge.Config) { cfg.External.PublicName = "sip.example.test" })
+	remoteUA, _, _ := e.phones(c, ed)
+	for _, target := range []string{"sip:" + ed.ExternalAddr() + ";transport=tls", "sip:sip.example.test"} {
+		res := remoteUA.Request(sip.OPTIONS, "sip:alice@example.test", target)
+		if res.StatusCode != 200 || res.GetHeader("Allow") == nil || !strings.Contains(res.GetHeader("Allow").Value(), "INVITE") {
+			t.Fatalf("OPTIONS to %s: %d %v", target, res.StatusCode, res.GetHeader("Allow"))
+		}
+	}
+	if res := remoteUA.Request(sip.OPTIONS, "sip:alice@example.test", "sip:bob@example.test"); res.StatusCode != 407 {
+		t.Fatalf("OPTIONS to a home user without credentials: %d, want 407 from the core", res.StatusCode)
+	}
+	if res := remoteUA.Request(sip.OPTIONS, "sip:alice@example.test", "sip:other.test"); res.StatusCode != 403 {
+		t.Fatalf("OPTIONS to another domain: %d, want 403", res.StatusCode)
+	}
+}

@@ -73,10 +73,11 @@ func (p *Pipe) toClient(in, out net.Conn) {
 	}
 }
 
-// Hold keeps what the target sends from here on until Release.
+// Hold keeps what the target sends from here on until Release (held
+// already: nothing changes).
 func (p *Pipe) Hold() {
 	g := make(chan struct{})
-	p.gate.Store(&g)
+	p.gate.CompareAndSwap(nil, &g)
 }
 
 // Release lets what was held through, and what follows.

@@ -450,7 +450,7 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		return errNextHop
 	}
 	defer ctx2.Terminate()
-	ackWanted := false // an INVITE answered with a non-2xx final: see awaitAck
+	ackWanted := false // an INVITE from inside answered with a non-2xx final: see awaitAck
 	defer func() {
 		if ackWanted {
 			awaitAck(tx)
@@ -525,31 +525,32 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 				}
 			}
 			if !res.IsProvisional() {
-				ackWanted = req.IsInvite() && (!res.IsSuccess() || closed(cancelled))
+				ackWanted = hide && req.IsInvite() && (!res.IsSuccess() || closed(cancelled))
 				return nil
 			}
 		case <-ctx2.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
-			ackWanted = req.IsInvite()
+			ackWanted = hide && req.IsInvite()
 			return nil
 		case <-ctx.Done():
 			a.refuse(tx, req, 408, "Request Timeout", "no_answer")
-			ackWanted = req.IsInvite()
+			ackWanted = hide && req.IsInvite()
 			return nil
 		}
 	}
 }
 
-// awaitAck keeps the server transaction of an INVITE answered with a
-// non-2xx final response (relayed, or sipgo's 487 to a CANCEL) until the
-// ACK for that response has come, for at most ackWait: sipgo ends a
-// transaction on a reliable transport as soon as its handler returns, and
-// an ACK that came after would be taken for a new request and, carrying
-// the INVITE's Route (§17.1.1.3), sent on in the dialog to the user. Over
-// TLS a UA ACKs a non-2xx at once; one that does not (or an attacker that
-// never does) holds the wait for ackWait, not Timer H's 32 s. A
-// transaction that took a 2xx ends by itself (Timer L) and is not waited
-// for.
+// awaitAck keeps the server transaction of an INVITE from inside (the core
+// calling a remote user or a partner) answered with a non-2xx final
+// response (relayed, or sipgo's 487 to a CANCEL) until the core's ACK for
+// that response has come, for at most ackWait: sipgo ends a transaction on
+// a reliable transport as soon as its handler returns, and an ACK that
+// came after would be taken for a new request and, carrying the INVITE's
+// Route (§17.1.1.3), sent on in the dialog to the user. An INVITE from
+// outside is not waited for (nothing outside can make the edge hold its
+// transactions): a late ACK from outside goes to the core, which drops an
+// ACK without a route. A transaction that took a 2xx ends by itself
+// (Timer L).
 func awaitAck(tx sip.ServerTransaction) {
 	t := time.NewTimer(ackWait)
 	defer t.Stop()

@@ -41,13 +41,11 @@ func (p *proxy) recordRoutes(flow string, viaEdge bool) []*sip.RecordRouteHeader
 	}
 }
 
-// branch is one fork of an INVITE. Its fields are guarded by the call's
-// mutex.
+// branch is one fork of an INVITE.
 type branch struct {
-	out       *sip.Request
-	tx        sip.ClientTransaction
-	answered  bool // a provisional arrived: it may be cancelled now (§9.1)
-	cancelled bool // a CANCEL is wanted: sent at once, or on the first provisional
+	out  *sip.Request
+	tx   sip.ClientTransaction
+	gate *sipnode.CancelGate // its CANCEL, sent once it has rung (§9.1)
 }
 
 // invite forwards an INVITE to every binding of the target (§16.6) and
@@ -76,13 +74,9 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		defer mu.Unlock()
 		over = true
 		for _, b := range branches {
-			if b == except || b.cancelled {
-				continue
+			if b != except {
+				b.gate.Want()
 			}
-			b.cancelled = true
-			if b.answered {
-				go p.cancelBranch(b)
-			} // else follow sends it on the first provisional (§9.1)
 		}
 	}
 	// A 2xx crossing the caller's CANCEL still goes to the caller, after
@@ -126,8 +120,11 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 			continue
 		}
 		br := &branch{out: out, tx: ctxTx}
+		br.gate = sipnode.NewCancelGate(func() { p.cancelBranch(br) })
 		mu.Lock()
-		br.cancelled = over // follow CANCELs it on its first provisional
+		if over {
+			br.gate.Want() // sent on its first provisional
+		}
 		if cancelled {
 			p.node.ExpectLateAnswer(out, late)
 		}
@@ -135,7 +132,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		mu.Unlock()
 		go func() {
 			sipnode.GrowStack()
-			results <- p.flowCheck(b, p.follow(br, tx, sendLate, &mu, cancelAll))
+			results <- p.flowCheck(b, p.follow(br, tx, sendLate, cancelAll))
 		}()
 	}
 	success, best := collect(results, len(bindings))
@@ -160,19 +157,13 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 // follow relays one branch's responses until its final one, which it
 // returns. A 2xx is sent upstream at once (after the caller's CANCEL, it
 // crossed it: with late) and the other branches cancelled.
-func (p *proxy) follow(b *branch, up sip.ServerTransaction, late func(*sip.Response), mu *sync.Mutex, cancelAll func(except *branch)) *sip.Response {
+func (p *proxy) follow(b *branch, up sip.ServerTransaction, late func(*sip.Response), cancelAll func(except *branch)) *sip.Response {
 	defer b.tx.Terminate()
 	for {
 		select {
 		case res := <-b.tx.Responses():
 			if res.IsProvisional() {
-				mu.Lock()
-				first, wanted := !b.answered, b.cancelled
-				b.answered = true
-				mu.Unlock()
-				if first && wanted {
-					go p.cancelBranch(b)
-				}
+				wanted := b.gate.Provisional()
 				if res.StatusCode > 100 && !wanted {
 					_ = up.Respond(p.upstream(res))
 				}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -470,23 +469,23 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		return up
 	}
 	late := func(up *sip.Response) { a.respondLate(req, up) }
-	var cr *cancelRelay
+	var cr *sipnode.CancelGate    // a caller's CANCEL passed on (§9.1)
 	var cancelled <-chan struct{} // closed once the caller cancels (nil: never)
 	if req.IsInvite() {
-		cr = &cancelRelay{cancelled: make(chan struct{}), send: func() {
+		cr = sipnode.NewCancelGate(func() {
 			cctx, cc := context.WithTimeout(context.Background(), timerF)
 			defer cc()
 			if _, err := node.Client.Do(cctx, sipnode.CancelRequest(out)); err != nil {
 				a.log.Info("passing CANCEL on failed", "error", err)
 			}
-		}}
-		cancelled = cr.cancelled
+		})
+		cancelled = cr.Wanted()
 		onCancel := func(*sip.Request) {
 			// A 2xx that crosses the CANCEL still goes to the caller,
 			// after the 487 (sipnode/late.go), also once the next hop's
 			// 487 has ended our client transaction.
 			node.ExpectLateAnswer(out, func(res *sip.Response) { late(upstream(res)) })
-			cr.callerCancelled()
+			cr.Want()
 		}
 		if !tx.OnCancel(onCancel) {
 			// The CANCEL came (or the transaction ended) while the INVITE
@@ -498,7 +497,7 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 		select {
 		case res := <-ctx2.Responses():
 			if cr != nil && res.IsProvisional() {
-				cr.provisional()
+				cr.Provisional()
 			}
 			if res.StatusCode == 100 {
 				continue
@@ -587,42 +586,6 @@ func (a *accessEdge) respondLate(req *sip.Request, res *sip.Response) {
 	}
 	if err != nil {
 		a.log.Warn("passing a 2xx that crossed a CANCEL failed", "error", err)
-	}
-}
-
-// cancelRelay passes a caller's CANCEL of an INVITE on to the next hop
-// only once that hop has answered provisionally (§9.1): sent earlier, it
-// can overtake the INVITE there, be answered 481, and leave the callee
-// ringing.
-type cancelRelay struct {
-	cancelled chan struct{} // closed when the caller cancels
-	send      func()        // sends the CANCEL on
-
-	mu                     sync.Mutex
-	wanted, answered, sent bool
-}
-
-func (c *cancelRelay) callerCancelled() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.wanted {
-		c.wanted = true
-		close(c.cancelled)
-		c.sendOnce()
-	}
-}
-
-func (c *cancelRelay) provisional() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.answered = true
-	c.sendOnce()
-}
-
-func (c *cancelRelay) sendOnce() { // with mu held
-	if c.wanted && c.answered && !c.sent {
-		c.sent = true
-		go c.send()
 	}
 }
 

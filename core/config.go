@@ -63,7 +63,7 @@ func DefaultConfig() Config {
 		HTTPS:    APIConfig{Listen: "0.0.0.0:443"},
 		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
-			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour},
+			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour, MaxContacts: 10},
 		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3},
 	}
 }

@@ -27,6 +27,10 @@ type RegistrarConfig struct {
 	MinExpires     time.Duration  `yaml:"min_expires"`
 	DefaultExpires time.Duration  `yaml:"default_expires"`
 	MaxExpires     time.Duration  `yaml:"max_expires"`
+	// MaxContacts caps the bindings of one address of record: a call to
+	// it forks to every one, so without a cap one user could make every
+	// call to them a flood.
+	MaxContacts int `yaml:"max_contacts"`
 }
 
 // DomainConfig is one home domain and the digest algorithms offered in it,
@@ -55,6 +59,7 @@ func (r *RegistrarConfig) Validate(v *config.V) {
 	v.Check(r.NonceLifetime >= 10*time.Second && r.NonceLifetime <= time.Hour, "nonce_lifetime", "must be between 10s and 1h, got %s", r.NonceLifetime)
 	v.Check(r.MinExpires >= time.Second && r.MinExpires <= r.DefaultExpires && r.DefaultExpires <= r.MaxExpires && r.MaxExpires <= 24*time.Hour,
 		"min_expires", "need 1s <= min_expires <= default_expires <= max_expires <= 24h, got %s, %s, %s", r.MinExpires, r.DefaultExpires, r.MaxExpires)
+	v.Check(r.MaxContacts >= 1 && r.MaxContacts <= 1000, "max_contacts", "must be between 1 and 1000, got %d", r.MaxContacts)
 }
 
 func (r *RegistrarConfig) realms() map[string][]string {
@@ -302,11 +307,17 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		changes = append(changes, change{contact: c.Address.String(), expires: min(exp, r.cfg.MaxExpires)})
 	}
 	// Step 7: apply, refusing an out-of-order update of a binding from the
-	// same Call-ID.
+	// same Call-ID, or more bindings than max_contacts (a REGISTER that
+	// adds none is let through, so that a lowered cap does not stop
+	// refreshes). Everything is checked before anything is changed.
 	current, err := r.st.Bindings(ctx, aor, now)
 	if err != nil {
 		r.fail(tx, req, err)
 		return
+	}
+	after := make(map[string]bool, len(current)+len(changes))
+	for _, b := range current {
+		after[b.Contact] = true
 	}
 	for _, ch := range changes {
 		if i := slices.IndexFunc(current, func(b store.Binding) bool { return b.Contact == ch.contact }); i >= 0 {
@@ -315,6 +326,19 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 				return
 			}
 		}
+		after[ch.contact] = ch.expires > 0
+	}
+	n := 0
+	for _, bound := range after {
+		if bound {
+			n++
+		}
+	}
+	if n > r.cfg.MaxContacts && n > len(current) {
+		r.refuse(tx, req, 403, "Forbidden (more than "+strconv.Itoa(r.cfg.MaxContacts)+" contacts for one address of record)", "too_many_contacts")
+		return
+	}
+	for _, ch := range changes {
 		if ch.expires == 0 {
 			err = r.st.DeleteBinding(ctx, aor, ch.contact)
 		} else {

@@ -3,6 +3,7 @@ package core_test
 import (
 	"context"
 	"crypto/tls"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +122,34 @@ func TestRegistrar(t *testing.T) {
 	}
 	if res := ua().Register("sip:bob@example.test", "bob", alicePW); res.StatusCode != 403 {
 		t.Fatalf("disabled: %d", res.StatusCode)
+	}
+}
+
+// An address of record has at most registrar.max_contacts bindings (10 by
+// default): one REGISTER more is refused 403 and changes nothing, also
+// when it carries several contacts; refreshing one, or replacing one
+// after removing it, goes through.
+func TestRegistrarMaxContacts(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test")
+	ua := siptest.New(t, s.UsersAddr(), roots)
+	contact := func(i int) string { return "<sip:alice@127.0.0.1:" + strconv.Itoa(6000+i) + ";transport=tls>" }
+	var ten []string
+	for i := range 10 {
+		ten = append(ten, contact(i))
+	}
+	if res := ua.Register("sip:alice@example.test", "alice", alicePW, ten...); res.StatusCode != 200 || len(contactsOf(res)) != 10 {
+		t.Fatalf("ten contacts: %d %v", res.StatusCode, contactsOf(res))
+	}
+	for _, extra := range [][]string{{contact(10)}, {contact(0), contact(11)}} {
+		res := ua.Register("sip:alice@example.test", "alice", alicePW, extra...)
+		if res.StatusCode != 403 || !strings.Contains(res.Reason, "10 contacts") {
+			t.Fatalf("%v past the cap: %d %s", extra, res.StatusCode, res.Reason)
+		}
+	}
+	if res := ua.Register("sip:alice@example.test", "alice", alicePW, contact(3)); res.StatusCode != 200 || len(contactsOf(res)) != 10 {
+		t.Fatalf("refresh at the cap: %d %v", res.StatusCode, contactsOf(res))
+	}
+	if res := ua.Register("sip:alice@example.test", "alice", alicePW, contact(4)+";expires=0", contact(10)); res.StatusCode != 200 || len(contactsOf(res)) != 10 {
+		t.Fatalf("one replaced at the cap: %d %v", res.StatusCode, contactsOf(res))
 	}
 }

@@ -34,6 +34,10 @@ import (
 const (
 	lateAnswerHold = 32 * time.Second
 	maxLateAnswers = 10000
+	// maxLatePasses bounds the 2xx passed per INVITE: a UAS sends one
+	// again about ten times in 32 s (T1 doubling to T2); a callee sending
+	// more is not relayed.
+	maxLatePasses = 16
 )
 
 type lateAnswer struct {
@@ -105,7 +109,7 @@ func (l *lateAnswers) claim(key string, res *sip.Response) (pass func(*sip.Respo
 	if !ok {
 		return nil, false
 	}
-	if slices.Contains(e.claimed, res) {
+	if slices.Contains(e.claimed, res) || len(e.claimed) >= maxLatePasses {
 		return nil, true
 	}
 	e.claimed = append(e.claimed, res)

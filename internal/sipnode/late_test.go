@@ -84,8 +84,17 @@ func TestLateAnswers(t *testing.T) {
 		t.Error("ClaimLate without an entry: not passed")
 	}
 
-	// Expired: not passed, and dropped.
+	// At most maxLatePasses 2xx per INVITE are passed.
+	for range 2 * maxLatePasses {
+		n.watchLate(sip.NewResponseFromRequest(inv, 200, "OK", nil))
+	}
+	time.Sleep(20 * time.Millisecond)
 	key, _ := lateKey(inv.Via(), inv.CallID())
+	if got := len(n.late.m[key].claimed); got != maxLatePasses {
+		t.Errorf("%d 2xx passed for one INVITE, want at most %d", got, maxLatePasses)
+	}
+
+	// Expired: not passed, and dropped.
 	n.late.m[key].until = time.Now().Add(-time.Second)
 	before = passed.Load()
 	n.watchLate(sip.NewResponseFromRequest(inv, 200, "OK", nil))

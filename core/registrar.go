@@ -29,7 +29,8 @@ type RegistrarConfig struct {
 	MaxExpires     time.Duration  `yaml:"max_expires"`
 	// MaxContacts caps the bindings of one address of record: a call to
 	// it forks to every one, so without a cap one user could make every
-	// call to them a flood.
+	// call to them a flood. A REGISTER past it drops the binding that
+	// expires soonest; one naming more contacts by itself gets 403.
 	MaxContacts int `yaml:"max_contacts"`
 }
 
@@ -307,9 +308,10 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		changes = append(changes, change{contact: c.Address.String(), expires: min(exp, r.cfg.MaxExpires)})
 	}
 	// Step 7: apply, refusing an out-of-order update of a binding from the
-	// same Call-ID, or more bindings than max_contacts (a REGISTER that
-	// adds none is let through, so that a lowered cap does not stop
-	// refreshes). Everything is checked before anything is changed.
+	// same Call-ID; past max_contacts the oldest other bindings make room
+	// (a REGISTER that adds none is let through, so that a lowered cap
+	// does not stop refreshes). Everything is checked before anything is
+	// changed.
 	current, err := r.st.Bindings(ctx, aor, now)
 	if err != nil {
 		r.fail(tx, req, err)
@@ -334,9 +336,35 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 			n++
 		}
 	}
+	var evict []string
 	if n > r.cfg.MaxContacts && n > len(current) {
-		r.refuse(tx, req, 403, "Forbidden (more than "+strconv.Itoa(r.cfg.MaxContacts)+" contacts for one address of record)", "too_many_contacts")
-		return
+		// Room is made by dropping the bindings this REGISTER does not
+		// name, the one that expires soonest first (a client that comes
+		// back with a new contact after each reconnect must not lock its
+		// user out until the old ones expire); a REGISTER that names more
+		// contacts than the cap by itself is refused.
+		old := slices.DeleteFunc(slices.Clone(current), func(b store.Binding) bool {
+			return slices.ContainsFunc(changes, func(ch change) bool { return ch.contact == b.Contact })
+		})
+		slices.SortFunc(old, func(a, b store.Binding) int { return a.Expires.Compare(b.Expires) })
+		for _, b := range old {
+			if n <= r.cfg.MaxContacts {
+				break
+			}
+			evict = append(evict, b.Contact)
+			n--
+		}
+		if n > r.cfg.MaxContacts {
+			r.refuse(tx, req, 403, "Forbidden (more than "+strconv.Itoa(r.cfg.MaxContacts)+" contacts for one address of record)", "too_many_contacts")
+			return
+		}
+	}
+	for _, contact := range evict {
+		if err := r.st.DeleteBinding(ctx, aor, contact); err != nil {
+			r.fail(tx, req, err)
+			return
+		}
+		r.log.Info("binding dropped to keep max_contacts", "aor", aor, "contact", contact, "max_contacts", r.cfg.MaxContacts)
 	}
 	for _, ch := range changes {
 		if ch.expires == 0 {

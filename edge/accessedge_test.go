@@ -123,15 +123,7 @@ func TestTwoEdgesOneCore(t *testing.T) {
 			if res, err := siptest.ReInvite(ctx, nil, dir.callee.Incoming()); err != nil || res.StatusCode != 200 {
 				t.Fatalf("re-INVITE from %s's callee: %v %v", dir.user, res, err)
 			}
-			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
-			if !callerHangsUp {
-				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
-			}
-			byes := hearer.Byes.Load()
-			if err := bye(); err != nil {
-				t.Fatalf("%s's call (caller hangs up: %v): BYE: %v", dir.user, callerHangsUp, err)
-			}
-			siptest.Eventually(t, "the BYE crosses both edges", func() bool { return hearer.Byes.Load() == byes+1 })
+			hangUp(ctx, t, dir, sess, callerHangsUp)
 		}
 	}
 	if n := len(alice.WaitMessages(1, 5*time.Second)) + len(carol.WaitMessages(1, 5*time.Second)); n != 2 {
@@ -229,6 +221,21 @@ func bothWays(alice, bob *siptest.Phone) []direction {
 		{alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test"}, // remote calls inside
 		{bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test"},   // inside calls remote
 	}
+}
+
+// hangUp ends sess, a call dir's caller placed, from the caller or from
+// the callee, and checks the other party gets the BYE.
+func hangUp(ctx context.Context, t *testing.T, dir direction, sess *sipgo.DialogClientSession, callerHangsUp bool) {
+	t.Helper()
+	hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
+	if !callerHangsUp {
+		hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
+	}
+	byes := hearer.Byes.Load()
+	if err := bye(); err != nil {
+		t.Fatalf("%s's call (the caller hangs up: %v): BYE: %v", dir.user, callerHangsUp, err)
+	}
+	siptest.Eventually(t, "the other party gets the BYE", func() bool { return hearer.Byes.Load() == byes+1 })
 }
 
 func (e *env) phones(c *core.Server, ed *edge.Server) (remoteUA *siptest.UA, alice, bob *siptest.Phone) {

@@ -30,25 +30,13 @@ func TestAccessEdgeDialogSurvivesLinkBreak(t *testing.T) {
 	defer cancel()
 	for _, dir := range bothWays(alice, bob) {
 		for _, callerHangsUp := range []bool{true, false} {
-			name := dir.user + " called, the caller hangs up"
-			if !callerHangsUp {
-				name = dir.user + " called, the callee hangs up"
-			}
 			sess := dir.caller.CallAcked(ctx, t, dir.callee, dir.from, dir.user, pw, dir.to)
 
 			relay.Cut()
 			time.Sleep(300 * time.Millisecond) // the edge notices and connects again
 			waitReadyz(t, edgeOps, 200)
 
-			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
-			if !callerHangsUp {
-				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
-			}
-			byes := hearer.Byes.Load()
-			if err := bye(); err != nil {
-				t.Fatalf("%s after the link broke: BYE: %v", name, err)
-			}
-			siptest.Eventually(t, name+": the BYE arrives", func() bool { return hearer.Byes.Load() == byes+1 })
+			hangUp(ctx, t, dir, sess, callerHangsUp) // after the link broke
 		}
 	}
 }

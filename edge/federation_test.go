@@ -507,15 +507,7 @@ func TestFederationCalls(t *testing.T) {
 			if n := dir.callee.ReInvites.Load() + dir.caller.ReInvites.Load() - reinvites; n != 2 {
 				t.Fatalf("%d re-INVITEs arrived, want 2", n)
 			}
-			hearer, bye := dir.callee, func() error { return sess.Bye(ctx) }
-			if !callerHangsUp {
-				hearer, bye = dir.caller, func() error { return dir.callee.Incoming().Bye(ctx) }
-			}
-			byes := hearer.Byes.Load()
-			if err := bye(); err != nil {
-				t.Fatalf("%s's call (caller hangs up: %v): BYE: %v", dir.user, callerHangsUp, err)
-			}
-			siptest.Eventually(t, "the BYE crosses both edges", func() bool { return hearer.Byes.Load() == byes+1 })
+			hangUp(ctx, t, dir, sess, callerHangsUp)
 		}
 
 		// Cancelled at once: the CANCEL may overtake the INVITE before the

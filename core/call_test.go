@@ -147,11 +147,11 @@ func TestDrainLetsCallsEnd(t *testing.T) {
 	siptest.Eventually(t, "bob's second phone call rings", func() bool { return bob.Invites.Load() == 2 })
 	drained := make(chan error, 1)
 	go func() { drained <- s.Drain(ctx) }()
-	siptest.Eventually(t, "the drain begins", func() bool {
-		_, err := alice.Call(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
-		var de *sipgo.ErrDialogResponse
-		return errors.As(err, &de) && de.Res.StatusCode == 503
-	})
+	siptest.Eventually(t, "the drain begins", func() bool { return s.Ready() != nil })
+	_, err := alice.Call(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
+	if de := (*sipgo.ErrDialogResponse)(nil); !errors.As(err, &de) || de.Res.StatusCode != 503 {
+		t.Fatalf("a new call while draining: %v, want 503", err)
+	}
 	release()
 	if err := <-answered; err != nil || second.InviteResponse.StatusCode != 200 {
 		t.Fatalf("the call answered as the drain began: %v", err)

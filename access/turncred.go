@@ -91,9 +91,13 @@ func LoadTURNSecret(file string) ([]byte, error) {
 	return []byte(s), nil
 }
 
-// NewTURNSecret writes a new random secret (256 bits, hex) to file with mode
-// 0600; it refuses to overwrite one.
-func NewTURNSecret(file string) error {
+// NewTURNSecret writes a new random secret to file (NewSecretFile).
+func NewTURNSecret(file string) error { return NewSecretFile(file) }
+
+// NewSecretFile writes 32 random bytes (in hex, one line) to file with mode
+// 0600; it refuses to overwrite one (ErrExists), and removes what it could
+// not write whole.
+func NewSecretFile(file string) error {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return err
@@ -105,9 +109,10 @@ func NewTURNSecret(file string) error {
 		}
 		return err
 	}
-	if _, err := f.WriteString(hex.EncodeToString(b) + "\n"); err != nil {
-		f.Close()
+	_, werr := f.WriteString(hex.EncodeToString(b) + "\n")
+	if err := errors.Join(werr, f.Close()); err != nil {
+		_ = os.Remove(file)
 		return err
 	}
-	return f.Close()
+	return nil
 }

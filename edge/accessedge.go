@@ -266,32 +266,38 @@ func (a *accessEdge) ours(u sip.Uri, flow string) bool {
 // a client's own proxy) and stay, after ours: the caller's requests reach
 // those hops first.
 func (a *accessEdge) hideRoutes(res *sip.Response, flow string) {
-	rrs := res.GetHeaders("Record-Route")
-	if len(rrs) == 0 {
-		return
+	above, below, found := splitRecordRoutes(res, func(u sip.Uri) bool { return a.ours(u, flow) })
+	if !found && len(above) == 0 {
+		return // no Record-Route
 	}
-	var inside []string
-	var below []sip.Header
-	found := false
-	for _, h := range rrs {
-		rr, ok := h.(*sip.RecordRouteHeader)
-		if !ok {
-			continue
-		}
-		switch {
-		case found:
-			below = append(below, sip.HeaderClone(rr))
-		case a.ours(rr.Address, flow):
-			found = true
-		default:
-			inside = append([]string{rr.Address.String()}, inside...)
-		}
+	inside := make([]string, len(above))
+	for i, rr := range above {
+		inside[len(above)-1-i] = rr.Address.String()
 	}
 	sipnode.RemoveAll(res, "Record-Route")
 	res.AppendHeader(a.recordRoute(a.externalURI(a.tokens.MakeRoutes(inside))))
 	for _, h := range below {
 		res.AppendHeader(h)
 	}
+}
+
+// splitRecordRoutes splits res's Record-Route at the entry ours picks: the
+// entries above it and those below it (copies), and whether it was there
+// (if not, every entry is above).
+func splitRecordRoutes(res *sip.Response, ours func(sip.Uri) bool) (above, below []*sip.RecordRouteHeader, found bool) {
+	for _, h := range res.GetHeaders("Record-Route") {
+		rr, ok := h.(*sip.RecordRouteHeader)
+		switch {
+		case !ok:
+		case found:
+			below = append(below, rr.Clone())
+		case ours(rr.Address):
+			found = true
+		default:
+			above = append(above, rr.Clone())
+		}
+	}
+	return above, below, found
 }
 
 // internalURI is a loose-routing URI of our internal listener with user.
@@ -391,18 +397,8 @@ func (a *accessEdge) hideInternalRoutes(out *sip.Request, tok string) func(*sip.
 	out.PrependHeader(a.recordRoute(a.externalURI(routes)))
 	internal := a.recordRoute(a.internalURI(tok))
 	return func(res *sip.Response) {
-		var above []sip.Header
-		for _, h := range res.GetHeaders("Record-Route") {
-			rr, ok := h.(*sip.RecordRouteHeader)
-			if !ok {
-				continue
-			}
-			if rr.Address.User == routes && a.namesUs(rr.Address) {
-				break
-			}
-			above = append(above, sip.HeaderClone(rr))
-		}
-		if len(above) == len(res.GetHeaders("Record-Route")) {
+		above, _, found := splitRecordRoutes(res, func(u sip.Uri) bool { return u.User == routes && a.namesUs(u) })
+		if !found {
 			above = nil // ours is missing: keep nothing from outside
 		}
 		sipnode.RemoveAll(res, "Record-Route")

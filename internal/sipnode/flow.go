@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"portcullis/access"
 	"portcullis/internal/keyedmac"
 )
 
@@ -37,9 +38,9 @@ func NewFlowTokens() *FlowTokens {
 func NewFlowTokensWithKey(key []byte) *FlowTokens { return &FlowTokens{mac: keyedmac.New(key)} }
 
 // LoadOrMakeKey reads a 32-byte key (hex) from file, or makes one there
-// (mode 0600) when the file does not exist.
+// (access.NewSecretFile, mode 0600) when the file does not exist.
 func LoadOrMakeKey(file string) ([]byte, error) {
-	for range 2 {
+	for range 2 { // made here (or by another process meanwhile), then read
 		b, err := os.ReadFile(file)
 		if err == nil {
 			return parseKey(file, b)
@@ -47,21 +48,9 @@ func LoadOrMakeKey(file string) ([]byte, error) {
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}
-		k := make([]byte, 32)
-		_, _ = rand.Read(k)
-		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
-			continue // made by another process meanwhile: read that one
-		}
-		if err != nil {
+		if err := access.NewSecretFile(file); err != nil && !errors.Is(err, access.ErrExists) {
 			return nil, err
 		}
-		_, werr := f.WriteString(hex.EncodeToString(k) + "\n")
-		if err := errors.Join(werr, f.Close()); err != nil {
-			_ = os.Remove(file)
-			return nil, err
-		}
-		return k, nil
 	}
 	return nil, fmt.Errorf("%s: cannot be read or made", file)
 }

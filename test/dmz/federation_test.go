@@ -45,6 +45,7 @@ type orgSpec struct {
 	name, domain                   string // namespace stem, home domain
 	core, edgeInt, edgeExt, router string
 	federation                     string // the edge's federation section
+	mcuMedia                       string // when set, the edge's media relay runs, allowed to reach this range only
 }
 
 type built struct {
@@ -102,11 +103,11 @@ tls: {ca_file: %[2]s, cert_file: %[3]s, key_file: %[4]s}
 trusted_edges: [edge1.internal]
 store: {driver: sqlite, path: %[5]s/core.db}
 https: {listen: "%[1]s:20443"}
-turn: {secret_file: %[6]s}
+turn: {secret_file: %[6]s, uris: ["turn:%[9]s:3478?transport=udp", "turn:%[9]s:3478?transport=tcp"]}
 registrar:
   domains: [{domain: %[7]s, algorithms: [SHA-256, MD5]}]
 federation: {edge: "%[8]s:5062"}
-`, s.core, coreTLS.CAFile, coreTLS.CertFile, coreTLS.KeyFile, dir, secret, s.domain, s.edgeInt))
+`, s.core, coreTLS.CAFile, coreTLS.CertFile, coreTLS.KeyFile, dir, secret, s.domain, s.edgeInt, s.edgeExt))
 	d := &deployment{spec: s, dir: dir, internal: coreTLS, edgeTLS: edgeTLS, public: public}
 	d.edgeYAML = filepath.Join(dir, "edge.yaml")
 	d.writeEdge(t, edgeTLS, pub.CAFile(), s.federation)
@@ -134,7 +135,7 @@ external:
   tls_key_file: %[8]s
   public_name: sip.%[9]s
   home_domains: [%[9]s]
-turn: {enabled: false}
+%[13]s
 im_filter:
   urls:
     rules:
@@ -146,7 +147,25 @@ federation:
   allow_federation: true
   trust_roots_file: %[10]s
   resolver: "%[11]s:53"
-%[12]s`, s.edgeInt, edgeTLS.CAFile, edgeTLS.CertFile, edgeTLS.KeyFile, s.core, s.edgeExt, d.public.CertFile, d.public.KeyFile, s.domain, pubCA, dnsAddr, federation))
+%[12]s`, s.edgeInt, edgeTLS.CAFile, edgeTLS.CertFile, edgeTLS.KeyFile, s.core, s.edgeExt, d.public.CertFile, d.public.KeyFile, s.domain, pubCA, dnsAddr, federation, d.turnSection()))
+}
+
+// turnSection is the edge's media relay: off, or on the external address
+// (UDP and TCP 3478, relay ports from the same address) with the
+// organisation's MCU media range as the only inside range it may reach.
+func (d *deployment) turnSection() string {
+	s := d.spec
+	if s.mcuMedia == "" {
+		return "turn: {enabled: false}"
+	}
+	return fmt.Sprintf(`turn:
+  enabled: true
+  realm: %[1]s
+  secret_file: %[2]s
+  listen_udp: ["%[3]s:3478"]
+  listen_tcp: ["%[3]s:3478"]
+  relay: {bind_ipv4: %[3]s, advertise_ipv4: %[3]s, port_min: 49152, port_max: 49251}
+  allowed_peers: [%[4]s]`, s.domain, filepath.Join(d.dir, "turn.secret"), s.edgeExt, s.mcuMedia)
 }
 
 // reloadEdge rewrites the edge's federation section and sends SIGHUP.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -195,7 +196,8 @@ func (a *authenticator) authenticateWith(tx sip.ServerTransaction, req *sip.Requ
 // registrar serves REGISTER for the home domains (RFC 3261 §10.3).
 type registrar struct {
 	*authenticator
-	cfg RegistrarConfig
+	cfg      RegistrarConfig
+	aorLocks [64]sync.Mutex // lockAOR
 }
 
 func digestReason(err error) string {
@@ -240,7 +242,6 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		r.refuse(tx, req, 403, "Forbidden (credentials are for another address of record)", "aor_mismatch")
 		return
 	}
-	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
 	// A Path (RFC 3327) is honoured only from a trusted edge: a user cannot
 	// choose the route to themselves.
 	var path string
@@ -284,10 +285,6 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 			return
 		}
 	}
-	type change struct {
-		contact string
-		expires time.Duration
-	}
 	changes := make([]change, 0, len(contacts))
 	for _, h := range contacts {
 		c := h.(*sip.ContactHeader)
@@ -307,15 +304,51 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 		}
 		changes = append(changes, change{contact: c.Address.String(), expires: min(exp, r.cfg.MaxExpires)})
 	}
-	// Step 7: apply, refusing an out-of-order update of a binding from the
-	// same Call-ID; past max_contacts the oldest other bindings make room
-	// (a REGISTER that adds none is let through, so that a lowered cap
-	// does not stop refreshes). Everything is checked before anything is
-	// changed.
-	current, err := r.st.Bindings(ctx, aor, now)
+	// Step 7, one REGISTER of an address of record at a time: two read
+	// and checked side by side would each make room for their own new
+	// contact in the same place, or each pass the CSeq check.
+	unlock := r.lockAOR(aor)
+	no, err := r.apply(ctx, req, aor, changes, now, path)
+	unlock()
 	if err != nil {
 		r.fail(tx, req, err)
 		return
+	}
+	if no != nil {
+		r.refuse(tx, req, no.code, no.reason, no.why, no.hdrs...)
+		return
+	}
+	if len(changes) > 0 {
+		r.log.Info("registered", "aor", aor, "contacts", len(changes), "edge", peer.Name, "source", req.Source())
+	}
+	// Step 8: 200 with every current binding.
+	r.ok(ctx, tx, req, aor)
+}
+
+// refusal is an answer that apply chose, sent once the AOR is unlocked.
+type refusal struct {
+	code        int
+	reason, why string
+	hdrs        []sip.Header
+}
+
+// change is one Contact of a REGISTER: its binding's new lifetime (0:
+// remove it).
+type change struct {
+	contact string
+	expires time.Duration
+}
+
+// apply is §10.3 step 7 for one address of record, under its lock.
+func (r *registrar) apply(ctx context.Context, req *sip.Request, aor string, changes []change, now time.Time, path string) (*refusal, error) {
+	// Refuse an out-of-order update of a binding from the same Call-ID; past max_contacts the oldest other bindings make room
+	// (a REGISTER that adds none is let through, so that a lowered cap
+	// does not stop refreshes). Everything is checked before anything is
+	// changed.
+	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
+	current, err := r.st.Bindings(ctx, aor, now)
+	if err != nil {
+		return nil, err
 	}
 	after := make(map[string]bool, len(current)+len(changes))
 	for _, b := range current {
@@ -324,8 +357,7 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 	for _, ch := range changes {
 		if i := slices.IndexFunc(current, func(b store.Binding) bool { return b.Contact == ch.contact }); i >= 0 {
 			if b := current[i]; b.CallID == callID && cseq <= b.CSeq {
-				r.refuse(tx, req, 500, "Server Internal Error (CSeq out of order)", "cseq_out_of_order", sip.NewHeader("Retry-After", "5"))
-				return
+				return &refusal{500, "Server Internal Error (CSeq out of order)", "cseq_out_of_order", []sip.Header{sip.NewHeader("Retry-After", "5")}}, nil
 			}
 		}
 		after[ch.contact] = ch.expires > 0
@@ -355,14 +387,12 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 			n--
 		}
 		if n > r.cfg.MaxContacts {
-			r.refuse(tx, req, 403, "Forbidden (more than "+strconv.Itoa(r.cfg.MaxContacts)+" contacts for one address of record)", "too_many_contacts")
-			return
+			return &refusal{403, "Forbidden (more than " + strconv.Itoa(r.cfg.MaxContacts) + " contacts for one address of record)", "too_many_contacts", nil}, nil
 		}
 	}
 	for _, contact := range evict {
 		if err := r.st.DeleteBinding(ctx, aor, contact); err != nil {
-			r.fail(tx, req, err)
-			return
+			return nil, err
 		}
 		r.log.Info("binding dropped to keep max_contacts", "aor", aor, "contact", contact, "max_contacts", r.cfg.MaxContacts)
 	}
@@ -374,15 +404,23 @@ func (r *registrar) register(peer *access.PeerIdentity, req *sip.Request, tx sip
 				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + req.Source(), Path: path})
 		}
 		if err != nil {
-			r.fail(tx, req, err)
-			return
+			return nil, err
 		}
 	}
-	if len(changes) > 0 {
-		r.log.Info("registered", "aor", aor, "contacts", len(changes), "edge", peer.Name, "source", req.Source())
+	return nil, nil
+}
+
+// lockAOR serialises the REGISTERs of one address of record (step 7).
+// The locks are striped: AORs that share a stripe wait for each other
+// only while the store is read and written, never while answering.
+func (r *registrar) lockAOR(aor string) (unlock func()) {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(aor); i++ {
+		h = (h ^ uint32(aor[i])) * 16777619
 	}
-	// Step 8: 200 with every current binding.
-	r.ok(ctx, tx, req, aor)
+	mu := &r.aorLocks[h%uint32(len(r.aorLocks))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 func (r *registrar) ok(ctx context.Context, tx sip.ServerTransaction, req *sip.Request, aor string) {

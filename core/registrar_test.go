@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,5 +156,50 @@ func TestRegistrarMaxContacts(t *testing.T) {
 	}
 	if res := ua.Register("sip:alice@example.test", "alice", alicePW, contact(3)); res.StatusCode != 200 || len(contactsOf(res)) != 10 || !strings.Contains(bound(res), ":6010;") {
 		t.Fatalf("a refresh at the cap (the refused REGISTER changed nothing): %d %v", res.StatusCode, contactsOf(res))
+	}
+}
+
+// REGISTERs of one address of record arriving together, each adding a new
+// contact at the cap, leave exactly max_contacts bindings: each makes room
+// for itself in turn. Read and checked side by side, they all dropped the
+// same binding and the AOR ended over the cap.
+func TestRegistrarMaxContactsConcurrent(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test")
+	first := siptest.New(t, s.UsersAddr(), roots)
+	contact := func(i int) string { return "<sip:alice@127.0.0.1:" + strconv.Itoa(7000+i) + ";transport=tls>" }
+	var ten []string
+	for i := range 10 {
+		ten = append(ten, contact(i))
+	}
+	if res := first.Register("sip:alice@example.test", "alice", alicePW, ten...); res.StatusCode != 200 {
+		t.Fatalf("ten contacts: %d", res.StatusCode)
+	}
+	const n = 16
+	uas := make([]*siptest.UA, n)
+	for i := range uas {
+		uas[i] = siptest.New(t, s.UsersAddr(), roots)
+		// A first request each, so that the REGISTERs below do not wait
+		// for a TLS handshake or a challenge.
+		if res := uas[i].Register("sip:alice@example.test", "alice", alicePW); res.StatusCode != 200 {
+			t.Fatalf("query %d: %d", i, res.StatusCode)
+		}
+	}
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	for i, ua := range uas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = ua.Register("sip:alice@example.test", "alice", alicePW, contact(100+i)).StatusCode
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 200 {
+			t.Errorf("REGISTER %d: %d", i, c)
+		}
+	}
+	if res := first.Register("sip:alice@example.test", "alice", alicePW); len(contactsOf(res)) != 10 {
+		t.Fatalf("%d bindings after %d REGISTERs at once, want 10: %v", len(contactsOf(res)), n, contactsOf(res))
 	}
 }

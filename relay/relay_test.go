@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,6 +265,46 @@ func TestQuotaCapacityAndAlternate(t *testing.T) {
 	var alt stun.AlternateServer
 	if code(res) != stun.CodeTryAlternate || alt.GetFrom(res) != nil || net.JoinHostPort(alt.IP.String(), strconv.Itoa(alt.Port)) != "127.0.0.1:3479" {
 		t.Fatalf("want 300 with ALTERNATE-SERVER 127.0.0.1:3479, got %d %v", code(res), alt)
+	}
+}
+
+// One user's Allocates arriving together on several connections (UDP and
+// TCP) get exactly the quota's allocations and 486 for the rest: pion asks
+// the quota before it creates an allocation, and a count of active ones
+// alone let three through a quota of two.
+func TestQuotaConcurrentAllocates(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Quota.PerUser = 2
+	e := start(t, cfg)
+	for round := range 5 {
+		user := "rush" + strconv.Itoa(round)
+		cs := make([]*client, 12)
+		for i := range cs {
+			if i%2 == 0 {
+				cs[i] = dialClient(t, "udp", e.udp, e.cred(user))
+			} else {
+				cs[i] = dialClient(t, "tcp", e.tcp, e.cred(user))
+			}
+		}
+		codes := make([]stun.ErrorCode, len(cs))
+		var wg sync.WaitGroup
+		for i, c := range cs {
+			wg.Add(1)
+			go func() { defer wg.Done(); codes[i] = code(c.request(stun.MethodAllocate, udpTransport)) }()
+		}
+		wg.Wait()
+		ok, quota := 0, 0
+		for _, c := range codes {
+			switch c {
+			case 0:
+				ok++
+			case stun.CodeAllocQuotaReached:
+				quota++
+			}
+		}
+		if ok != 2 || quota != len(cs)-2 {
+			t.Fatalf("round %d: %d allocated and %d refused 486 of %d at once (%v), want 2 and %d", round, ok, quota, len(cs), codes, len(cs)-2)
+		}
 	}
 }
 

@@ -230,7 +230,7 @@ func (e *Engine) AllocationCreated(src, dst net.Addr, _, userID, _ string, relay
 	}
 	a.userID, a.created = userID, time.Now()
 	a.user = e.userFor(userID)
-	a.user.active++
+	a.user.taken(a.client)
 	a.limiter = e.allocLimiter()
 	e.byTuple[tuple{a.client, a.local}] = a
 	e.active.Add(1)
@@ -279,10 +279,23 @@ func (e *Engine) userFor(userID string) *user {
 	return u
 }
 
+// taken counts a new allocation of the user from client, in the place
+// Quota reserved for it (under e.mu).
+func (u *user) taken(client netip.AddrPort) {
+	u.active++
+	delete(u.reserved, client)
+}
+
 // releaseUser counts one of the user's allocations ended (under e.mu).
 func (e *Engine) releaseUser(u *user, userID string) {
 	u.active--
-	if u.active == 0 {
+	e.dropIdle(u, userID)
+}
+
+// dropIdle forgets a user with no allocation and no place reserved (under
+// e.mu).
+func (e *Engine) dropIdle(u *user, userID string) {
+	if u.active == 0 && len(u.reserved) == 0 {
 		delete(e.users, userID)
 	}
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -125,9 +126,20 @@ type Engine struct {
 type tuple struct{ client, local netip.AddrPort }
 
 type user struct {
-	active  int
-	limiter *rate.Limiter
+	active int
+	// reserved holds, by client address, the deadlines of the places
+	// Quota granted to Allocates not yet created: pion asks the quota
+	// before it creates the allocation, so Allocates of one user on
+	// several connections at once would all pass a count of active ones.
+	// A place is taken by its allocation's creation, or lapses (the
+	// creation failed; a retry from the same address takes it over).
+	reserved map[netip.AddrPort]time.Time
+	limiter  *rate.Limiter
 }
+
+// quotaReservation is how long a place granted by Quota waits for its
+// allocation to be created.
+const quotaReservation = 5 * time.Second
 
 // Totals are relayed traffic counters. TCP relays count bytes only: a
 // stream has no packets.
@@ -220,15 +232,42 @@ func (e *Engine) Traffic() (toPeerPkts, toPeerBytes, toClientPkts, toClientBytes
 }
 
 // Quota is pion's QuotaHandler: false answers 486 Allocation Quota Reached.
-func (e *Engine) Quota(userID, _ string, _ net.Addr) bool {
+func (e *Engine) Quota(userID, _ string, src net.Addr) bool {
 	perUser := e.tune().QuotaPerUser
 	if perUser <= 0 {
 		return true
 	}
+	client := normal(addrPort(src))
+	now := time.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	u := e.users[userID]
-	return u == nil || u.active < perUser
+	u := e.userFor(userID)
+	u.lapse(now)
+	delete(u.reserved, client)
+	if u.active+len(u.reserved) >= perUser {
+		e.dropIdle(u, userID)
+		return false
+	}
+	if u.reserved == nil {
+		u.reserved = map[netip.AddrPort]time.Time{}
+	}
+	u.reserved[client] = now.Add(quotaReservation)
+	// A place whose allocation was never created lapses; a user who does
+	// nothing more is then forgotten.
+	time.AfterFunc(quotaReservation+100*time.Millisecond, func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.users[userID] == u {
+			u.lapse(time.Now())
+			e.dropIdle(u, userID)
+		}
+	})
+	return true
+}
+
+// lapse forgets the places reserved before now (under e.mu).
+func (u *user) lapse(now time.Time) {
+	maps.DeleteFunc(u.reserved, func(_ netip.AddrPort, until time.Time) bool { return now.After(until) })
 }
 
 func (e *Engine) tune() *Tunables { return e.tun.Load() }

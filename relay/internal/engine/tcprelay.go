@@ -87,7 +87,7 @@ func (e *Engine) tcpCreated(src, dst net.Addr, userID string, relay net.Addr) {
 	t.client, t.local = normal(addrPort(src)), normal(addrPort(dst))
 	t.userID, t.created = userID, time.Now()
 	t.user = e.userFor(userID)
-	t.user.active++
+	t.user.taken(t.client)
 	t.caps.Store(&[2]*rate.Limiter{e.allocLimiter(), t.user.limiter})
 	t.linked = true
 	e.tcpByTuple[tuple{t.client, t.local}] = t

@@ -264,7 +264,7 @@ func (f *Federation) AllowDiscovered(domain, contact string) error {
 	now := f.now()
 	if st == nil || now.Sub(st.since) > d.ContactWindow {
 		if len(f.limits) >= maxDiscovered {
-			clear(f.limits)
+			f.evictDiscovered(now)
 		}
 		st = &discoveredState{rate: rate.NewLimiter(rate.Limit(d.RequestsPerSecond), d.Burst), contacts: map[string]struct{}{}, since: now}
 		f.limits[domain] = st
@@ -279,6 +279,25 @@ func (f *Federation) AllowDiscovered(domain, contact string) error {
 		st.contacts[contact] = struct{}{}
 	}
 	return nil
+}
+
+// evictDiscovered makes room in the discovered partners' state (under
+// f.mu): the domains whose window has ended go, or else the one that has
+// reached the fewest contacts. Starting every domain's counters again
+// would let a partner that hit max_contacts carry on enumerating after
+// showing up from enough other domains.
+func (f *Federation) evictDiscovered(now time.Time) {
+	var fewest string
+	for domain, st := range f.limits {
+		if now.Sub(st.since) > f.cfg.Discovery.ContactWindow {
+			delete(f.limits, domain)
+		} else if fewest == "" || len(st.contacts) < len(f.limits[fewest].contacts) {
+			fewest = domain
+		}
+	}
+	if len(f.limits) >= maxDiscovered {
+		delete(f.limits, fewest)
+	}
 }
 
 // Targets lists where a partner's edge is, in the order to try (RFC 3263

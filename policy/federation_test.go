@@ -3,6 +3,7 @@ package policy_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -117,6 +118,29 @@ func TestDiscoveredLimits(t *testing.T) {
 	}
 	if limited < 7 {
 		t.Fatalf("rate limit let %d of 10 through", 10-limited)
+	}
+}
+
+// A discovered domain that reached max_contacts stays capped when as many
+// other domains show up as the state holds (their state made room by
+// dropping everyone's counters, so cycling through domains restarted the
+// enumeration).
+func TestDiscoveredCapSurvivesManyDomains(t *testing.T) {
+	c := fedConfig("127.0.0.1:1")
+	c.Discovery.RequestsPerSecond, c.Discovery.Burst, c.Discovery.MaxContacts = 1000, 1000, 3
+	f := policy.NewFederation(c)
+	for _, u := range []string{"sip:a@example.test", "sip:b@example.test", "sip:c@example.test"} {
+		if err := f.AllowDiscovered("enum.test", u); err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+	}
+	for i := range 10100 {
+		if err := f.AllowDiscovered("d"+strconv.Itoa(i)+".test", "sip:a@example.test"); err != nil {
+			t.Fatalf("domain %d: %v", i, err)
+		}
+	}
+	if err := f.AllowDiscovered("enum.test", "sip:d@example.test"); !errors.Is(err, policy.ErrContactCap) {
+		t.Fatalf("a fourth contact after 10,100 other domains: %v, want the cap", err)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"portcullis/policy"
 )
 
 // PeerIdentity is what a verified mutual-TLS peer is known by. It travels as
@@ -183,7 +185,7 @@ func (l *Listener) release(raw net.Conn) {
 
 func sourceAddr(c net.Conn) netip.Addr {
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
+		return policy.Source(a.AddrPort().Addr())
 	}
 	return netip.Addr{}
 }

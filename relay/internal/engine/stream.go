@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
+
+	"portcullis/policy"
 )
 
 // maxFrame bounds a STUN or ChannelData frame on a stream; anything larger
@@ -78,7 +80,8 @@ func (e *Engine) ListenStream(addr string, conf *tls.Config) (net.Listener, erro
 	return &streamListener{Listener: ln, e: e, tls: conf, conns: map[*streamConn]struct{}{}}, nil
 }
 
-// connCount counts clients' open TCP/TLS connections by source address.
+// connCount counts clients' open TCP/TLS connections by source
+// (policy.Source: an IPv4 address, an IPv6 /64).
 type connCount struct {
 	mu    sync.Mutex
 	per   map[netip.Addr]int
@@ -87,6 +90,7 @@ type connCount struct {
 
 // admit counts a new connection from ip, or says which cap it is over.
 func (e *Engine) admit(ip netip.Addr) (bool, string) {
+	ip = policy.Source(ip)
 	c := &e.conns
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -102,6 +106,7 @@ func (e *Engine) admit(ip netip.Addr) (bool, string) {
 }
 
 func (e *Engine) release(ip netip.Addr) {
+	ip = policy.Source(ip)
 	c := &e.conns
 	c.mu.Lock()
 	defer c.mu.Unlock()

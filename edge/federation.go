@@ -41,10 +41,12 @@ type partnerAgents struct {
 	handle  sipnode.Handler
 	methods []string
 
-	mu     sync.Mutex
-	agents map[string]*sipnode.Node
-	used   map[string]map[string]time.Time // domain → partner edge address → last request
-	closed bool
+	mu        sync.Mutex
+	agents    map[string]*sipnode.Node
+	lastUse   map[string]time.Time            // domain → last request routed to it (agent)
+	used      map[string]map[string]time.Time // domain → partner edge address → last request
+	maxAgents int                             // 0: maxPartnerAgents
+	closed    bool
 }
 
 // keepIdle is how long a partner connection is kept alive after its last
@@ -105,23 +107,51 @@ func (p *partnerAgents) keepalive(ctx context.Context, interval func() time.Dura
 	}
 }
 
-// maxPartnerAgents bounds the agents kept; past it the least useful thing
-// to do is to keep growing, so new domains are refused until restart.
+// maxPartnerAgents bounds the agents kept. Past it the agent of the
+// domain that has gone longest without a request makes room, if that is
+// longer than keepIdle; otherwise a new domain is refused (503) until one
+// has. (New domains used to be refused until a restart: users sending to
+// a thousand discovered domains would have cut federation with any other.)
 const maxPartnerAgents = 1000
 
 // agent returns the user agent for a partner domain, creating it.
 func (p *partnerAgents) agent(domain string) (*sipnode.Node, error) {
 	domain = strings.ToLower(domain)
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, errors.New("edge closing")
 	}
+	if p.lastUse == nil {
+		p.lastUse = map[string]time.Time{}
+	}
 	if n := p.agents[domain]; n != nil {
+		p.lastUse[domain] = now
 		return n, nil
 	}
-	if len(p.agents) >= maxPartnerAgents {
-		return nil, fmt.Errorf("more than %d partner domains in use", maxPartnerAgents)
+	limit := p.maxAgents
+	if limit <= 0 {
+		limit = maxPartnerAgents
+	}
+	if len(p.agents) >= limit {
+		idlest := ""
+		for d, t := range p.lastUse {
+			if idlest == "" || t.Before(p.lastUse[idlest]) {
+				idlest = d
+			}
+		}
+		if idlest == "" || now.Sub(p.lastUse[idlest]) <= keepIdle {
+			return nil, fmt.Errorf("%d partner domains in use in the last %s", limit, keepIdle)
+		}
+		old := p.agents[idlest]
+		delete(p.agents, idlest)
+		delete(p.lastUse, idlest)
+		delete(p.used, idlest)
+		if err := old.Close(); err != nil {
+			p.log.Warn("closing an idle partner agent", "domain", idlest, "error", err)
+		}
+		p.log.Info("idle partner agent closed to make room", "domain", idlest, "for", domain)
 	}
 	n, err := sipnode.New(sipnode.Config{
 		Name: "portcullis-edge", Hostname: p.hostname, MaxMessage: p.max,
@@ -140,6 +170,7 @@ func (p *partnerAgents) agent(domain string) (*sipnode.Node, error) {
 	}
 	n.Serve()
 	p.agents[domain] = n
+	p.lastUse[domain] = now
 	return n, nil
 }
 

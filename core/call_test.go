@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
 
 	"portcullis/internal/siptest"
 )
@@ -174,4 +175,62 @@ func TestDrainLetsCallsEnd(t *testing.T) {
 	if alice.Byes.Load() != 1 || bob.Byes.Load() != 1 {
 		t.Fatalf("BYEs: alice %d, bob %d; want 1 and 1", alice.Byes.Load(), bob.Byes.Load())
 	}
+}
+
+// A Record-Route token lets its holder send requests in the dialog it was
+// made for and nowhere else: a party to one call cannot, by putting its
+// Route on a request, reach another user without authenticating (a
+// MESSAGE, with or without a To tag, a re-INVITE), nor use it outside the
+// dialog's Call-ID. The dialog itself still works.
+func TestRouteTokensStayInTheirDialog(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test")
+	alice := registeredPhone(t, s.UsersAddr(), roots, "sip:alice@example.test", "alice", "7100", true)
+	bob := registeredPhone(t, s.UsersAddr(), roots, "sip:bob@example.test", "bob", "7200", true)
+	carol := registeredPhone(t, s.UsersAddr(), roots, "sip:carol@example.test", "carol", "7300", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess := alice.CallAcked(ctx, t, bob, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test")
+	var routes []sip.Header
+	for _, h := range sess.InviteResponse.GetHeaders("Record-Route") {
+		routes = append([]sip.Header{sip.NewHeader("Route", h.Value())}, routes...)
+	}
+	if len(routes) == 0 {
+		t.Fatal("no Record-Route on the 200")
+	}
+	carolContact := "sip:carol@127.0.0.1:7300;transport=tls"
+	// Without credentials, a spoofed sender, alice's Route: to carol's
+	// contact, and to carol's address of record.
+	for _, to := range []string{carolContact, "sip:carol@example.test"} {
+		res := alice.UA.Message("sip:bob@example.test", "", "", to, "spoofed with a route token", routes...)
+		if res.StatusCode < 400 {
+			t.Errorf("MESSAGE to %s with a Route token and no credentials: %d", to, res.StatusCode)
+		}
+	}
+	// The same as if in a dialog (a To tag), in another Call-ID.
+	res := alice.UA.Forged(sip.MESSAGE, "sip:bob@example.test", carolContact, "fake-tag", "", "in a dialog that is not there", routes...)
+	if res.StatusCode < 400 {
+		t.Errorf("MESSAGE with a To tag and a Route token from another dialog: %d", res.StatusCode)
+	}
+	// In the token's own Call-ID, but to carol.
+	res = alice.UA.Forged(sip.MESSAGE, "sip:bob@example.test", carolContact, "fake-tag", sess.InviteRequest.CallID().Value(), "in alice's dialog, to carol", routes...)
+	if res.StatusCode < 400 {
+		t.Errorf("MESSAGE in the token's Call-ID to another user's contact: %d", res.StatusCode)
+	}
+	// A re-INVITE to carol in a dialog that is not there.
+	res = alice.UA.Forged(sip.INVITE, "sip:bob@example.test", carolContact, "fake-tag", "", "", append(routes, sip.NewHeader("Contact", "<sip:alice@127.0.0.1:7100;transport=tls>"))...)
+	if res.StatusCode < 400 || carol.Invites.Load()+carol.ReInvites.Load() != 0 {
+		t.Errorf("re-INVITE to carol with a Route token from another dialog: %d (carol saw %d INVITEs)", res.StatusCode, carol.Invites.Load()+carol.ReInvites.Load())
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(carol.UA.WaitMessages(0, 0)); n != 0 {
+		t.Fatalf("carol received %d messages sent with someone else's Route token", n)
+	}
+	// The dialog itself: INFO both ways, then the hang-up.
+	if res, err := siptest.InDialog(ctx, sess, nil, sip.INFO); err != nil || res.StatusCode != 200 {
+		t.Fatalf("INFO in the dialog: %v %v", res, err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "bob gets the BYE", func() bool { return bob.Byes.Load() == 1 })
 }

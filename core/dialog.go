@@ -17,17 +17,19 @@ import (
 	"portcullis/internal/sipnode"
 )
 
-// recordRoutes are our Record-Routes for a dialog whose caller is at flow,
-// topmost (the callee's side) first. A caller on the users' listener gets
+// recordRoutes are our Record-Routes for a dialog (its caller at d.Flow),
+// topmost (the callee's side) first. Their token names the dialog: its
+// Call-ID and parties (inDialog holds requests to them). A caller on the users' listener gets
 // one, on that listener. A caller who came through an edge gets two (double
 // record-routing, RFC 5658): the callee's side reaches us on the users'
 // listener (an internal user has no certificate for the MTLS one), the
 // caller's edge on the MTLS one. Both carry the caller's flow; inDialog
 // pops both.
-func (p *proxy) recordRoutes(flow string, viaEdge bool) []*sip.RecordRouteHeader {
+func (p *proxy) recordRoutes(d sipnode.Dialog, viaEdge bool) []*sip.RecordRouteHeader {
+	tok := p.tokens.MakeDialog(d)
 	rr := func(addr string) *sip.RecordRouteHeader {
 		ap := netip.MustParseAddrPort(addr)
-		return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: p.tokens.Make(flow), Host: ap.Addr().String(), Port: int(ap.Port()),
+		return &sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", User: tok, Host: ap.Addr().String(), Port: int(ap.Port()),
 			UriParams: sip.HeaderParams{{K: "transport", V: "tls"}, {K: "lr", V: ""}}}}
 	}
 	users := p.node.UserAddr()
@@ -58,13 +60,18 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 		p.inDialog(peer, req, tx) // a re-INVITE
 		return
 	}
+	if !p.preloaded(req, tx) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // Timer C
 	defer cancel()
 	target, bindings, ok := p.admit(ctx, peer, req, tx)
 	if !ok {
 		return
 	}
-	rrs := p.recordRoutes(req.Source(), viaEdge)
+	from := req.From().Address
+	caller, _, _, _ := ParseAOR("sip:" + from.User + "@" + from.Host) // admit checked it
+	rrs := p.recordRoutes(sipnode.Dialog{Flow: req.Source(), CallID: req.CallID().Value(), Caller: caller, Callee: target}, viaEdge)
 	var mu sync.Mutex
 	var branches []*branch
 	cancelled := false
@@ -204,23 +211,35 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		tx = nil // an ACK is never answered (§17.1.1.3)
 	}
 	route := req.Route()
-	if route == nil {
+	if route == nil || req.Method == sip.CANCEL {
+		// A CANCEL matching an INVITE we forward is taken by its
+		// transaction before any handler; this one matches nothing (§9.2).
 		if tx != nil {
 			p.refuse(tx, req, 481, "Call/Transaction Does Not Exist", "no_route")
 		}
 		return
 	}
-	callerFlow, ours := p.tokens.Open(route.Address.User)
-	if !ours {
+	d, ours := p.tokens.OpenDialog(route.Address.User)
+	switch {
+	case !ours:
 		if tx != nil {
 			p.refuse(tx, req, 403, "Forbidden (Route is not this proxy's)", "foreign_route")
 		}
 		return
+	case !req.To().Params.Has("tag") || req.CallID().Value() != d.CallID:
+		// The route was recorded for another dialog, or this is no
+		// dialog's request: whoever holds one of our Routes must not
+		// reach anyone else with it, unauthenticated.
+		if tx != nil {
+			p.refuse(tx, req, 403, "Forbidden (Route is for another dialog)", "route_other_dialog")
+		}
+		return
 	}
+	callerFlow := d.Flow
 	out := req.Clone()
 	out.RemoveHeader("Route") // pop our Route (the top one)
 	for next := out.Route(); next != nil; next = out.Route() {
-		if _, also := p.tokens.Open(next.Address.User); !also {
+		if _, also := p.tokens.OpenDialog(next.Address.User); !also {
 			break
 		}
 		out.RemoveHeader("Route") // our second one (double record-routing)
@@ -242,7 +261,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		// source: a caller who came through an edge comes back over a new
 		// connection once the edge's link has broken and been made again.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		flow, err := p.flowOf(ctx, req.Recipient.String())
+		flow, err := p.flowOf(ctx, req.Recipient.String(), d)
 		cancel()
 		switch {
 		case err == nil:
@@ -281,8 +300,9 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 	}
 }
 
-// flowOf finds the flow a registered contact came from.
-func (p *proxy) flowOf(ctx context.Context, contact string) (string, error) {
+// flowOf finds the flow a registered contact of one of the dialog's
+// parties came from.
+func (p *proxy) flowOf(ctx context.Context, contact string, d sipnode.Dialog) (string, error) {
 	var uri sip.Uri
 	if err := sip.ParseUri(contact, &uri); err != nil {
 		return "", err
@@ -290,6 +310,9 @@ func (p *proxy) flowOf(ctx context.Context, contact string) (string, error) {
 	b, err := p.st.BindingByContact(ctx, uri.String(), time.Now())
 	if err != nil {
 		return "", err
+	}
+	if b.AOR != d.Caller && b.AOR != d.Callee {
+		return "", errors.New("a contact of neither party to the dialog")
 	}
 	_, addr, ok := strings.Cut(b.Source, ":")
 	if !ok {

@@ -22,9 +22,10 @@ import (
 // dialog.go), in-dialog requests along the Route we recorded (inDialog).
 type proxy struct {
 	*authenticator
-	node   *sipnode.Node
-	log    *slog.Logger
-	tokens *sipnode.FlowTokens
+	node     *sipnode.Node
+	log      *slog.Logger
+	tokens   *sipnode.FlowTokens
+	hostname string // ours, as in our certificate
 	// fedEdge is the edge that federates ("" when none), read per request.
 	fedEdge func() string
 }
@@ -33,8 +34,11 @@ type proxy struct {
 const timerF = 32 * time.Second
 
 func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
-	if req.Route() != nil {
+	if req.Route() != nil && req.To().Params.Has("tag") {
 		p.inDialog(peer, req, tx)
+		return
+	}
+	if !p.preloaded(req, tx) {
 		return
 	}
 	if req.Method == sip.OPTIONS && req.Recipient.User == "" {
@@ -52,6 +56,37 @@ func (p *proxy) route(peer *access.PeerIdentity, req *sip.Request, tx sip.Server
 		p.log.Warn("forwarding response failed", "status", res.StatusCode, "error", err)
 	}
 	p.log.Debug("routed", "method", req.Method, "to", target, "branches", len(bindings), "status", res.StatusCode)
+}
+
+// preloaded deals with the Routes of a request outside a dialog (no To
+// tag), before it is authenticated like any other (§16.4): those naming
+// this proxy (a client's outbound proxy, or a Record-Route token of ours)
+// are removed; one naming anything else is refused 403. A Route of ours
+// never takes a request past authentication: routes recorded for a
+// dialog serve requests inside it (inDialog).
+func (p *proxy) preloaded(req *sip.Request, tx sip.ServerTransaction) bool {
+	for r := req.Route(); r != nil; r = req.Route() {
+		if !p.namesUs(r.Address) {
+			p.refuse(tx, req, 403, "Forbidden (Route is not this proxy's)", "foreign_route")
+			return false
+		}
+		req.RemoveHeader("Route")
+	}
+	return true
+}
+
+// namesUs reports whether a URI names this proxy: one of our listeners'
+// addresses, or our host name.
+func (p *proxy) namesUs(u sip.Uri) bool {
+	if strings.EqualFold(u.Host, p.hostname) {
+		return true
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5061
+	}
+	hp := net.JoinHostPort(u.Host, strconv.Itoa(port))
+	return hp == p.node.Addr() || hp == p.node.UserAddr()
 }
 
 // admit runs the checks every out-of-dialog request passes (§16.3) and

@@ -101,7 +101,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		return nil, fmt.Errorf("store: route key: %w", err)
 	}
 	px := &proxy{authenticator: auth, node: s.sip, log: s.log.With("role", "proxy"), tokens: sipnode.NewFlowTokensWithKey(routeKey),
-		fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
+		hostname: cfg.SIP.Hostname, fedEdge: func() string { return s.cfg.Load().Federation.Edge }}
 	s.turnSecret.Store(&secret)
 	mr := &mras{authenticator: auth, secret: s.secret, turn: func() TURNConfig { return s.cfg.Load().TURN }, log: s.log.With("role", "mras")}
 	fm := &focusManager{authenticator: auth, node: s.sip, log: s.log.With("role", "focus"), confs: map[string]*focus{}, mcus: map[string]*IMMCU{}}

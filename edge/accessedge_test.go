@@ -950,3 +950,50 @@ func TestAccessEdgeAnswersOptionsToItself(t *testing.T) {
 		t.Fatalf("OPTIONS to another domain: %d, want 403", res.StatusCode)
 	}
 }
+
+// The edge's Record-Route token, held by a remote party to one call, takes
+// nothing past authentication: an IM with it and no credentials gets 407
+// (403 to a contact address);
+// one made to look in-dialog (a To tag) in another Call-ID gets 403; one in
+// the call's own Call-ID to a contact of someone else gets no further.
+// Before, each of them reached a user inside, sender spoofed.
+func TestAccessEdgeRouteTokensStayInTheirDialog(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	remoteUA, alice, bob := e.phones(c, ed)
+	carolUA := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	if res := carolUA.Register("sip:carol@example.test", "carol", pw, "<sip:carol@203.0.113.21:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("carol: %d", res.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sess := alice.CallAcked(ctx, t, bob, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
+	rr := sess.InviteResponse.GetHeader("Record-Route")
+	if rr == nil {
+		t.Fatal("no Record-Route")
+	}
+	route := sip.NewHeader("Route", rr.Value())
+	carolContact := "sip:carol@203.0.113.21:5061;transport=tls"
+	if res := remoteUA.Forged(sip.MESSAGE, "sip:bob@example.test", carolContact, "", "", "no credentials", route); res.StatusCode < 400 {
+		t.Errorf("IM to carol's contact with the call's Route and no credentials: %d", res.StatusCode)
+	}
+	if res := remoteUA.Forged(sip.MESSAGE, "sip:bob@example.test", "sip:carol@example.test", "", "", "no credentials", route); res.StatusCode != 407 {
+		t.Errorf("IM to carol with the call's Route and no credentials: %d %s, want 407", res.StatusCode, res.Reason)
+	}
+	if res := remoteUA.Forged(sip.MESSAGE, "sip:bob@example.test", carolContact, "made-up", "", "another Call-ID", route); res.StatusCode != 403 {
+		t.Errorf("IM with a To tag and the call's Route in another Call-ID: %d, want 403", res.StatusCode)
+	}
+	if res := remoteUA.Forged(sip.MESSAGE, "sip:bob@example.test", carolContact, "made-up", sess.InviteRequest.CallID().Value(), "the call's Call-ID", route); res.StatusCode < 400 {
+		t.Errorf("IM in the call's Call-ID to carol's contact: %d", res.StatusCode)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(carolUA.WaitMessages(0, 0)); n != 0 {
+		t.Fatalf("carol received %d IMs sent with alice's Route", n)
+	}
+	// The call goes on: bob hangs up.
+	in := bob.Incoming()
+	if res, err := siptest.InDialog(ctx, nil, in, sip.INFO); err != nil || res.StatusCode != 200 {
+		t.Fatalf("INFO from bob in the call: %v %v", res, err)
+	}
+	hangUp(ctx, t, direction{caller: alice, callee: bob, user: "alice"}, sess, false)
+}

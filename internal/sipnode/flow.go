@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -84,6 +85,7 @@ const (
 	kindFlow    = 'F'
 	kindRoutes  = 'R'
 	kindPartner = 'P'
+	kindDialog  = 'D'
 )
 
 func (f *FlowTokens) seal(kind byte, payload string) string {
@@ -119,6 +121,45 @@ func (f *FlowTokens) Open(tok string) (string, bool) {
 		return "", false
 	}
 	return addr, true
+}
+
+// Dialog is what a proxy's Record-Route token carries: the caller's flow,
+// and the dialog it was made for (its Call-ID and its two parties'
+// addresses of record), so that the route serves that dialog only.
+type Dialog struct {
+	Flow, CallID, Caller, Callee string
+}
+
+// MakeDialog seals a dialog's Record-Route. Each value is written with
+// its length: a Call-ID is the caller's to choose, and must not be able to
+// pass for the other fields.
+func (f *FlowTokens) MakeDialog(d Dialog) string {
+	var b []byte
+	for _, v := range [...]string{d.Flow, d.CallID, d.Caller, d.Callee} {
+		b = append(binary.AppendUvarint(b, uint64(len(v))), v...)
+	}
+	return f.seal(kindDialog, string(b))
+}
+
+// OpenDialog returns the dialog a token was made for, if we made it.
+func (f *FlowTokens) OpenDialog(tok string) (Dialog, bool) {
+	s, ok := f.unseal(kindDialog, tok)
+	if !ok {
+		return Dialog{}, false
+	}
+	var v [4]string
+	b := []byte(s)
+	for i := range v {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return Dialog{}, false
+		}
+		v[i], b = string(b[k:k+int(n)]), b[k+int(n):]
+	}
+	if _, err := netip.ParseAddrPort(v[0]); err != nil || len(b) != 0 {
+		return Dialog{}, false
+	}
+	return Dialog{Flow: v[0], CallID: v[1], Caller: v[2], Callee: v[3]}, true
 }
 
 // MakeRoutes seals a route set (URIs in the order a request follows them).

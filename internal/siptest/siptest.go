@@ -200,6 +200,29 @@ func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
 	return u.do(u.newRequest(method, from, to), "", "")
 }
 
+// Forged sends a request without credentials from `from` to `to`, with a
+// To tag and a Call-ID of the sender's choosing ("": none, and a new one)
+// and extra headers: what anyone can put on the wire.
+func (u *UA) Forged(method sip.RequestMethod, from, to, toTag, callID, body string, extra ...sip.Header) *sip.Response {
+	u.T.Helper()
+	req := u.newRequest(method, from, to)
+	if toTag != "" {
+		req.To().Params.Add("tag", toTag)
+	}
+	if callID != "" {
+		id := sip.CallIDHeader(callID)
+		req.AppendHeader(&id)
+	}
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
+	if body != "" {
+		req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
+		req.SetBody([]byte(body))
+	}
+	return u.do(req, "", "")
+}
+
 // newRequest is an out-of-dialog request from `from` to `to` over TLS,
 // addressed to the UA's server.
 func (u *UA) newRequest(method sip.RequestMethod, from, to string) *sip.Request {

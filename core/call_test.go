@@ -234,3 +234,36 @@ func TestRouteTokensStayInTheirDialog(t *testing.T) {
 	}
 	siptest.Eventually(t, "bob gets the BYE", func() bool { return bob.Byes.Load() == 1 })
 }
+
+// Requests in a dialog go to the registered contact of one of its parties,
+// even when another user has registered the same contact URI: alice
+// registering bob's contact must not receive bob's calls' requests (the
+// contact was looked up among every user's bindings, and alice's came
+// first), nor stop them reaching bob.
+func TestInDialogContactOfTheParties(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test", "sip:carol@example.test")
+	alice := siptest.NewPhone(siptest.New(t, s.UsersAddr(), roots), "sip:alice@127.0.0.1:7100;transport=tls", true)
+	if res := alice.Register("sip:alice@example.test", "alice", alicePW, "<sip:bob@127.0.0.1:7200;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("alice registers bob's contact: %d", res.StatusCode)
+	}
+	bob := registeredPhone(t, s.UsersAddr(), roots, "sip:bob@example.test", "bob", "7200", true)
+	carol := registeredPhone(t, s.UsersAddr(), roots, "sip:carol@example.test", "carol", "7300", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess := carol.CallAcked(ctx, t, bob, "sip:carol@example.test", "carol", alicePW, "sip:bob@example.test")
+	for _, m := range []sip.RequestMethod{sip.INFO, sip.UPDATE} {
+		if res, err := siptest.InDialog(ctx, sess, nil, m); err != nil || res.StatusCode != 200 {
+			t.Fatalf("%s to bob in the call: %v %v", m, res, err)
+		}
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	siptest.Eventually(t, "bob gets the BYE", func() bool { return bob.Byes.Load() == 1 })
+	if n := bob.Others.Load(); n != 2 {
+		t.Fatalf("bob got %d of the call's INFO and UPDATE", n)
+	}
+	if n := alice.Others.Load() + alice.Byes.Load() + alice.Acks.Load(); n != 0 {
+		t.Fatalf("alice got %d requests of bob's call", n)
+	}
+}

@@ -301,22 +301,29 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 }
 
 // flowOf finds the flow a registered contact of one of the dialog's
-// parties came from.
+// parties came from. It looks among the parties' own bindings: another
+// user may have registered the same contact URI.
 func (p *proxy) flowOf(ctx context.Context, contact string, d sipnode.Dialog) (string, error) {
 	var uri sip.Uri
 	if err := sip.ParseUri(contact, &uri); err != nil {
 		return "", err
 	}
-	b, err := p.st.BindingByContact(ctx, uri.String(), time.Now())
-	if err != nil {
-		return "", err
+	want, now := uri.String(), time.Now()
+	for _, aor := range [...]string{d.Callee, d.Caller} {
+		bs, err := p.st.Bindings(ctx, aor, now)
+		if err != nil {
+			return "", err
+		}
+		for _, b := range bs {
+			if b.Contact != want {
+				continue
+			}
+			_, addr, ok := strings.Cut(b.Source, ":")
+			if !ok {
+				return "", errors.New("binding without a flow")
+			}
+			return addr, nil
+		}
 	}
-	if b.AOR != d.Caller && b.AOR != d.Callee {
-		return "", errors.New("a contact of neither party to the dialog")
-	}
-	_, addr, ok := strings.Cut(b.Source, ":")
-	if !ok {
-		return "", errors.New("binding without a flow")
-	}
-	return addr, nil
+	return "", errors.New("not a registered contact of either party to the dialog")
 }

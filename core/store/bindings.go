@@ -95,20 +95,3 @@ func (s *Store) DeleteExpired(ctx context.Context, now time.Time) (int64, error)
 	}
 	return n, err
 }
-
-// BindingByContact finds the live binding registered with a contact URI.
-func (s *Store) BindingByContact(ctx context.Context, contact string, now time.Time) (Binding, error) {
-	s.checkExternal(ctx)
-	if b, ok := s.cache.contactBinding(contact, now); ok {
-		return b, nil
-	}
-	gen := s.cache.generation()
-	var b Binding
-	var exp int64
-	err := s.byContact.QueryRowContext(ctx, contact, now.Unix()).Scan(&b.AOR, &b.Contact, &b.CallID, &b.CSeq, &exp, &b.Source, &b.Path)
-	b.Expires = time.Unix(exp, 0)
-	if err == nil {
-		s.cache.putContact(gen, b)
-	}
-	return b, err
-}

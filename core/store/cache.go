@@ -35,7 +35,6 @@ type cache struct {
 	byAOR     map[string]User
 	byDigest  map[digestKey]User
 	bindings  map[string][]Binding // every binding of an AOR, expired ones included
-	byContact map[string]Binding   // BindingByContact answers
 	checkedAt atomic.Int64         // unix nanoseconds of the last data_version read
 	checking  atomic.Bool
 	version   int64 // last data_version seen
@@ -55,7 +54,6 @@ func (c *cache) reset() {
 	c.byAOR = map[string]User{}
 	c.byDigest = map[digestKey]User{}
 	c.bindings = map[string][]Binding{}
-	c.byContact = map[string]Binding{}
 }
 
 // dropUser forgets one address of record (user and bindings).
@@ -67,7 +65,6 @@ func (c *cache) dropUser(aor string) {
 	}
 	delete(c.byAOR, aor)
 	delete(c.bindings, aor)
-	c.byContact = map[string]Binding{}
 	c.mu.Unlock()
 }
 
@@ -81,7 +78,6 @@ func (c *cache) dropBindings(aor string) {
 	} else {
 		delete(c.bindings, aor)
 	}
-	c.byContact = map[string]Binding{} // a contact may move between AORs: start again
 	c.mu.Unlock()
 }
 
@@ -178,27 +174,4 @@ func (s *Store) checkExternal(ctx context.Context) {
 		c.reset()
 	}
 	c.mu.Unlock()
-}
-
-// contactBinding returns the cached binding of a contact if it is live at now.
-func (c *cache) contactBinding(contact string, now time.Time) (Binding, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b, ok := c.byContact[contact]
-	if !ok || !b.Expires.After(now) {
-		return Binding{}, false
-	}
-	return b, true
-}
-
-func (c *cache) putContact(gen uint64, b Binding) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if gen != c.gen {
-		return
-	}
-	if len(c.byContact) >= cacheMaxEntries {
-		c.byContact = map[string]Binding{}
-	}
-	c.byContact[b.Contact] = b
 }

@@ -43,8 +43,8 @@ type Store struct {
 	lock *flock.Lock
 	// Statements on every request's path, prepared once (preparing them
 	// per query was a tenth of the core's CPU under load).
-	userByDigest, userByAOR, bindings, byContact, dataVersion *sql.Stmt
-	cache                                                     *cache
+	userByDigest, userByAOR, bindings, dataVersion *sql.Stmt
+	cache                                          *cache
 }
 
 // ErrInUse is returned when another process has the store open.
@@ -104,7 +104,6 @@ func (s *Store) prepare(ctx context.Context) error {
 		{&s.userByDigest, `SELECT ` + userColumns + ` FROM users WHERE username = ? AND realm = ?`},
 		{&s.userByAOR, `SELECT ` + userColumns + ` FROM users WHERE aor = ?`},
 		{&s.bindings, `SELECT ` + bindingColumns + ` FROM bindings WHERE aor = ? ORDER BY contact`},
-		{&s.byContact, `SELECT ` + bindingColumns + ` FROM bindings WHERE contact = ? AND expires_at > ? LIMIT 1`},
 		{&s.dataVersion, `PRAGMA data_version`},
 	} {
 		if *p.st, err = s.db.PrepareContext(ctx, p.sql); err != nil {
@@ -116,7 +115,7 @@ func (s *Store) prepare(ctx context.Context) error {
 
 // Close closes the database and releases the lock.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.userByDigest, s.userByAOR, s.bindings, s.byContact, s.dataVersion} {
+	for _, st := range []*sql.Stmt{s.userByDigest, s.userByAOR, s.bindings, s.dataVersion} {
 		if st != nil {
 			st.Close()
 		}

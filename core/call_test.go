@@ -267,3 +267,41 @@ func TestInDialogContactOfTheParties(t *testing.T) {
 		t.Fatalf("alice got %d requests of bob's call", n)
 	}
 }
+
+// A client that has the core as its outbound proxy puts a Route naming it
+// on requests outside a dialog: it is removed and the request is
+// authenticated and routed like any other (it was refused 403). A Route
+// naming anything else is refused.
+func TestOutboundProxyRoute(t *testing.T) {
+	s, roots := users(t, "sip:alice@example.test", "sip:bob@example.test")
+	alice := registeredPhone(t, s.UsersAddr(), roots, "sip:alice@example.test", "alice", "7100", true)
+	bob := registeredPhone(t, s.UsersAddr(), roots, "sip:bob@example.test", "bob", "7200", true)
+	us := "<sip:" + s.UsersAddr() + ";transport=tls;lr>"
+	if res := alice.UA.Message("sip:alice@example.test", "alice", alicePW, "sip:bob@example.test", "via the core", sip.NewHeader("Route", us)); res.StatusCode != 200 {
+		t.Fatalf("IM with a Route naming the core: %d %s", res.StatusCode, res.Reason)
+	}
+	if n := len(bob.UA.WaitMessages(1, 5*time.Second)); n != 1 {
+		t.Fatalf("bob got %d IMs", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := alice.CallWith(ctx, "sip:alice@example.test", "alice", alicePW, "sip:bob@example.test", sip.NewHeader("Route", us))
+	if err != nil || sess.InviteResponse.StatusCode != 200 {
+		t.Fatalf("call with the core as outbound proxy: %v", err)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The ACK follows the dialog's route. (The hang-up is left out: with a
+	// Route on its INVITE, the test client's sipgo dialog sends its BYE over
+	// UDP, and does not answer the callee's, which the core forwards to its
+	// flow.)
+	siptest.Eventually(t, "bob gets the ACK", func() bool { return bob.Acks.Load() == 1 })
+	// A second Route, to somewhere else (the client sends to the first).
+	if res := alice.UA.Message("sip:alice@example.test", "alice", alicePW, "sip:bob@example.test", "elsewhere", sip.NewHeader("Route", us), sip.NewHeader("Route", "<sip:127.0.0.2:5061;transport=tls;lr>")); res.StatusCode != 403 {
+		t.Fatalf("IM with a Route elsewhere: %d, want 403", res.StatusCode)
+	}
+	if n := len(bob.UA.WaitMessages(2, 300*time.Millisecond)); n != 1 {
+		t.Fatalf("bob got %d IMs", n)
+	}
+}

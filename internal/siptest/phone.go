@@ -224,7 +224,15 @@ func (p *Phone) Incoming() *sipgo.DialogServerSession {
 
 // Call invites `to` and waits for the answer, authenticating as user.
 func (p *Phone) Call(ctx context.Context, from, user, password, to string) (*sipgo.DialogClientSession, error) {
+	return p.CallWith(ctx, from, user, password, to)
+}
+
+// CallWith is Call with extra headers on the INVITE (a pre-loaded Route).
+func (p *Phone) CallWith(ctx context.Context, from, user, password, to string, extra ...sip.Header) (*sipgo.DialogClientSession, error) {
 	req := p.newRequest(sip.INVITE, from, to)
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
 	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	req.SetBody([]byte(SDP))
 	sess, err := p.Dialog.WriteInvite(ctx, req)

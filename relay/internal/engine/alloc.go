@@ -284,6 +284,9 @@ func (e *Engine) userFor(userID string) *user {
 func (u *user) taken(client netip.AddrPort) {
 	u.active++
 	delete(u.reserved, client)
+	if len(u.reserved) == 0 {
+		u.reserved = nil // an idle map is memory every allocation would carry
+	}
 }
 
 // releaseUser counts one of the user's allocations ended (under e.mu).

@@ -110,6 +110,7 @@ type Engine struct {
 	tcpByRelay map[netip.AddrPort]*tcpAlloc
 	tcpByTuple map[tuple]*tcpAlloc
 	users      map[string]*user
+	lapses     []lapse // places reserved by Quota, in deadline order (under mu)
 	groups     map[netip.AddrPort]*Group
 	active     atomic.Int64
 
@@ -241,6 +242,7 @@ func (e *Engine) Quota(userID, _ string, src net.Addr) bool {
 	now := time.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.expireLapsed(now)
 	u := e.userFor(userID)
 	u.lapse(now)
 	delete(u.reserved, client)
@@ -252,22 +254,36 @@ func (e *Engine) Quota(userID, _ string, src net.Addr) bool {
 		u.reserved = map[netip.AddrPort]time.Time{}
 	}
 	u.reserved[client] = now.Add(quotaReservation)
-	// A place whose allocation was never created lapses; a user who does
-	// nothing more is then forgotten.
-	time.AfterFunc(quotaReservation+100*time.Millisecond, func() {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if e.users[userID] == u {
-			u.lapse(time.Now())
-			e.dropIdle(u, userID)
-		}
-	})
+	e.lapses = append(e.lapses, lapse{userID, now.Add(quotaReservation)})
 	return true
+}
+
+// lapse is when a place Quota reserved for a user lapses.
+type lapse struct {
+	user  string
+	until time.Time
+}
+
+// expireLapsed forgets the places whose allocation was never created by
+// their deadline, and users left with nothing (under e.mu): a user whose
+// Allocate failed and who does nothing more is not kept.
+func (e *Engine) expireLapsed(now time.Time) {
+	n := 0
+	for ; n < len(e.lapses) && now.After(e.lapses[n].until); n++ {
+		if u := e.users[e.lapses[n].user]; u != nil {
+			u.lapse(now)
+			e.dropIdle(u, e.lapses[n].user)
+		}
+	}
+	e.lapses = e.lapses[n:] // a queue: append moves what is live when it grows
 }
 
 // lapse forgets the places reserved before now (under e.mu).
 func (u *user) lapse(now time.Time) {
 	maps.DeleteFunc(u.reserved, func(_ netip.AddrPort, until time.Time) bool { return now.After(until) })
+	if len(u.reserved) == 0 {
+		u.reserved = nil
+	}
 }
 
 func (e *Engine) tune() *Tunables { return e.tun.Load() }

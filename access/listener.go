@@ -22,6 +22,9 @@ type PeerIdentity struct {
 	Names       []string // DNS (and IP) names the certificate asserts
 	Name        string   // the name that matched the allow list
 	RemoteAddr  string
+	// Conn numbers the connection on its listener: a flow (RFC 5626 §5.3)
+	// is a connection, and a later one from the same address is another.
+	Conn uint64
 	// Partner marks a federation partner's edge on the external listener
 	// (Names verified against the partner trust roots; Name empty).
 	Partner bool
@@ -78,10 +81,11 @@ type Listener struct {
 	tls   *tls.Config
 	conns chan net.Conn
 
-	mu    sync.Mutex
-	peers map[string]*PeerIdentity
-	open  map[netip.Addr]int // connections per source address, handshakes included
-	nOpen int
+	mu     sync.Mutex
+	peers  map[string]*PeerIdentity
+	serial uint64             // the last PeerIdentity.Conn given
+	open   map[netip.Addr]int // connections per source address, handshakes included
+	nOpen  int
 
 	ctx       context.Context // ended by Close; bounds every handshake
 	cancel    context.CancelFunc
@@ -236,6 +240,8 @@ func (l *Listener) handshake(raw net.Conn) {
 	}
 	id.RemoteAddr = remote
 	l.mu.Lock()
+	l.serial++
+	id.Conn = l.serial
 	l.peers[remote] = id
 	l.mu.Unlock()
 	if l.cfg.OnAccepted != nil {
@@ -246,7 +252,7 @@ func (l *Listener) handshake(raw net.Conn) {
 	} else if id.Partner {
 		l.cfg.Log.Info("partner edge accepted", "remote", remote, "names", id.Names)
 	}
-	c := &trackedConn{Conn: conn, l: l, remote: remote, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout, maxMsg: l.maxMessage(id),
+	c := &trackedConn{Conn: conn, l: l, remote: remote, id: id, raw: raw, idle: l.cfg.IdleTimeout, msgTimeout: l.cfg.MessageTimeout, maxMsg: l.maxMessage(id),
 		localAddr: &addrString{raw.LocalAddr(), raw.LocalAddr().String()}, remoteAddr: &addrString{raw.RemoteAddr(), remote}}
 	select {
 	case l.conns <- c:
@@ -318,6 +324,7 @@ type trackedConn struct {
 	net.Conn
 	l      *Listener
 	remote string
+	id     *PeerIdentity
 	raw    net.Conn
 	idle   time.Duration
 	once   sync.Once
@@ -404,7 +411,9 @@ func (c *trackedConn) RemoteAddr() net.Addr { return c.remoteAddr }
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.l.mu.Lock()
-		delete(c.l.peers, c.remote)
+		if c.l.peers[c.remote] == c.id { // not a later connection's, from the same address
+			delete(c.l.peers, c.remote)
+		}
 		c.l.mu.Unlock()
 		c.l.release(c.raw)
 	})

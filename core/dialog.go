@@ -71,7 +71,7 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	}
 	from := req.From().Address
 	caller, _, _, _ := ParseAOR("sip:" + from.User + "@" + from.Host) // admit checked it
-	rrs := p.recordRoutes(sipnode.Dialog{Flow: req.Source(), CallID: req.CallID().Value(), Caller: caller, Callee: target}, viaEdge)
+	rrs := p.recordRoutes(sipnode.Dialog{Flow: p.node.Flow(req.Source()), CallID: req.CallID().Value(), Caller: caller, Callee: target}, viaEdge)
 	var mu sync.Mutex
 	var branches []*branch
 	cancelled := false
@@ -266,7 +266,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		switch {
 		case err == nil:
 			dest = flow
-		case req.Source() == callerFlow:
+		case p.node.Flow(req.Source()) == callerFlow:
 			// From the caller, to a contact no longer registered.
 			if tx != nil {
 				p.refuse(tx, req, 404, "Not Found (no flow to this contact)", "no_flow")
@@ -281,7 +281,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 			return
 		}
 	}
-	out.SetDestination(dest)
+	out.SetDestination(sipnode.FlowAddr(dest))
 	if req.Method == sip.ACK {
 		if err := p.node.Client.WriteRequest(out, sipgo.ClientRequestAddVia); err != nil {
 			p.log.Info("forwarding ACK failed", "error", err)

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -30,8 +31,10 @@ type uasDialog struct {
 	cseq      atomic.Uint32
 }
 
-func newUASDialog(req *sip.Request, localTag string) *uasDialog {
-	d := &uasDialog{callID: req.CallID().Value(), local: req.To().Address, localTag: localTag, remote: req.From().Address, flow: req.Source()}
+// newUASDialog is the dialog req opens, its peer at flow (sipnode.Node.Flow
+// of the request's source).
+func newUASDialog(req *sip.Request, localTag, flow string) *uasDialog {
+	d := &uasDialog{callID: req.CallID().Value(), local: req.To().Address, localTag: localTag, remote: req.From().Address, flow: flow}
 	d.remoteTag, _ = req.From().Params.Get("tag")
 	d.target = req.From().Address
 	if c := req.Contact(); c != nil {
@@ -60,7 +63,7 @@ func (d *uasDialog) request(method sip.RequestMethod) *sip.Request {
 	for _, u := range d.routes {
 		r.AppendHeader(&sip.RouteHeader{Address: u})
 	}
-	dest := d.flow
+	dest := sipnode.FlowAddr(d.flow)
 	if len(d.routes) > 0 {
 		top := d.routes[0]
 		port := top.Port
@@ -78,6 +81,11 @@ func (d *uasDialog) request(method sip.RequestMethod) *sip.Request {
 // send runs a request in the dialog and returns the final status (0 when
 // none came) and an error unless it was a success.
 func (d *uasDialog) send(ctx context.Context, node *sipnode.Node, r *sip.Request) (int, error) {
+	if len(d.routes) == 0 && !node.FlowOpen(d.flow) {
+		// The peer's connection is gone (a later one from its address is
+		// someone else's); the core never dials a user.
+		return 430, errors.New("430 Flow Failed")
+	}
 	res, err := node.Client.Do(ctx, r, sipgo.ClientRequestAddVia)
 	if err != nil {
 		return 0, err

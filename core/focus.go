@@ -393,7 +393,7 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		res.To().Params.Add("tag", tag)
 	}
 	p := &participant{entity: j.entity, display: j.display, role: role, status: status, anonymous: j.anonymous, federated: j.federated,
-		joinedVia: j.via, dlg: newUASDialog(req, tag), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet)}
+		joinedVia: j.via, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet)}
 	f.parts[j.entity] = p
 	f.byCall[p.dlg.callID] = p
 	f.mu.Unlock()

@@ -295,7 +295,7 @@ func branchRequest(req *sip.Request, b store.Binding) (*sip.Request, error) {
 		top := routes[0].(*sip.RouteHeader).Address
 		out.SetDestination(net.JoinHostPort(top.Host, strconv.Itoa(top.Port)))
 	} else {
-		out.SetDestination(addr)
+		out.SetDestination(sipnode.FlowAddr(addr))
 	}
 	sipnode.DecMaxForwards(out)
 	return out, nil

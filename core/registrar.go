@@ -196,6 +196,7 @@ func (a *authenticator) authenticateWith(tx sip.ServerTransaction, req *sip.Requ
 // registrar serves REGISTER for the home domains (RFC 3261 §10.3).
 type registrar struct {
 	*authenticator
+	flow     func(source string) string // sipnode.Node.Flow
 	cfg      RegistrarConfig
 	aorLocks [64]sync.Mutex // lockAOR
 }
@@ -401,7 +402,7 @@ func (r *registrar) apply(ctx context.Context, req *sip.Request, aor string, cha
 			err = r.st.DeleteBinding(ctx, aor, ch.contact)
 		} else {
 			err = r.st.PutBinding(ctx, store.Binding{AOR: aor, Contact: ch.contact, CallID: callID, CSeq: cseq,
-				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + req.Source(), Path: path})
+				Expires: now.Add(ch.expires), Source: req.Transport() + ":" + r.flow(req.Source()), Path: path})
 		}
 		if err != nil {
 			return nil, err

@@ -94,7 +94,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	}
 	auth := &authenticator{st: s.store, digest: access.NewDigest(cfg.Registrar.realms(), cfg.Registrar.NonceLifetime),
 		log: s.log.With("role", "auth"), refused: func(r string) { s.metrics.requestsRefused.WithLabelValues(r).Inc() }}
-	reg := &registrar{authenticator: auth, cfg: cfg.Registrar}
+	reg := &registrar{authenticator: auth, flow: s.sip.Flow, cfg: cfg.Registrar}
 	s.sip.Handle(sip.REGISTER, reg.register)
 	routeKey, err := s.store.RouteKey(ctx)
 	if err != nil {

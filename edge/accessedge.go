@@ -135,10 +135,11 @@ func (a *accessEdge) fromOutside(req *sip.Request, tx sip.ServerTransaction) {
 		if n := sipnode.RemoveAll(out, "Path"); n > 0 {
 			a.log.Warn("Path from outside removed", "count", n, "source", req.Source())
 		}
-		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(req.Source()))+">"))
+		flow := a.node.Flow(req.Source())
+		out.PrependHeader(sip.NewHeader("Path", "<"+a.internalURI(a.tokens.Make(flow))+">"))
 		fix = func(res *sip.Response) {
 			if res.IsSuccess() {
-				a.contacts.learn(req, res, req.Source(), time.Now())
+				a.contacts.learn(req, res, flow, time.Now())
 			}
 		}
 	case sip.INVITE, sip.SUBSCRIBE:
@@ -162,8 +163,8 @@ func (a *accessEdge) federates(domain string) error {
 // listener to the caller's connection, and what the caller sees of the
 // route set is one URI of ours (the fix returned, hideRoutes).
 func (a *accessEdge) recordDialog(req, out *sip.Request) func(*sip.Response) {
-	out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(req.Source()))))
-	caller := req.Source()
+	caller := a.node.Flow(req.Source())
+	out.PrependHeader(a.recordRoute(a.internalURI(a.tokens.Make(caller))))
 	return func(res *sip.Response) { a.hideRoutes(res, caller) }
 }
 
@@ -366,7 +367,7 @@ func (a *accessEdge) fromCore(m *msg) {
 	if req.IsInvite() || req.Method == sip.SUBSCRIBE {
 		fix = a.hideInternalRoutes(out, route.Address.User)
 	}
-	out.SetDestination(flow)
+	out.SetDestination(sipnode.FlowAddr(flow))
 	out.SetTransport("TLS")
 	if a.forward(node, req, out, tx, true, fix) == errNextHop {
 		a.refuse(tx, req, 503, "Service Unavailable", "next_hop_unreachable", sip.NewHeader("Retry-After", "10"))

@@ -997,3 +997,36 @@ func TestAccessEdgeRouteTokensStayInTheirDialog(t *testing.T) {
 	}
 	hangUp(ctx, t, direction{caller: alice, callee: bob, user: "alice"}, sess, false)
 }
+
+// A remote user's flow is their connection to the edge, not its address:
+// once alice's connection has closed, a new connection from the same
+// address and port (a NAT giving the port to someone else) gets none of
+// her requests: bob's IM gets the edge's 430 (the flow failed), the core
+// drops the binding, and the next IM gets 480. It went to the newcomer:
+// the edge's Path named the address only.
+func TestAccessEdgeFlowIsTheConnection(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess()
+	roots := accessRoots(t, e)
+	remote := &tls.Config{RootCAs: roots, ServerName: "sip.example.test", MinVersion: tls.VersionTLS12}
+	pipe := siptest.NewPipe(t, ed.ExternalAddr()) // so that her connection can be cut for sure
+	aliceUA := siptest.New(t, pipe.Addr(), remote)
+	if res := aliceUA.Register("sip:alice@example.test", "alice", pw, "<sip:alice@198.51.100.7:5061;transport=tls>"); res.StatusCode != 200 {
+		t.Fatalf("alice: %d", res.StatusCode)
+	}
+	local := pipe.Outbound()
+	pipe.Cut()
+	time.Sleep(100 * time.Millisecond)
+	squatter := siptest.Squat(t, local, ed.ExternalAddr(), remote)
+	bob := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	res := bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "for alice only")
+	if line := squatter.Got(300 * time.Millisecond); line != "" {
+		t.Fatalf("a new connection from alice's old address got %q (bob's IM: %d)", strings.TrimSpace(line), res.StatusCode)
+	}
+	if res.StatusCode != 430 {
+		t.Fatalf("IM to alice, whose connection is gone: %d, want 430 (the edge's Flow Failed)", res.StatusCode)
+	}
+	if res := bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
+		t.Fatalf("the next IM: %d, want 480 (the binding dropped)", res.StatusCode)
+	}
+}

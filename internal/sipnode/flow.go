@@ -108,19 +108,17 @@ func (f *FlowTokens) unseal(kind byte, tok string) (string, bool) {
 	return string(signed[1:]), true
 }
 
-// Make seals a flow (a transport address).
+// Make seals a flow (Node.Flow: a transport address, and maybe a
+// connection's number).
 func (f *FlowTokens) Make(addr string) string { return f.seal(kindFlow, addr) }
 
 // Open returns the flow a token was made for, if we made it.
 func (f *FlowTokens) Open(tok string) (string, bool) {
-	addr, ok := f.unseal(kindFlow, tok)
-	if !ok {
+	flow, ok := f.unseal(kindFlow, tok)
+	if !ok || !validFlow(flow) {
 		return "", false
 	}
-	if _, err := netip.ParseAddrPort(addr); err != nil {
-		return "", false
-	}
-	return addr, true
+	return flow, true
 }
 
 // Dialog is what a proxy's Record-Route token carries: the caller's flow,
@@ -156,7 +154,7 @@ func (f *FlowTokens) OpenDialog(tok string) (Dialog, bool) {
 		}
 		v[i], b = string(b[k:k+int(n)]), b[k+int(n):]
 	}
-	if _, err := netip.ParseAddrPort(v[0]); err != nil || len(b) != 0 {
+	if !validFlow(v[0]) || len(b) != 0 {
 		return Dialog{}, false
 	}
 	return Dialog{Flow: v[0], CallID: v[1], Caller: v[2], Callee: v[3]}, true

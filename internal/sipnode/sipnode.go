@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,9 +206,49 @@ func (n *Node) listeners() []*access.Listener {
 	return ls
 }
 
-// FlowOpen says whether a TLS connection with addr (a flow) is open. It
-// gives back the reference the pool's lookup takes, without closing.
-func (n *Node) FlowOpen(addr string) bool {
+// Flow names the connection a request came on (a flow, RFC 5626 §5.3):
+// its source address and, for a connection one of our listeners accepted,
+// the connection's number, so that a later connection from the same
+// address (another user on a shared host, or behind a NAT that gives the
+// port out again) is another flow. A connection we dialled is its address.
+func (n *Node) Flow(source string) string {
+	if id, ok := n.Peer(source); ok && id.Conn != 0 {
+		return source + "#" + strconv.FormatUint(id.Conn, 10)
+	}
+	return source
+}
+
+// FlowAddr is a flow's transport address.
+func FlowAddr(flow string) string {
+	addr, _, _ := strings.Cut(flow, "#")
+	return addr
+}
+
+// validFlow says whether s is a flow: an address, and maybe a number.
+func validFlow(s string) bool {
+	addr, num, numbered := strings.Cut(s, "#")
+	if _, err := netip.ParseAddrPort(addr); err != nil {
+		return false
+	}
+	if numbered {
+		if _, err := strconv.ParseUint(num, 10, 64); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// FlowOpen says whether a flow is open: a TLS connection with its address,
+// and for a numbered flow, the same connection. It gives back the
+// reference the pool's lookup takes, without closing.
+func (n *Node) FlowOpen(flow string) bool {
+	addr, num, numbered := strings.Cut(flow, "#")
+	if numbered {
+		id, ok := n.Peer(addr)
+		if !ok || strconv.FormatUint(id.Conn, 10) != num {
+			return false
+		}
+	}
 	c, err := n.UA.TransportLayer().GetConnection("tls", addr)
 	if err != nil || c == nil {
 		return false

@@ -36,7 +36,7 @@ func NewPipe(t testing.TB, target string) *Pipe {
 			if err != nil {
 				return
 			}
-			out, err := net.Dial("tcp", target)
+			out, err := (&net.Dialer{Control: reuseAddr}).Dial("tcp", target)
 			if err != nil {
 				in.Close()
 				continue
@@ -85,6 +85,17 @@ func (p *Pipe) Release() {
 	if g := p.gate.Swap(nil); g != nil {
 		close(*g)
 	}
+}
+
+// Outbound is the local address of the last connection the pipe made to
+// its target ("" before any): where the target sees a client come from.
+func (p *Pipe) Outbound() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) == 0 {
+		return ""
+	}
+	return p.conns[len(p.conns)-1].LocalAddr().String()
 }
 
 // Cut closes every connection made so far.

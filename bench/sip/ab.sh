@@ -36,6 +36,6 @@ import json, sys
 for l in sys.stdin:
     d = json.loads(l)
     ops = d['completed_per_sec'] * float('$STEP'[:-1])
-    print(f\"{d['label']}  {d['offered_per_sec']}/s  completed {d['completed_per_sec']:.0f}/s  failed {d['failed_pct']:.2f} %  p99 {d['p99_ms']:.1f} ms  server CPU {1000 * d['server_cpu_seconds'] / max(ops, 1):.3f} ms per operation\")"
+    print(f\"{d['label']}  {d['offered_per_sec']}/s  completed {d['completed_per_sec']:.0f}/s  failed {d['failed_pct']:.2f} %  p99 {d['p99_ms']:.1f} ms  server CPU {1000 * d['server_cpu_seconds'] / max(ops, 1):.3f} ms per operation\" + (f\"  failures: {d['errors']}\" if d.get('errors') else ''))"
 	done
 done

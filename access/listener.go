@@ -2,8 +2,10 @@ package access
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net"
@@ -123,6 +125,11 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 		peers: map[string]*PeerIdentity{},
 		open:  map[netip.Addr]int{},
 	}
+	// Connection numbers start at random, so that one kept in a token from
+	// before a restart does not name a connection made after it.
+	var start [8]byte
+	_, _ = rand.Read(start[:])
+	l.serial = binary.BigEndian.Uint64(start[:]) >> 1
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()

@@ -19,12 +19,12 @@ import (
 
 // recordRoutes are our Record-Routes for a dialog (its caller at d.Flow),
 // topmost (the callee's side) first. Their token names the dialog: its
-// Call-ID and parties (inDialog holds requests to them). A caller on the users' listener gets
-// one, on that listener. A caller who came through an edge gets two (double
-// record-routing, RFC 5658): the callee's side reaches us on the users'
-// listener (an internal user has no certificate for the MTLS one), the
-// caller's edge on the MTLS one. Both carry the caller's flow; inDialog
-// pops both.
+// Call-ID and parties (inDialog holds requests to them). A caller on the
+// users' listener gets one, on that listener. A caller who came through an
+// edge gets two (double record-routing, RFC 5658): the callee's side
+// reaches us on the users' listener (an internal user has no certificate
+// for the MTLS one), the caller's edge on the MTLS one. Both carry the
+// same token; inDialog pops both.
 func (p *proxy) recordRoutes(d sipnode.Dialog, viaEdge bool) []*sip.RecordRouteHeader {
 	tok := p.tokens.MakeDialog(d)
 	rr := func(addr string) *sip.RecordRouteHeader {

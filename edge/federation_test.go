@@ -210,6 +210,15 @@ func TestFederationIMBothWays(t *testing.T) {
 	if res := aliceIn.Message("sip:bob@example.test", "bob", pw, "sip:bob@partner.test", "click javascript:alert(1)"); res.StatusCode != 403 || !strings.Contains(res.Reason, "IM filter") {
 		t.Fatalf("blocked link outbound: %d %s", res.StatusCode, res.Reason)
 	}
+	// Wrapped: in a part of multipart/alternative (what Lync sends), or
+	// compressed (which the filter cannot read: 415). Both passed before.
+	multi := "--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"javascript:alert(1)\">x</a>\r\n--b1--\r\n"
+	if res := alice.MessageTyped("sip:alice@example.test", "sip:bob@partner.test", "multipart/alternative; boundary=b1", multi); res.StatusCode != 403 || !strings.Contains(res.Reason, "IM filter") {
+		t.Fatalf("blocked link in a multipart body: %d %s", res.StatusCode, res.Reason)
+	}
+	if res := alice.Forged(sip.MESSAGE, "sip:alice@example.test", "sip:bob@partner.test", "", "", "\x1f\x8b compressed", sip.NewHeader("Content-Encoding", "gzip")); res.StatusCode != 415 || res.GetHeader("Accept-Encoding") == nil {
+		t.Fatalf("compressed IM: %d %s", res.StatusCode, res.Reason)
+	}
 	if res := aliceIn.Message("sip:bob@example.test", "bob", pw, "sip:bob@partner.test", "see www.example.org"); res.StatusCode != 200 {
 		t.Fatalf("link outbound: %d %s", res.StatusCode, res.Reason)
 	}
@@ -235,8 +244,11 @@ func TestFederationIMBothWays(t *testing.T) {
 	if v := metric(t, ops, `portcullis_edge_federation_requests_total{direction="outbound",source_type="DirectPartner"}`); v == "" || v == "0" {
 		t.Fatalf("outbound federation not counted: %q", v)
 	}
-	if v := metric(t, ops, `portcullis_edge_im_filter_actions_total{action="block",direction="inbound"}`); v != "2" {
+	if v := metric(t, ops, `portcullis_edge_im_filter_actions_total{action="block",direction="inbound"}`); v != "3" {
 		t.Fatalf("inbound blocks counted %q", v)
+	}
+	if v := metric(t, ops, `portcullis_edge_im_filter_actions_total{action="refused",direction="inbound"}`); v != "1" {
+		t.Fatalf("inbound refusals (unreadable) counted %q", v)
 	}
 	if v := metric(t, ops, `portcullis_edge_im_filter_actions_total{action="block",direction="outbound"}`); v != "1" {
 		t.Fatalf("outbound blocks counted %q", v)

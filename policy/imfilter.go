@@ -149,8 +149,11 @@ func (f *IMFilter) Config() IMFilterConfig { return f.cfg }
 // maxCPIMDepth bounds message/cpim inside message/cpim.
 const maxCPIMDepth = 2
 
-// Message screens an IM body of the given content type. Types it does not
-// read (e.g. is-composing notices) pass unchanged.
+// Message screens an IM body of the given content type: text/plain and
+// text/html, any other text/* as plain text (text/rtf, say), message/cpim
+// and multipart/* by what they hold, file-transfer invitations. Other
+// types (an is-composing notice, an image) carry no link a client shows,
+// and pass unchanged.
 func (f *IMFilter) Message(contentType string, body []byte) (Verdict, error) {
 	return f.message(contentType, body, 0)
 }
@@ -170,6 +173,17 @@ func (f *IMFilter) message(contentType string, body []byte, depth int) (Verdict,
 		return f.cpim(body, depth)
 	case "text/x-msmsgsinvite":
 		return f.msmsgsinvite(body), nil
+	}
+	switch {
+	case strings.HasPrefix(mt, "multipart/"):
+		return f.multipart(contentType, body, depth)
+	case strings.HasPrefix(mt, "text/"):
+		// Another text type (text/rtf, text/enriched, ...): its links are
+		// read as in plain text, or it would carry what text/plain may not.
+		if !utf8.Valid(body) {
+			return Verdict{}, ErrBodyNotUTF8
+		}
+		return f.text(body, false), nil
 	}
 	return Verdict{}, nil
 }

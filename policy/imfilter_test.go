@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -114,11 +115,60 @@ func TestIMFilterFiles(t *testing.T) {
 	}
 }
 
+// What a client can wrap a message in does not get it past the filter:
+// multipart/alternative (what Lync sends), parts in quoted-printable or
+// base64, other text types (text/rtf). Each of these passed unscreened.
+func TestIMFilterWrappedBodies(t *testing.T) {
+	f := filter(nil)
+	mp := func(parts ...string) string {
+		return "--b1\r\n" + strings.Join(parts, "\r\n--b1\r\n") + "\r\n--b1--\r\n"
+	}
+	const ct = "multipart/alternative; boundary=b1"
+	for _, c := range []struct {
+		name, ct, body, action string
+	}{
+		{"text/rtf", "text/rtf", `{\rtf1 click javascript:alert(1)}`, policy.ActionBlock},
+		{"a plain part", ct, mp("Content-Type: text/plain\r\n\r\nhello", "Content-Type: text/html\r\n\r\n<a href=\"javascript:x()\">x</a>"), policy.ActionBlock},
+		{"a part with no type", ct, mp("\r\njavascript:alert(1)"), policy.ActionBlock},
+		{"quoted-printable", ct, mp("Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\njava=\r\nscript=3Aalert(1)"), policy.ActionBlock},
+		{"base64", ct, mp("Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString([]byte("javascript:alert(1)"))), policy.ActionBlock},
+		{"nested", "multipart/mixed; boundary=outer", "--outer\r\nContent-Type: " + ct + "\r\n\r\n" + mp("\r\njavascript:alert(1)") + "\r\n--outer--\r\n", policy.ActionBlock},
+		{"nothing to find", ct, mp("Content-Type: text/plain\r\n\r\nhello", "Content-Type: text/html\r\n\r\n<b>hello</b>"), ""},
+	} {
+		if v, err := f.Message(c.ct, []byte(c.body)); err != nil || v.Action != c.action {
+			t.Errorf("%s: %+v %v, want %q", c.name, v, err, c.action)
+		}
+	}
+	// Allowed links are made non-clickable in every part, the parts kept.
+	v, err := f.Message(ct, []byte(mp("Content-Type: text/plain\r\n\r\nsee http://a.com", "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"http://a.com\">a</a>")))
+	if err != nil || v.Action != policy.ActionAllow || !v.Changed {
+		t.Fatalf("allow in parts: %+v %v", v, err)
+	}
+	body := string(v.Body)
+	if !strings.Contains(body, "see _http://a.com") || !strings.Contains(body, `<a href="_http://a.com">`) || strings.Count(body, "--b1") != 3 || strings.Contains(body, "quoted-printable") {
+		t.Fatalf("rewritten body:\n%s", body)
+	}
+	// What cannot be read does not pass.
+	for _, c := range []struct{ name, ct, body string }{
+		{"no boundary", "multipart/alternative", "--x\r\n\r\nhi\r\n--x--"},
+		{"unknown transfer encoding", ct, mp("Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 a")},
+		{"broken base64", ct, mp("Content-Transfer-Encoding: base64\r\n\r\n!!!!")},
+		{"too many parts", ct, mp(strings.Split(strings.Repeat("\r\nx,", 17), ",")[:17]...)},
+		{"not closed", ct, "--b1\r\n\r\nhello"},
+	} {
+		if _, err := f.Message(c.ct, []byte(c.body)); err == nil {
+			t.Errorf("%s: passed", c.name)
+		}
+	}
+}
+
 func FuzzIMFilter(f *testing.F) {
 	for _, s := range []string{"http://a.com", "<a href='www.x.com'>", "A: b\r\n\r\nContent-Type: text/html\r\n\r\n<b>ftp:x</b>", "Application-File: a.exe", "\xff\xfe"} {
 		f.Add("text/plain", []byte(s))
 		f.Add("message/cpim", []byte(s))
 	}
+	f.Add("multipart/alternative; boundary=b", []byte("--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nhttp=3A//a.com\r\n--b\r\n\r\nx\r\n--b--\r\n"))
+	f.Add("text/rtf", []byte("{\\rtf1 http://a.com}"))
 	flt := filter(func(c *policy.IMFilterConfig) { c.URLs.IgnoreLocalLinks = true })
 	f.Fuzz(func(t *testing.T, ct string, body []byte) {
 		v, err := flt.Message(ct, body)

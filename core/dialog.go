@@ -276,7 +276,7 @@ func (p *proxy) inDialog(_ *access.PeerIdentity, req *sip.Request, tx sip.Server
 		if !p.node.FlowOpen(dest) {
 			// The user's connection is gone: the core never dials a user.
 			if tx != nil {
-				p.refuse(tx, req, 430, "Flow Failed", "flow_failed")
+				p.refuse(tx, req, 480, "Temporarily Unavailable (flow failed)", "flow_failed") // not 430: that is between proxies (RFC 5626 §11.5)
 			}
 			return
 		}

@@ -340,7 +340,15 @@ func (p *proxy) send(ctx context.Context, out *sip.Request) *sip.Response {
 // response once it has passed it up, and nothing here reads its Via after;
 // but a 2xx to an INVITE is copied first (sipnode.OwnResponse).
 func (p *proxy) upstream(res *sip.Response) *sip.Response {
-	res = sipnode.OwnResponse(res)
+	if res.StatusCode == 430 {
+		// RFC 5626 §11.5: 430 is between proxies, and an endpoint takes it
+		// for 400. To the user, the other party cannot be reached now. (A
+		// copy: the transport's watcher may be reading the original.)
+		res = res.Clone()
+		res.StatusCode, res.Reason = 480, "Temporarily Unavailable (flow failed)"
+	} else {
+		res = sipnode.OwnResponse(res)
+	}
 	res.RemoveHeader("Via")
 	return res
 }

@@ -723,8 +723,9 @@ func isTimeout(err error) bool {
 }
 
 // When a remote user's connection is gone the edge does not dial out to
-// them: it answers 430 Flow Failed (RFC 5626), and the core drops the
-// binding, so the next request gets 480.
+// them: it answers the core 430 Flow Failed (RFC 5626), and the core drops
+// the binding and tells the caller 480 (430 is between proxies, §11.5: it
+// went to the caller until 2026-11-22); the next request gets 480 at once.
 func TestFlowFailedDropsBinding(t *testing.T) {
 	e := newEnv(t)
 	c, ed := e.startAccess()
@@ -739,9 +740,9 @@ func TestFlowFailedDropsBinding(t *testing.T) {
 		t.Fatalf("inside REGISTER: %d", res.StatusCode)
 	}
 	var res *sip.Response
-	siptest.Eventually(t, "430 for a closed flow", func() bool {
+	siptest.Eventually(t, "480 (flow failed) for a closed flow", func() bool {
 		res = inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "are you there?")
-		return res.StatusCode == 430
+		return res.StatusCode == 480 && strings.Contains(res.Reason, "flow failed")
 	})
 	if bs, _ := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now()); len(bs) != 0 {
 		t.Fatalf("binding kept after its flow failed: %+v", bs)
@@ -753,7 +754,7 @@ func TestFlowFailedDropsBinding(t *testing.T) {
 
 // The core never dials a user either: an internal user whose connection
 // is gone has its binding dropped (480 then, at once), and a request in a
-// dialog with them gets 430.
+// dialog with them gets 480 (flow failed).
 func TestCoreDropsBindingOfClosedFlow(t *testing.T) {
 	e := newEnv(t)
 	c, ed := e.startAccess()
@@ -764,8 +765,8 @@ func TestCoreDropsBindingOfClosedFlow(t *testing.T) {
 	sess := alice.CallAcked(ctx, t, bob, "sip:alice@example.test", "alice", pw, "sip:bob@example.test")
 	bob.UA.UA.Close() // bob's connection goes
 	time.Sleep(100 * time.Millisecond)
-	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "430") {
-		t.Fatalf("BYE to a user whose connection is gone: %v, want 430", err)
+	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "480 Temporarily Unavailable (flow failed)") {
+		t.Fatalf("BYE to a user whose connection is gone: %v, want 480", err)
 	}
 	carol := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: roots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
 	if res := carol.Message("sip:carol@example.test", "carol", pw, "sip:bob@example.test", "are you there?"); res.StatusCode != 480 {
@@ -1001,8 +1002,8 @@ func TestAccessEdgeRouteTokensStayInTheirDialog(t *testing.T) {
 // A remote user's flow is their connection to the edge, not its address:
 // once alice's connection has closed, a new connection from the same
 // address and port (a NAT giving the port to someone else) gets none of
-// her requests: bob's IM gets the edge's 430 (the flow failed), the core
-// drops the binding, and the next IM gets 480. It went to the newcomer:
+// her requests: the edge answers the core 430 (the flow failed), the core
+// drops the binding and tells bob 480, and the next IM gets 480 at once. It went to the newcomer:
 // the edge's Path named the address only.
 func TestAccessEdgeFlowIsTheConnection(t *testing.T) {
 	e := newEnv(t)
@@ -1023,8 +1024,8 @@ func TestAccessEdgeFlowIsTheConnection(t *testing.T) {
 	if line := squatter.Got(300 * time.Millisecond); line != "" {
 		t.Fatalf("a new connection from alice's old address got %q (bob's IM: %d)", strings.TrimSpace(line), res.StatusCode)
 	}
-	if res.StatusCode != 430 {
-		t.Fatalf("IM to alice, whose connection is gone: %d, want 430 (the edge's Flow Failed)", res.StatusCode)
+	if res.StatusCode != 480 || !strings.Contains(res.Reason, "flow failed") {
+		t.Fatalf("IM to alice, whose connection is gone: %d %s, want 480 (the edge's Flow Failed, told as 480)", res.StatusCode, res.Reason)
 	}
 	if res := bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
 		t.Fatalf("the next IM: %d, want 480 (the binding dropped)", res.StatusCode)

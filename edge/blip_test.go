@@ -97,8 +97,8 @@ func TestAccessEdgeDialogFollowsReconnectedUser(t *testing.T) {
 	if res := carol.Register("sip:carol@example.test", "carol", pw, "<"+contact+">"); res.StatusCode != 200 {
 		t.Fatalf("carol registers: %d", res.StatusCode)
 	}
-	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "430") {
-		t.Fatalf("BYE to alice's lost connection: %v, want 430", err)
+	if err := sess.Bye(ctx); err == nil || !strings.Contains(err.Error(), "480 Temporarily Unavailable (flow failed)") {
+		t.Fatalf("BYE to alice's lost connection: %v, want 480 (flow failed)", err)
 	}
 	if n := carol.Byes.Load(); n != 0 {
 		t.Fatalf("carol got alice's BYE")
@@ -121,8 +121,8 @@ func TestAccessEdgeDialogFollowsReconnectedUser(t *testing.T) {
 
 // After an edge restart, a Path or Route the previous edge process signed
 // cannot be opened: the edge answers the core 430 (the flow is gone), so
-// the core drops the binding of a remote user who has not come back, and
-// the next request gets 480 rather than a refusal each time.
+// the core drops the binding of a remote user who has not come back (the
+// caller is told 480), and the next request gets 480 at once.
 func TestEdgeRestartDropsStaleBindings(t *testing.T) {
 	e := newEnv(t)
 	var ec edge.Config
@@ -138,8 +138,8 @@ func TestEdgeRestartDropsStaleBindings(t *testing.T) {
 	if res := inside.Register("sip:bob@example.test", "bob", pw, "<sip:bob@203.0.113.20:5061;transport=tls>"); res.StatusCode != 200 {
 		t.Fatalf("bob registers: %d", res.StatusCode)
 	}
-	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "still there?"); res.StatusCode != 430 {
-		t.Fatalf("MESSAGE over a Path from before the restart: %d, want 430", res.StatusCode)
+	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "still there?"); res.StatusCode != 480 || !strings.Contains(res.Reason, "flow failed") {
+		t.Fatalf("MESSAGE over a Path from before the restart: %d %s, want 480 (the edge's 430)", res.StatusCode, res.Reason)
 	}
 	if res := inside.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "again"); res.StatusCode != 480 {
 		t.Fatalf("MESSAGE once the binding is dropped: %d, want 480", res.StatusCode)

@@ -173,6 +173,8 @@ func (f *IMFilter) message(contentType string, body []byte, depth int) (Verdict,
 		return f.cpim(body, depth)
 	case "text/x-msmsgsinvite":
 		return f.msmsgsinvite(body), nil
+	case "application/sdp":
+		return f.SDP(body), nil // a file-transfer offer in a part of a multipart INVITE
 	}
 	switch {
 	case strings.HasPrefix(mt, "multipart/"):

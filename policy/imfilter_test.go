@@ -133,6 +133,7 @@ func TestIMFilterWrappedBodies(t *testing.T) {
 		{"quoted-printable", ct, mp("Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\njava=\r\nscript=3Aalert(1)"), policy.ActionBlock},
 		{"base64", ct, mp("Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString([]byte("javascript:alert(1)"))), policy.ActionBlock},
 		{"nested", "multipart/mixed; boundary=outer", "--outer\r\nContent-Type: " + ct + "\r\n\r\n" + mp("\r\njavascript:alert(1)") + "\r\n--outer--\r\n", policy.ActionBlock},
+		{"a file offer in a multipart INVITE body", "multipart/mixed; boundary=b1", mp("Content-Type: application/sdp\r\n\r\nm=message 1 TCP/MSRP *\r\na=file-selector:name:\"setup.exe\" type:x/y\r\n"), policy.ActionBlock},
 		{"nothing to find", ct, mp("Content-Type: text/plain\r\n\r\nhello", "Content-Type: text/html\r\n\r\n<b>hello</b>"), ""},
 	} {
 		if v, err := f.Message(c.ct, []byte(c.body)); err != nil || v.Action != c.action {

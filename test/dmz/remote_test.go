@@ -71,22 +71,9 @@ func TestDMZRemoteUser(t *testing.T) {
 	// Alice signs in from the internet through the edge; bob inside, on the
 	// core's users listener. The first request of each dials from its
 	// namespace; the connection is then reused from anywhere.
-	internalRoots := x509.NewCertPool()
-	if pem, err := os.ReadFile(d.internal.CAFile); err != nil || !internalRoots.AppendCertsFromPEM(pem) {
-		t.Fatalf("internal CA: %v", err)
-	}
-	var aliceUA, bobUA *siptest.UA
-	var alice, bob *siptest.Phone
-	mustNS(t, l, "inet", func() error {
-		aliceUA = siptest.New(t, edgeAExt+":5061", &tls.Config{RootCAs: pubRoots(t, pub), ServerName: "sip.example.test", MinVersion: tls.VersionTLS12})
-		alice = siptest.NewPhone(aliceUA, "sip:alice@"+aliceAddr+":5061;transport=tls", true)
-		return status(aliceUA.Register("sip:alice@example.test", "alice", password, "<sip:alice@"+aliceAddr+":5061;transport=tls>"), 200)
-	})
-	mustNS(t, l, "a-int", func() error {
-		bobUA = siptest.New(t, coreA+":5063", &tls.Config{RootCAs: internalRoots, ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
-		bob = siptest.NewPhone(bobUA, "sip:bob@203.0.113.20:5061;transport=tls", true)
-		return status(bobUA.Register("sip:bob@example.test", "bob", password, "<sip:bob@203.0.113.20:5061;transport=tls>"), 200)
-	})
+	alice := l.phone(t, "inet", edgeAExt+":5061", pubRoots(t, pub), "sip.example.test", "sip:alice@example.test", "sip:alice@"+aliceAddr+":5061;transport=tls")
+	bob := l.phone(t, "a-int", coreA+":5063", caPool(t, d.internal.CAFile), "core1.internal", "sip:bob@example.test", "sip:bob@203.0.113.20:5061;transport=tls")
+	aliceUA, bobUA := alice.UA, bob.UA
 	if err := status(aliceUA.Message("sip:alice@example.test", "alice", password, "sip:bob@example.test", "from the internet"), 200); err != nil {
 		t.Fatalf("IM in: %v", err)
 	}
@@ -260,6 +247,31 @@ func TestDMZRemoteUser(t *testing.T) {
 	if !strings.Contains(d.edge.output(), "turn peer refused") {
 		t.Error("the edge did not log the refused peers")
 	}
+}
+
+// phone is a user's phone in a namespace, connected over TLS to server
+// (checked against roots and name) and registered there as aor with
+// contact; its first request dials from the namespace.
+func (l *lab) phone(t *testing.T, ns, server string, roots *x509.CertPool, name, aor, contact string) *siptest.Phone {
+	t.Helper()
+	var p *siptest.Phone
+	user := strings.TrimPrefix(strings.Split(aor, "@")[0], "sip:")
+	mustNS(t, l, ns, func() error {
+		ua := siptest.New(t, server, &tls.Config{RootCAs: roots, ServerName: name, MinVersion: tls.VersionTLS12})
+		p = siptest.NewPhone(ua, contact, true)
+		return status(ua.Register(aor, user, password, "<"+contact+">"), 200)
+	})
+	return p
+}
+
+// caPool is a pool holding the CA in file.
+func caPool(t *testing.T, file string) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if pem, err := os.ReadFile(file); err != nil || !p.AppendCertsFromPEM(pem) {
+		t.Fatalf("CA %s: %v", file, err)
+	}
+	return p
 }
 
 // mustNS runs fn in a namespace and fails the test with its error.

@@ -307,22 +307,7 @@ func TestDMZFederation(t *testing.T) {
 	// A's remote user on the internet and B's user inside B.
 	alicePhone := l.phone(t, "inet", edgeAExt+":5061", pubRoots(t, pub), "sip.example.test", "sip:alice@example.test", "sip:alice@"+aliceAddr+":5071;transport=tls")
 	bobPhone := l.phone(t, "b-int", coreB+":5063", caPool(t, bb.internal.CAFile), "core1.internal", "sip:bob@partner.test", "sip:bob@203.0.113.140:5061;transport=tls")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, c := range []struct {
-		caller, callee *siptest.Phone
-		from, user, to string
-	}{
-		{alicePhone, bobPhone, "sip:alice@example.test", "alice", "sip:bob@partner.test"},
-		{bobPhone, alicePhone, "sip:bob@partner.test", "bob", "sip:alice@example.test"},
-	} {
-		sess := c.caller.CallAcked(ctx, t, c.callee, c.from, c.user, password, c.to)
-		byes := c.callee.Byes.Load()
-		if err := sess.Bye(ctx); err != nil {
-			t.Fatalf("%s hangs up on %s: %v", c.user, c.to, err)
-		}
-		siptest.Eventually(t, c.to+" gets the BYE", func() bool { return c.callee.Byes.Load() == byes+1 })
-	}
+	callBothWays(t, alicePhone, "sip:alice@example.test", bobPhone, "sip:bob@partner.test")
 
 	// The IM filter across the federation link, both ways.
 	if out := aliceIM("sip:bob@partner.test", "javascript:alert(1)"); !strings.Contains(out, "403") || !strings.Contains(out, "IM filter") {

@@ -86,23 +86,7 @@ func TestDMZRemoteUser(t *testing.T) {
 	if got := bobUA.WaitMessages(1, 5*time.Second); len(got) != 1 || string(got[0].Body()) != "from the internet" {
 		t.Fatalf("bob got %d IMs", len(got))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for _, c := range []struct {
-		caller, callee   *siptest.Phone
-		from, user, to   string
-		hangUp, hungUpOn *siptest.Phone
-	}{
-		{alice, bob, "sip:alice@example.test", "alice", "sip:bob@example.test", alice, bob},
-		{bob, alice, "sip:bob@example.test", "bob", "sip:alice@example.test", bob, alice},
-	} {
-		sess := c.caller.CallAcked(ctx, t, c.callee, c.from, c.user, password, c.to)
-		byes := c.callee.Byes.Load()
-		if err := sess.Bye(ctx); err != nil {
-			t.Fatalf("%s hangs up: %v", c.user, err)
-		}
-		siptest.Eventually(t, c.to+" gets the BYE", func() bool { return c.callee.Byes.Load() == byes+1 })
-	}
+	callBothWays(t, alice, "sip:alice@example.test", bob, "sip:bob@example.test")
 
 	// TURN credentials: the MRAS SERVICE through the edge, answered by the
 	// core with the relay's address.
@@ -262,6 +246,26 @@ func (l *lab) phone(t *testing.T, ns, server string, roots *x509.CertPool, name,
 		return status(ua.Register(aor, user, password, "<"+contact+">"), 200)
 	})
 	return p
+}
+
+// callBothWays has a call a → b and one b → a, each answered, ACKed and
+// hung up by its caller (the callee gets the BYE).
+func callBothWays(t *testing.T, a *siptest.Phone, aAOR string, b *siptest.Phone, bAOR string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		caller, callee *siptest.Phone
+		from, to       string
+	}{{a, b, aAOR, bAOR}, {b, a, bAOR, aAOR}} {
+		user := strings.TrimPrefix(strings.Split(c.from, "@")[0], "sip:")
+		sess := c.caller.CallAcked(ctx, t, c.callee, c.from, user, password, c.to)
+		byes := c.callee.Byes.Load()
+		if err := sess.Bye(ctx); err != nil {
+			t.Fatalf("%s hangs up on %s: %v", c.from, c.to, err)
+		}
+		siptest.Eventually(t, c.to+" gets the BYE", func() bool { return c.callee.Byes.Load() == byes+1 })
+	}
 }
 
 // caPool is a pool holding the CA in file.

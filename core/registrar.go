@@ -342,10 +342,10 @@ type change struct {
 
 // apply is §10.3 step 7 for one address of record, under its lock.
 func (r *registrar) apply(ctx context.Context, req *sip.Request, aor string, changes []change, now time.Time, path string) (*refusal, error) {
-	// Refuse an out-of-order update of a binding from the same Call-ID; past max_contacts the oldest other bindings make room
-	// (a REGISTER that adds none is let through, so that a lowered cap
-	// does not stop refreshes). Everything is checked before anything is
-	// changed.
+	// Refuse an out-of-order update of a binding from the same Call-ID;
+	// past max_contacts the oldest other bindings make room (a REGISTER
+	// that adds none is let through, so that a lowered cap does not stop
+	// refreshes). Everything is checked before anything is changed.
 	callID, cseq := req.CallID().Value(), req.CSeq().SeqNo
 	current, err := r.st.Bindings(ctx, aor, now)
 	if err != nil {

@@ -188,9 +188,10 @@ func (a *accessEdge) imFilterLink(next handler) handler {
 			next(m)
 			return
 		}
-		if h := m.req.GetHeader("Content-Encoding"); h != nil && !strings.EqualFold(strings.TrimSpace(h.Value()), "identity") {
-			// A compressed body cannot be screened, so it does not pass
-			// (RFC 3261 §21.4.13: 415, saying what is accepted).
+		screened := m.req.Method == sip.MESSAGE || m.req.Method == sip.INVITE
+		if h := m.req.GetHeader("Content-Encoding"); screened && h != nil && !strings.EqualFold(strings.TrimSpace(h.Value()), "identity") {
+			// A compressed body the filter would screen cannot be, so it
+			// does not pass (RFC 3261 §21.4.13: 415, saying what is accepted).
 			a.filtered(dir, "refused")
 			a.log.Info("im filter refused a message", "direction", dir, "source", m.req.Source(), "content_encoding", h.Value())
 			a.refuse(m.tx, m.req, 415, "Unsupported Media Type (the IM filter reads no Content-Encoding)", "im_filter_unreadable",

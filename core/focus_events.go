@@ -262,9 +262,10 @@ func (f *focus) sendNotify(ctx context.Context, s *subscription, doc *confinfo.I
 		return
 	}
 	f.fm.log.Info("NOTIFY failed", "conference", f.uri, "subscriber", s.entity, "status", status, "error", err)
-	if status == 481 || status == 408 || status == 0 {
+	if status == 481 || status == 408 || status == 430 || status == 0 {
 		// The subscription is gone (RFC 6665 §4.1.3), or its subscriber is
-		// unreachable: a participant who vanished without a BYE leaves.
+		// unreachable (430: its connection is gone, RFC 5626): a
+		// participant who vanished without a BYE leaves.
 		f.mu.Lock()
 		delete(f.subs, s.dlg.callID)
 		f.mu.Unlock()

@@ -38,7 +38,13 @@ func withMeeting(t *testing.T, o core.MeetingOptions, users ...string) (*core.Se
 // joinAs joins a meeting on the core's users listener as user.
 func joinAs(t *testing.T, s *core.Server, caFile, aor, password, uri string) (*sipclient.Conference, error) {
 	t.Helper()
-	c, err := sipclient.New(sipclient.Options{Server: s.UsersAddr(), ServerName: "core1.internal", CAFile: caFile, AOR: aor, Password: password, DisplayName: strings.Split(strings.TrimPrefix(aor, "sip:"), "@")[0]})
+	return joinVia(t, s.UsersAddr(), caFile, aor, password, uri)
+}
+
+// joinVia is joinAs through server (the users listener, or a pipe to it).
+func joinVia(t *testing.T, server, caFile, aor, password, uri string) (*sipclient.Conference, error) {
+	t.Helper()
+	c, err := sipclient.New(sipclient.Options{Server: server, ServerName: "core1.internal", CAFile: caFile, AOR: aor, Password: password, DisplayName: strings.Split(strings.TrimPrefix(aor, "sip:"), "@")[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,4 +429,34 @@ func TestFocusBadInputAndDelete(t *testing.T) {
 	if _, err := s.Store().Meeting(ctx, m.ID); err == nil {
 		t.Fatal("meeting still stored")
 	}
+}
+
+// A participant whose connection is gone without a BYE leaves the meeting
+// once a NOTIFY cannot reach them: the core does not send it to whoever
+// holds their old address now (the flow failed), and it is not left on
+// the roster either.
+func TestFocusParticipantVanishes(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob", "carol")
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipe := siptest.NewPipe(t, s.UsersAddr())
+	b, err := joinVia(t, pipe.Addr(), pki.CAFile(), "sip:bob@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "bob joined", func(r confinfo.Roster) bool { return status(r, "sip:bob@example.test") == confinfo.Connected })
+	until(t, b, "bob sees himself joined", func(r confinfo.Roster) bool { return status(r, "sip:bob@example.test") == confinfo.Connected })
+	time.Sleep(200 * time.Millisecond) // no NOTIFY to bob left in flight
+	pipe.Close()                       // bob's connection goes, no BYE, and he cannot come back
+	time.Sleep(100 * time.Millisecond)
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:carol@example.test", alicePW, uri); err != nil { // a change to tell everyone
+		t.Fatal(err)
+	}
+	start := time.Now()
+	until(t, a, "bob removed", func(r confinfo.Roster) bool {
+		return status(r, "sip:carol@example.test") == confinfo.Connected && status(r, "sip:bob@example.test") == ""
+	})
+	t.Logf("bob removed after %v", time.Since(start))
 }

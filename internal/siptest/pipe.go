@@ -29,7 +29,7 @@ func NewPipe(t testing.TB, target string) *Pipe {
 		t.Fatal(err)
 	}
 	p := &Pipe{ln: ln, target: target}
-	t.Cleanup(p.close)
+	t.Cleanup(p.Close)
 	go func() {
 		for {
 			in, err := ln.Accept()
@@ -108,7 +108,9 @@ func (p *Pipe) Cut() {
 	p.conns = nil
 }
 
-func (p *Pipe) close() {
+// Close stops the pipe: no new connection, and every one made is cut (a
+// client behind it can no longer reach the target).
+func (p *Pipe) Close() {
 	p.ln.Close()
 	p.Release()
 	p.Cut()

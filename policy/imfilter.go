@@ -146,8 +146,8 @@ func NewIMFilter(c IMFilterConfig) *IMFilter {
 // Config is the filter's configuration.
 func (f *IMFilter) Config() IMFilterConfig { return f.cfg }
 
-// maxCPIMDepth bounds message/cpim inside message/cpim.
-const maxCPIMDepth = 2
+// maxNesting bounds bodies inside bodies (message/cpim, multipart/*).
+const maxNesting = 2
 
 // Message screens an IM body of the given content type: text/plain and
 // text/html, any other text/* as plain text (text/rtf, say), message/cpim
@@ -167,7 +167,7 @@ func (f *IMFilter) message(contentType string, body []byte, depth int) (Verdict,
 		}
 		return f.text(body, mt == "text/html"), nil
 	case "message/cpim":
-		if depth >= maxCPIMDepth {
+		if depth >= maxNesting {
 			return Verdict{}, ErrCPIMTooDeep
 		}
 		return f.cpim(body, depth)

@@ -42,7 +42,7 @@ func severity(action string) int {
 // back in place, decoded (a quoted-printable or base64 part is screened as
 // what it decodes to, so that an encoding cannot hide a link).
 func (f *IMFilter) multipart(contentType string, body []byte, depth int) (Verdict, error) {
-	if depth >= maxCPIMDepth {
+	if depth >= maxNesting {
 		return Verdict{}, ErrCPIMTooDeep
 	}
 	_, params, err := mime.ParseMediaType(contentType)

@@ -32,17 +32,12 @@ type UA struct {
 // New makes a UA that sends to dest with tls (RootCAs and ServerName set).
 func New(t testing.TB, dest string, conf *tls.Config) *UA {
 	t.Helper()
-	return newUA(t, dest, conf)
-}
-
-func newUA(t testing.TB, dest string, conf *tls.Config, opts ...sipgo.ClientOption) *UA {
-	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgenTLSConfig(conf), sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(quiet)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := sipgo.NewClient(ua, append([]sipgo.ClientOption{sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(quiet)}, opts...)...)
+	cl, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}

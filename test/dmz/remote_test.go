@@ -121,14 +121,15 @@ func TestDMZRemoteUser(t *testing.T) {
 	l.run("ip", "-n", l.ns("a-int"), "addr", "add", "203.0.113.50/32", "dev", "lo")
 	mcuTCP := &net.TCPAddr{IP: net.ParseIP(mcuAddr), Port: 3481}
 	l.tcpEcho(t, "a-int", mcuTCP.String())
-	canaries := map[string]*atomic.Int32{}
-	for _, c := range []struct{ ns, addr string }{
+	denied := []struct{ ns, addr string }{
 		{"a-int", coreA + ":5004"},     // the core
 		{"a-dmz", edgeAInt + ":5004"},  // the edge's internal leg
 		{"a-dmz", "127.0.0.1:5004"},    // the edge's own loopback
 		{"a-dmz", edgeAExt + ":5004"},  // the edge's external address (a relay loop)
 		{"a-int", "203.0.113.50:5004"}, // inside, just past the MCU range
-	} {
+	}
+	canaries := map[string]*atomic.Int32{}
+	for _, c := range denied {
 		canaries["udp "+c.addr] = l.udpCanary(t, c.ns, c.addr)
 		canaries["tcp "+c.addr] = l.tcpCanary(t, c.ns, c.addr)
 	}
@@ -160,10 +161,10 @@ func TestDMZRemoteUser(t *testing.T) {
 		t.Fatal("no echo from the MCU through the relay")
 	}
 	// Toward anything else inside: 403, over UDP and TCP allocations.
-	for _, addr := range []string{coreA + ":5004", edgeAInt + ":5004", "127.0.0.1:5004", edgeAExt + ":5004", "203.0.113.50:5004"} {
-		u, _ := net.ResolveUDPAddr("udp4", addr)
+	for _, d := range denied {
+		u, _ := net.ResolveUDPAddr("udp4", d.addr)
 		if err := cl.CreatePermission(u); !isTURNError(err, stun.CodeForbidden) {
-			t.Errorf("CreatePermission toward %s: %v, want 403", addr, err)
+			t.Errorf("CreatePermission toward %s: %v, want 403", d.addr, err)
 		}
 		_, _ = relayed.WriteTo([]byte("intrude"), u)
 	}
@@ -194,10 +195,10 @@ func TestDMZRemoteUser(t *testing.T) {
 		t.Fatalf("TCP echo from the MCU through the relay: %q %v", buf, err)
 	}
 	conn.Close()
-	for _, addr := range []string{coreA + ":5004", edgeAInt + ":5004", "127.0.0.1:5004"} {
-		a, _ := net.ResolveTCPAddr("tcp4", addr)
+	for _, d := range denied {
+		a, _ := net.ResolveTCPAddr("tcp4", d.addr)
 		if _, err := alloc.Connect(a); err == nil || !strings.Contains(err.Error(), "403") {
-			t.Errorf("Connect toward %s: %v, want 403", addr, err)
+			t.Errorf("Connect toward %s: %v, want 403", d.addr, err)
 		}
 	}
 
@@ -294,13 +295,10 @@ func status(res *sip.Response, want int) error {
 	return nil
 }
 
+// isTURNError says whether err is pion's error response with code.
 func isTURNError(err error, code stun.ErrorCode) bool {
 	var te *stun.TurnError
-	if errors.As(err, &te) {
-		return te.ErrorCodeAttr.Code == code
-	}
-	var tv stun.TurnError
-	return errors.As(err, &tv) && tv.ErrorCodeAttr.Code == code
+	return errors.As(err, &te) && te.ErrorCodeAttr.Code == code
 }
 
 // udpCanary listens on addr in a namespace and counts the datagrams that

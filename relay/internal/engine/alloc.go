@@ -98,6 +98,24 @@ func (a *Alloc) allow(n int) bool {
 // is bound to the peer (RFC 8656 §12.7), else as a Data indication (§11.4),
 // built here. For a TCP or TLS client pion frames it on the stream.
 func (a *Alloc) readable(l *loop) {
+	reads := 1
+	if l.gated && a.linked.Load() && a.udp {
+		reads = drainReads
+	}
+	for range reads {
+		if !a.readOne(l) {
+			return
+		}
+	}
+}
+
+// drainReads is how many datagrams a busy loop (gated) reads from a relay
+// socket per round for a UDP client: several in a row go to the client as
+// one message (mmsg.coalesce).
+var drainReads = 8
+
+// readOne reads and handles one datagram; false when there was none.
+func (a *Alloc) readOne(l *loop) bool {
 	buf := l.buf[:]
 	var out *mmsg
 	linked := a.linked.Load()
@@ -108,7 +126,7 @@ func (a *Alloc) readable(l *loop) {
 	}
 	n, from, ok := l.recv(a.s, buf[headroom:headroom+mtu])
 	if !ok {
-		return
+		return false
 	}
 	if gen := a.gen.Load(); a.seen.gen != gen || a.seen.from != from {
 		a.seen.from, a.seen.gen = from, gen
@@ -117,25 +135,26 @@ func (a *Alloc) readable(l *loop) {
 	}
 	if !linked || !a.seen.permitted {
 		a.e.cfg.Events.Drop(DropNoPermission, n)
-		return
+		return true
 	}
 	if !a.allow(n) {
 		a.e.cfg.Events.Drop(DropBandwidth, n)
-		return
+		return true
 	}
 	a.stats.ToClientPackets.Add(1)
 	a.stats.ToClientBytes.Add(uint64(n))
 	if !udp {
 		a.e.enqueue(a.toPion, buf[headroom:headroom+n], from)
-		return
+		return true
 	}
 	if a.seen.ch {
 		putChannelHeader(buf[headroom-4:], a.seen.number, n)
 		out.queue(headroom-4, 4+n, a.client)
-		return
+		return true
 	}
 	start, length := putDataIndication(buf, n, from, l.tid())
 	out.queue(start, length, a.client)
+	return true
 }
 
 // ReadFrom serves pion's read loop on the relay socket: the peer datagrams

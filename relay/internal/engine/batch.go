@@ -25,6 +25,22 @@ type mmsg struct {
 	e     *Engine // counts what a send batch drops
 	// listed: the owning loop flushes this batch at the end of its rounds.
 	listed bool
+
+	// A send batch's datagrams as sent: runs to one destination with one
+	// size become one message with UDP_SEGMENT (see coalesce).
+	wire  [batchLen]unix.Mmsghdr
+	first [batchLen]uint8 // the queued datagram each wire message starts at
+	ctl   [batchLen][gsoCmsgLen]byte
+}
+
+// gsoCmsgLen is the room for a UDP_SEGMENT control message (a uint16;
+// unix.CmsgSpace(2) is 24 on 64-bit Linux, checked in init).
+const gsoCmsgLen = 24
+
+func init() {
+	if unix.CmsgSpace(2) > gsoCmsgLen {
+		panic("engine: UDP_SEGMENT control message does not fit")
+	}
 }
 
 // bufLen is a send buffer: header room, a datagram, padding.
@@ -105,24 +121,105 @@ func (m *mmsg) send(queued int) (sent int) {
 	if m.s.closed {
 		return 0
 	}
-	for sent < queued {
-		r, _, errno := syscall.RawSyscall6(unix.SYS_SENDMMSG, uintptr(m.s.tx), uintptr(unsafe.Pointer(&m.hdrs[sent])), uintptr(queued-sent), 0, 0, 0)
-		if errno != 0 {
-			if errno == unix.EINTR {
-				continue
-			}
-			if errno != unix.EAGAIN {
-				// This datagram is refused (a pending ICMP error, ...):
-				// skip it, counted as dropped.
-				m.e.cfg.Events.Drop(DropOverload, int(m.iovs[sent].Len))
-				sent++
-				continue
-			}
-			return sent
+	w := m.coalesce(queued)
+	for k := 0; k < w; {
+		r, _, errno := syscall.RawSyscall6(unix.SYS_SENDMMSG, uintptr(m.s.tx), uintptr(unsafe.Pointer(&m.wire[k])), uintptr(w-k), 0, 0, 0)
+		if errno == 0 {
+			k += int(r)
+			continue
 		}
-		sent += int(r)
+		switch {
+		case errno == unix.EINTR:
+		case errno == unix.EAGAIN:
+			return int(m.first[k])
+		case m.wire[k].Hdr.Iovlen > 1:
+			// The kernel refused the run as one message (a segment over
+			// the path MTU, or no checksum offload: EIO, then no more
+			// runs): its datagrams go one by one.
+			if errno == unix.EIO {
+				m.e.gsoOff.Store(true)
+			}
+			m.sendEach(k)
+			k++
+		default:
+			// This datagram is refused (a pending ICMP error, ...):
+			// skip it, counted as dropped.
+			m.e.cfg.Events.Drop(DropOverload, int(m.iovs[m.first[k]].Len))
+			k++
+		}
 	}
-	return sent
+	return queued
+}
+
+// maxSegments bounds a run sent as one message (the kernel takes up to 64
+// or 128 segments, 64 KiB in all; batchLen is below both).
+const maxSegments = batchLen
+
+// coalesce lays out the queued datagrams as messages for sendmmsg: a run of
+// datagrams to one destination with one size (the last may be shorter)
+// becomes one message with UDP_SEGMENT, so the kernel routes, filters and
+// delivers them as one packet and splits it only at the end (Generic
+// Segmentation Offload; on loopback, at the receiving socket). The loops
+// queue such runs when they read several datagrams of one allocation in a
+// round (Alloc.readable). It returns the number of messages.
+func (m *mmsg) coalesce(queued int) int {
+	gso := !m.e.gsoOff.Load()
+	w := 0
+	for i := 0; i < queued; {
+		size := m.iovs[i].Len
+		j := i + 1
+		for gso && j < queued && j-i < maxSegments && m.iovs[j].Len <= size && m.sameDst(i, j) {
+			j++
+			if m.iovs[j-1].Len < size {
+				break
+			}
+		}
+		h := &m.wire[w]
+		h.Hdr = m.hdrs[i].Hdr
+		h.Hdr.Control, h.Hdr.Controllen = nil, 0
+		if n := j - i; n > 1 {
+			h.Hdr.SetIovlen(n)
+			c := &m.ctl[w]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
+			h.Hdr.Control = &c[0]
+			h.Hdr.SetControllen(unix.CmsgSpace(2))
+		}
+		m.first[w] = uint8(i)
+		w++
+		i = j
+	}
+	return w
+}
+
+// sameDst says whether queued datagrams i and j go to one address.
+func (m *mmsg) sameDst(i, j int) bool {
+	n := m.hdrs[i].Hdr.Namelen
+	if m.hdrs[j].Hdr.Namelen != n {
+		return false
+	}
+	a := unsafe.Slice((*byte)(unsafe.Pointer(&m.names[i])), n)
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&m.names[j])), n)
+	return string(a) == string(b)
+}
+
+// sendEach sends the datagrams of wire message k one by one; each refused
+// is dropped, counted.
+func (m *mmsg) sendEach(k int) {
+	first := int(m.first[k])
+	for i := first; i < first+int(m.wire[k].Hdr.Iovlen); i++ {
+		b := unsafe.Slice(m.iovs[i].Base, m.iovs[i].Len)
+		var errno syscall.Errno
+		for errno = unix.EINTR; errno == unix.EINTR; {
+			_, _, errno = syscall.RawSyscall6(unix.SYS_SENDTO, uintptr(m.s.tx), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
+				uintptr(unsafe.Pointer(&m.names[i])), uintptr(m.hdrs[i].Hdr.Namelen))
+		}
+		if errno != 0 {
+			m.e.cfg.Events.Drop(DropOverload, len(b))
+		}
+	}
 }
 
 // putSockaddr writes dst as a raw socket address (IPv4 as mapped IPv6 for

@@ -116,6 +116,7 @@ type Engine struct {
 
 	draining atomic.Bool
 	closing  atomic.Bool
+	gsoOff   atomic.Bool // the kernel refused UDP_SEGMENT (see mmsg.coalesce)
 
 	tun    atomic.Pointer[Tunables]
 	conns  connCount

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -236,27 +237,35 @@ func gateThresholds(t *testing.T, busyE, busyR, quietE, quietR int) {
 	t.Cleanup(func() { busyEvents, busyRounds, quietEvents, quietRounds = saved[0], saved[1], saved[2], saved[3] })
 }
 
-func relayThroughEvents(t *testing.T) *Engine {
-	pol, err := policy.NewPeerPolicy([]string{"127.0.0.1/32"}, nil)
+// loopbackRelay is an engine with loops loops and a listen group on
+// loopback, peers in 127.0.0.0/8 allowed, and one relay socket; all closed
+// when the test ends.
+func loopbackRelay(t *testing.T, loops int) (*Engine, *Group, net.Addr) {
+	pol, err := policy.NewPeerPolicy([]string{"127.0.0.0/8"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Tune: Tunables{Policy: pol}, Loops: 2})
+	e, err := New(Config{Log: slog.New(slog.DiscardHandler), Tune: Tunables{Policy: pol}, Loops: loops})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Stop()
-	g, err := e.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), 2)
+	t.Cleanup(e.Stop)
+	g, err := e.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"), loops)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.Close()
+	t.Cleanup(func() { g.Close() })
 	gen := &Generator{E: e, V4: &Family{Bind: netip.MustParseAddr("127.0.0.1"), Advertise: netip.MustParseAddr("127.0.0.1")}, Min: 40000, Max: 49999}
 	pc, relayAddr, err := gen.AllocatePacketConn(turn.AllocateListenerConfig{Network: "udp4"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
+	t.Cleanup(func() { pc.Close() })
+	return e, g, relayAddr
+}
+
+func relayThroughEvents(t *testing.T) *Engine {
+	e, g, relayAddr := loopbackRelay(t, 2)
 	udp := func() *net.UDPConn {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
@@ -328,4 +337,72 @@ func relayThroughEvents(t *testing.T) *Engine {
 	e.ChannelDeleted(nil, nil, "", "", "", relayAddr, peer.LocalAddr(), 0x4001)
 	check("channel gone", "data", "dropped")
 	return e
+}
+
+// A busy loop (gated) reads several datagrams from a relay socket per
+// round and sends those of one peer as runs. Bursts from three peers, one
+// on a channel, one with a permission only, one with neither, interleave
+// on one allocation: the client gets every ChannelData and every Data
+// indication whole and in order, and nothing of the third peer.
+func TestBusyLoopRelaysBurstsWhole(t *testing.T) {
+	gateThresholds(t, 1, 1, 0, 1)
+	e, g, relayAddr := loopbackRelay(t, 1)
+	// Permissions are by address: each peer has its own loopback address.
+	udp := func(last byte) *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, last)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadBuffer(1 << 20)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	client, onChannel, permitted, stranger := udp(1), udp(1), udp(2), udp(3)
+	e.AllocationCreated(client.LocalAddr(), net.UDPAddrFromAddrPort(g.addr), "udp", "u", "realm", relayAddr, 600)
+	e.PermissionCreated(nil, nil, "", "", "", relayAddr, onChannel.LocalAddr().(*net.UDPAddr).IP)
+	e.ChannelCreated(nil, nil, "", "", "", relayAddr, onChannel.LocalAddr(), 0x4001)
+	e.PermissionCreated(nil, nil, "", "", "", relayAddr, permitted.LocalAddr().(*net.UDPAddr).IP)
+
+	// A burst at a time (all of them at once would overflow the relay
+	// socket's receive buffer).
+	var gotCh, gotData int
+	b := make([]byte, 2048)
+	for i := range 30 {
+		for k := range 5 {
+			_, _ = onChannel.WriteTo([]byte(fmt.Sprintf("c%03d-%d", i, k)), relayAddr)
+		}
+		for k := range 3 {
+			_, _ = permitted.WriteTo([]byte(fmt.Sprintf("d%03d-%d+", i, k)), relayAddr)
+		}
+		_, _ = stranger.WriteTo([]byte("x"), relayAddr)
+		for gotCh+gotData < 8*(i+1) {
+			_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := client.Read(b)
+			if err != nil {
+				t.Fatalf("burst %d: after %d ChannelData and %d Data indications: %v", i, gotCh, gotData, err)
+			}
+			switch p := b[:n]; {
+			case n >= 4 && p[0] == 0x40 && p[1] == 0x01:
+				if l := int(p[2])<<8 | int(p[3]); l != n-4 {
+					t.Fatalf("ChannelData length %d in a %d-byte datagram", l, n)
+				}
+				if want := fmt.Sprintf("c%03d-%d", gotCh/5, gotCh%5); string(p[4:]) != want {
+					t.Fatalf("ChannelData %d carries %q, want %q", gotCh, p[4:], want)
+				}
+				gotCh++
+			case n > 20 && p[0] == 0x00 && p[1] == 0x17:
+				want := fmt.Sprintf("d%03d-%d+", gotData/3, gotData%3)
+				if !bytes.Contains(p, []byte(want)) {
+					t.Fatalf("Data indication %d does not carry %q: %q", gotData, want, p)
+				}
+				gotData++
+			default:
+				t.Fatalf("unexpected datagram %q", p)
+			}
+		}
+	}
+	_ = client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := client.Read(b); err == nil {
+		t.Fatalf("the client got more: %q", b[:n])
+	}
 }

@@ -1,0 +1,110 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A send batch goes out as runs: datagrams to one destination with one size
+// (the last may be shorter) are one message with UDP_SEGMENT. Over real
+// sockets each receiver gets every datagram whole, in order, with its own
+// boundaries; a run the kernel refuses as one message (SO_NO_CHECK makes
+// it refuse UDP_SEGMENT with EINVAL) goes datagram by datagram, and nothing
+// is lost either way.
+func TestSendBatchRuns(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+			var drops atomic.Int64
+			e := &Engine{}
+			e.cfg.Events.Drop = func(string, int) { drops.Add(1) }
+			s, err := openUDP(netip.MustParseAddrPort("127.0.0.1:0"), false, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.close()
+			if refuse {
+				if err := unix.SetsockoptInt(s.tx, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			recv := func() *net.UDPConn {
+				c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			r1, r2 := recv(), recv()
+			if refuse {
+				// The premise: this socket's runs are refused.
+				oob := make([]byte, unix.CmsgSpace(2))
+				h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+				h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+				h.SetLen(unix.CmsgLen(2))
+				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = 10
+				dst := &unix.SockaddrInet4{Port: r1.LocalAddr().(*net.UDPAddr).Port, Addr: [4]byte{127, 0, 0, 1}}
+				if _, err := unix.SendmsgN(s.tx, make([]byte, 20), oob, dst, 0); err != unix.EINVAL {
+					t.Fatalf("UDP_SEGMENT with SO_NO_CHECK: %v, want EINVAL", err)
+				}
+			}
+			to := map[*net.UDPConn]netip.AddrPort{
+				r1: r1.LocalAddr().(*net.UDPAddr).AddrPort(),
+				r2: r2.LocalAddr().(*net.UDPAddr).AddrPort(),
+			}
+			plan := []struct {
+				c    *net.UDPConn
+				size int
+			}{
+				{r1, 100}, {r1, 100}, {r1, 100}, {r1, 60}, // one run, the last shorter
+				{r1, 100},            // a run of one: a shorter datagram ended the last
+				{r2, 100}, {r2, 100}, // another destination
+				{r1, 50}, {r1, 50}, {r1, 80}, // longer: a new run
+				{r2, mtu}, {r2, mtu},
+			}
+			m := newMmsg(e, s)
+			want := map[*net.UDPConn][][]byte{}
+			for i, p := range plan {
+				b := bytes.Repeat([]byte{byte('a' + i)}, p.size)
+				copy(m.slot()[headroom:], b)
+				m.queue(headroom, len(b), to[p.c])
+				want[p.c] = append(want[p.c], b)
+			}
+			if got := m.coalesce(m.n); got != 6 {
+				t.Fatalf("%d datagrams laid out as %d messages, want 6", m.n, got)
+			}
+			m.flush()
+			for c, datagrams := range want {
+				for i, w := range datagrams {
+					b := make([]byte, 2*mtu)
+					_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					n, err := c.Read(b)
+					if err != nil {
+						t.Fatalf("datagram %d to %s: %v", i, to[c], err)
+					}
+					if !bytes.Equal(b[:n], w) {
+						t.Fatalf("datagram %d to %s: %d bytes of %q, want %d of %q", i, to[c], n, b[:1], len(w), w[:1])
+					}
+				}
+				_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+				if n, err := c.Read(make([]byte, 2*mtu)); err == nil {
+					t.Fatalf("%s got a datagram more (%d bytes)", to[c], n)
+				}
+			}
+			if drops.Load() != 0 {
+				t.Fatalf("%d datagrams dropped", drops.Load())
+			}
+			if e.gsoOff.Load() {
+				t.Fatal("EINVAL (one run refused) turned runs off for the engine")
+			}
+		})
+	}
+}

@@ -176,12 +176,10 @@ func (a *Alloc) WriteTo(p []byte, addr net.Addr) (int, error) {
 }
 
 func (a *Alloc) toPeer(p []byte, peer netip.AddrPort) (int, error) {
-	if !a.allow(len(p)) {
+	if !a.admit(len(p)) {
 		a.e.cfg.Events.Drop(DropBandwidth, len(p))
 		return len(p), nil
 	}
-	a.stats.ToPeerPackets.Add(1)
-	a.stats.ToPeerBytes.Add(uint64(len(p)))
 	if err := a.s.send(p, peer); err != nil {
 		if errors.Is(err, errSockClosed) {
 			return 0, net.ErrClosed
@@ -189,6 +187,17 @@ func (a *Alloc) toPeer(p []byte, peer netip.AddrPort) (int, error) {
 		a.e.cfg.Events.Drop(DropOverload, len(p))
 	}
 	return len(p), nil
+}
+
+// admit takes n bytes toward a peer from the bandwidth caps and counts
+// them; false when over a cap.
+func (a *Alloc) admit(n int) bool {
+	if !a.allow(n) {
+		return false
+	}
+	a.stats.ToPeerPackets.Add(1)
+	a.stats.ToPeerBytes.Add(uint64(n))
+	return true
 }
 
 // Close is called by pion when the allocation ends.

@@ -108,3 +108,68 @@ func TestSendBatchRuns(t *testing.T) {
 		})
 	}
 }
+
+// A client's ChannelData read in one listen batch leaves toward each peer
+// as runs (peerRuns). Bursts on two channels, with equal sizes, a shorter
+// datagram that ends a run and a longer one that starts the next, reach
+// both peers whole and in order; so they do when the relay socket refuses
+// runs (SO_NO_CHECK: EINVAL) and they go one by one.
+func TestClientBurstsReachPeersWhole(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+			gateThresholds(t, 1, 1, 0, 1)
+			e, g, relayAddr := loopbackRelay(t, 1)
+			if refuse {
+				a := e.allocByRelay(relayAddr)
+				if err := unix.SetsockoptInt(a.s.tx, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			client, peerA, peerB := loopbackUDP(t, 1), loopbackUDP(t, 1), loopbackUDP(t, 2)
+			e.AllocationCreated(client.LocalAddr(), net.UDPAddrFromAddrPort(g.addr), "udp", "u", "realm", relayAddr, 600)
+			for number, p := range map[uint16]*net.UDPConn{0x4001: peerA, 0x4002: peerB} {
+				e.PermissionCreated(nil, nil, "", "", "", relayAddr, p.LocalAddr().(*net.UDPAddr).IP)
+				e.ChannelCreated(nil, nil, "", "", "", relayAddr, p.LocalAddr(), number)
+			}
+			burst := []struct {
+				number uint16
+				size   int
+			}{{0x4001, 100}, {0x4001, 100}, {0x4002, 50}, {0x4001, 100}, {0x4001, 40}, {0x4001, 100}, {0x4002, 50}, {0x4002, 50}, {0x4001, 100}}
+			var seq int
+			want := map[*net.UDPConn][][]byte{}
+			for range 30 {
+				sent := map[*net.UDPConn]int{}
+				for _, d := range burst {
+					payload := bytes.Repeat([]byte{byte(seq)}, d.size)
+					seq++
+					copy(payload, fmt.Sprintf("%05d", seq))
+					m := append([]byte{byte(d.number >> 8), byte(d.number), byte(d.size >> 8), byte(d.size)}, payload...)
+					if _, err := client.WriteTo(m, net.UDPAddrFromAddrPort(g.addr)); err != nil {
+						t.Fatal(err)
+					}
+					p := peerA
+					if d.number == 0x4002 {
+						p = peerB
+					}
+					want[p] = append(want[p], payload)
+					sent[p]++
+				}
+				for p, n := range sent {
+					for range n {
+						b := make([]byte, 2048)
+						_ = p.SetReadDeadline(time.Now().Add(2 * time.Second))
+						got, err := p.Read(b)
+						if err != nil {
+							t.Fatalf("peer %s: %v (after %d datagrams)", p.LocalAddr(), err, seq)
+						}
+						w := want[p][0]
+						want[p] = want[p][1:]
+						if !bytes.Equal(b[:got], w) {
+							t.Fatalf("peer %s got %d bytes %q, want %d bytes %q", p.LocalAddr(), got, b[:5], len(w), w[:5])
+						}
+					}
+				}
+			}
+		})
+	}
+}

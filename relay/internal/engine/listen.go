@@ -201,8 +201,11 @@ func (g *Group) readable(l *loop, s *sock) {
 				e.cfg.Events.Drop(DropNoChannel, len(p))
 			case !b.permitted():
 				e.cfg.Events.Drop(DropNoPermission, len(p))
+			case len(payload) == 0: // nothing to send (sendto skips it)
+			case !b.alloc.admit(len(payload)):
+				e.cfg.Events.Drop(DropBandwidth, len(payload))
 			default:
-				b.alloc.toPeer(payload, b.peer)
+				l.toPeers.add(i, b, payload)
 			}
 			continue
 		case kindMalformed:
@@ -214,6 +217,7 @@ func (g *Group) readable(l *loop, s *sock) {
 		}
 		e.enqueue(g.toPion, p, src)
 	}
+	l.toPeers.flush(e)
 }
 
 // ReadFrom gives pion the next message it must handle.

@@ -267,6 +267,8 @@ type loop struct {
 	sa   unix.RawSockaddrInet6 // its source
 	in   *mmsg                 // datagrams read from a listen socket
 	outs []*mmsg               // ChannelData for clients, one batch per listen group
+	// ChannelData from clients, by binding, while a listen batch is read.
+	toPeers peerRuns
 }
 
 // poller is the engine's set of loops.

@@ -348,16 +348,7 @@ func TestBusyLoopRelaysBurstsWhole(t *testing.T) {
 	gateThresholds(t, 1, 1, 0, 1)
 	e, g, relayAddr := loopbackRelay(t, 1)
 	// Permissions are by address: each peer has its own loopback address.
-	udp := func(last byte) *net.UDPConn {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, last)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetReadBuffer(1 << 20)
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	client, onChannel, permitted, stranger := udp(1), udp(1), udp(2), udp(3)
+	client, onChannel, permitted, stranger := loopbackUDP(t, 1), loopbackUDP(t, 1), loopbackUDP(t, 2), loopbackUDP(t, 3)
 	e.AllocationCreated(client.LocalAddr(), net.UDPAddrFromAddrPort(g.addr), "udp", "u", "realm", relayAddr, 600)
 	e.PermissionCreated(nil, nil, "", "", "", relayAddr, onChannel.LocalAddr().(*net.UDPAddr).IP)
 	e.ChannelCreated(nil, nil, "", "", "", relayAddr, onChannel.LocalAddr(), 0x4001)
@@ -405,4 +396,16 @@ func TestBusyLoopRelaysBurstsWhole(t *testing.T) {
 	if n, err := client.Read(b); err == nil {
 		t.Fatalf("the client got more: %q", b[:n])
 	}
+}
+
+// loopbackUDP is a UDP socket on 127.0.0.last (any port) with a 1 MiB
+// receive buffer, closed when the test ends.
+func loopbackUDP(t *testing.T, last byte) *net.UDPConn {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, last)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadBuffer(1 << 20)
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"net/netip"
 	"syscall"
 	"unsafe"
@@ -41,6 +42,56 @@ func init() {
 	if unix.CmsgSpace(2) > gsoCmsgLen {
 		panic("engine: UDP_SEGMENT control message does not fit")
 	}
+}
+
+// putSegment writes a UDP_SEGMENT control message for segments of size
+// bytes into c and returns its length.
+func putSegment(c *[gsoCmsgLen]byte, size int) int {
+	ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+	ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	ch.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
+	return unix.CmsgSpace(2)
+}
+
+// probeGSO checks once, over loopback, that the kernel splits a message
+// sent with UDP_SEGMENT: a kernel before 4.18 ignores the control message
+// and would deliver the run as one datagram.
+func probeGSO() error {
+	rx, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(rx)
+	tx, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(tx)
+	if err := unix.Bind(rx, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	to, err := unix.Getsockname(rx)
+	if err != nil {
+		return err
+	}
+	_ = unix.SetsockoptTimeval(rx, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
+	var c [gsoCmsgLen]byte
+	n := putSegment(&c, 2)
+	if err := unix.Sendmsg(tx, []byte("abcde"), c[:n], to, 0); err != nil {
+		return err
+	}
+	b := make([]byte, 8)
+	for _, want := range []string{"ab", "cd", "e"} {
+		got, _, err := unix.Recvfrom(rx, b, 0)
+		if err != nil {
+			return err
+		}
+		if string(b[:got]) != want {
+			return fmt.Errorf("a run of 2-byte segments arrived as %q", b[:got])
+		}
+	}
+	return nil
 }
 
 // bufLen is a send buffer: header room, a datagram, padding.
@@ -179,13 +230,8 @@ func (m *mmsg) coalesce(queued int) int {
 		h.Hdr.Control, h.Hdr.Controllen = nil, 0
 		if n := j - i; n > 1 {
 			h.Hdr.SetIovlen(n)
-			c := &m.ctl[w]
-			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
-			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-			ch.SetLen(unix.CmsgLen(2))
-			*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
-			h.Hdr.Control = &c[0]
-			h.Hdr.SetControllen(unix.CmsgSpace(2))
+			h.Hdr.Control = &m.ctl[w][0]
+			h.Hdr.SetControllen(putSegment(&m.ctl[w], int(size)))
 		}
 		m.first[w] = uint8(i)
 		w++

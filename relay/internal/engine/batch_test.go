@@ -173,3 +173,11 @@ func TestClientBurstsReachPeersWhole(t *testing.T) {
 		})
 	}
 }
+
+// The start-up probe finds UDP_SEGMENT working on this kernel (4.18 or
+// later), so the engine sends runs.
+func TestGSOProbe(t *testing.T) {
+	if err := probeGSO(); err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+}

@@ -193,6 +193,10 @@ func New(cfg Config) (*Engine, error) {
 	t := cfg.Tune
 	t.fromPrevious = &sync.Map{}
 	e.tun.Store(&t)
+	if err := probeGSO(); err != nil {
+		e.gsoOff.Store(true)
+		e.log.Info("relay sends datagram by datagram: UDP segmentation offload unavailable", "error", err)
+	}
 	var err error
 	if e.poll, err = newPoller(e, max(cfg.Loops, 1)); err != nil {
 		return nil, err

@@ -86,17 +86,13 @@ func (r *peerRuns) send(e *Engine, run *peerRun) {
 		r.iovs[n].SetLen(len(p))
 		n++
 	}
-	ch := (*unix.Cmsghdr)(unsafe.Pointer(&r.ctl[0]))
-	ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-	ch.SetLen(unix.CmsgLen(2))
-	*(*uint16)(unsafe.Pointer(&r.ctl[unix.CmsgLen(0)])) = uint16(run.size)
 	var msg unix.Msghdr
 	msg.Name = (*byte)(unsafe.Pointer(&r.sa))
 	msg.Namelen = putSockaddr(&r.sa, run.b.peer, s.v6)
 	msg.Iov = &r.iovs[0]
 	msg.SetIovlen(n)
 	msg.Control = &r.ctl[0]
-	msg.SetControllen(unix.CmsgSpace(2))
+	msg.SetControllen(putSegment(&r.ctl, run.size))
 
 	s.mu.RLock()
 	if s.closed {

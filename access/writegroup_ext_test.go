@@ -88,4 +88,3 @@ func TestConcurrentWritesArriveWholeAndInOrder(t *testing.T) {
 		t.Fatal("the connection is still marked busy after every write returned")
 	}
 }
-

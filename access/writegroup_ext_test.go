@@ -88,3 +88,4 @@ func TestConcurrentWritesArriveWholeAndInOrder(t *testing.T) {
 		t.Fatal("the connection is still marked busy after every write returned")
 	}
 }
+

@@ -343,12 +343,7 @@ type trackedConn struct {
 	clock       msgClock
 	inMessage   bool
 	msgDeadline time.Time
-
-	writes writeGroup
 }
-
-// Write joins concurrent writers' messages into one write (writeGroup).
-func (c *trackedConn) Write(b []byte) (int, error) { return c.writes.write(c.Conn, b) }
 
 // Read reads with the connection's deadlines: the idle timeout from now,
 // and while a SIP message is in progress, no later than its message

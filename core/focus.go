@@ -255,7 +255,7 @@ type participant struct {
 }
 
 // participantOf is the participant whose join dialog req is in (Call-ID
-// and From tag), or nil.
+// and both tags), or nil.
 func (f *focus) participantOf(req *sip.Request) *participant {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -264,6 +264,11 @@ func (f *focus) participantOf(req *sip.Request) *participant {
 		return nil
 	}
 	if tag, _ := req.From().Params.Get("tag"); tag != p.dlg.remoteTag {
+		return nil
+	}
+	// Our tag: what only the participant learnt (in the join's 200), where
+	// the Call-ID and their own tag are of their choosing.
+	if tag, _ := req.To().Params.Get("tag"); tag != p.dlg.localTag {
 		return nil
 	}
 	return p

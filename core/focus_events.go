@@ -68,8 +68,18 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 		expires = min(time.Duration(n)*time.Second, maxSubExpires)
 	}
 	callID := req.CallID().Value()
+	toTag, _ := req.To().Params.Get("tag")
+	fromTag, _ := req.From().Params.Get("tag")
 	f.mu.Lock()
 	s := f.subs[callID]
+	if s != nil && (toTag != s.dlg.localTag || fromTag != s.dlg.remoteTag) {
+		// The Call-ID of a subscription, but not its dialog: a refresh
+		// or an unsubscribe is in-dialog (RFC 6665 §4.1.2.2), and our tag
+		// is what only the subscriber knows.
+		f.mu.Unlock()
+		fm.refuse(tx, req, 481, "Call/Transaction Does Not Exist", "sub_other_dialog")
+		return
+	}
 	if s != nil { // a refresh or an unsubscribe (RFC 6665 §4.1.2)
 		if expires == 0 {
 			delete(f.subs, callID)

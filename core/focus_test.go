@@ -460,3 +460,60 @@ func TestFocusParticipantVanishes(t *testing.T) {
 	})
 	t.Logf("bob removed after %v", time.Since(start))
 }
+
+// A subscription is refreshed or ended only in its own dialog: a SUBSCRIBE
+// with its Call-ID but not its tags (anyone who learnt the Call-ID, no
+// credentials needed for an in-dialog request) gets 481, and so do a BYE,
+// a C3P command and an IM with the join dialog's Call-ID and the
+// participant's tag but not ours; the participant stays and goes on
+// getting the roster.
+func TestFocusSubscriptionStaysInItsDialog(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice sees herself", func(r confinfo.Roster) bool { return role(r, "sip:alice@example.test") == "organizer" })
+	ua := siptest.New(t, s.UsersAddr(), &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	for _, expires := range []string{"0", "600"} {
+		// In-dialog, as anyone could send it.
+		r := ua.Forged(sip.SUBSCRIBE, "sip:alice@example.test", uri, "forgedtag123", a.Subscription(), "",
+			sip.NewHeader("Event", confinfo.Event), sip.NewHeader("Expires", expires))
+		if r.StatusCode != 481 {
+			t.Fatalf("SUBSCRIBE in a forged dialog with alice's subscription's Call-ID, Expires %s: %d %s, want 481", expires, r.StatusCode, r.Reason)
+		}
+		// Out of dialog, as bob (authenticated), reusing her Call-ID.
+		r = ua.ForgedAs("bob", alicePW, sip.SUBSCRIBE, "sip:bob@example.test", uri, "", a.Subscription(), "",
+			sip.NewHeader("Event", confinfo.Event), sip.NewHeader("Expires", expires))
+		if r.StatusCode != 481 {
+			t.Fatalf("bob's SUBSCRIBE with alice's subscription's Call-ID, Expires %s: %d %s, want 481", expires, r.StatusCode, r.Reason)
+		}
+	}
+	// Her join dialog's Call-ID and her own tag, with any other To tag:
+	// no BYE, C3P command or IM in her name.
+	callID, fromTag := a.Join()
+	lock := `<?xml version="1.0"?><request xmlns="urn:ietf:params:xml:ns:cccp" C3PVersion="1" to="` + uri + `" from="sip:alice@example.test" requestId="1"><modifyConferenceLock><conferenceKeys confEntity="` + uri + `"/><locked>true</locked></modifyConferenceLock></request>`
+	for _, m := range []struct {
+		method      sip.RequestMethod
+		contentType string
+		body        string
+		want        int
+	}{{sip.INFO, "application/cccp+xml", lock, 403}, {sip.MESSAGE, "text/plain", "not alice", 403}, {sip.BYE, "", "", 481}} {
+		req := ua.NewRequest(m.method, "sip:alice@example.test", uri)
+		req.From().Params.Add("tag", fromTag)
+		req.To().Params.Add("tag", "forgedtag123")
+		id := sip.CallIDHeader(callID)
+		req.AppendHeader(&id)
+		if m.body != "" {
+			req.AppendHeader(sip.NewHeader("Content-Type", m.contentType))
+			req.SetBody([]byte(m.body))
+		}
+		if r := ua.Send(req, "", ""); r.StatusCode != m.want {
+			t.Fatalf("%s in alice's join dialog with a forged To tag: %d %s, want %d", m.method, r.StatusCode, r.Reason, m.want)
+		}
+	}
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice still sees bob arrive", func(r confinfo.Roster) bool { return role(r, "sip:bob@example.test") == "attendee" })
+}

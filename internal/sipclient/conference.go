@@ -55,6 +55,22 @@ type Event struct {
 // leaves or is removed.
 func (cf *Conference) Events() <-chan Event { return cf.events }
 
+// Subscription is the Call-ID of the conference-event subscription (for
+// diagnostics and tests).
+func (cf *Conference) Subscription() string {
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	return cf.sub.callID
+}
+
+// Join is the join dialog's Call-ID and the client's own (From) tag (for
+// diagnostics and tests).
+func (cf *Conference) Join() (callID, tag string) {
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	return cf.join.callID, cf.join.localTag
+}
+
 // Join joins a meeting: INVITE to the conference URI, answering the digest
 // challenge (an anonymous client's password is the conference key), then a
 // subscription to its roster.

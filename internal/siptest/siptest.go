@@ -205,6 +205,12 @@ func (u *UA) Request(method sip.RequestMethod, from, to string) *sip.Response {
 // and extra headers: what anyone can put on the wire.
 func (u *UA) Forged(method sip.RequestMethod, from, to, toTag, callID, body string, extra ...sip.Header) *sip.Response {
 	u.T.Helper()
+	return u.ForgedAs("", "", method, from, to, toTag, callID, body, extra...)
+}
+
+// ForgedAs is Forged answering a digest challenge as username.
+func (u *UA) ForgedAs(username, password string, method sip.RequestMethod, from, to, toTag, callID, body string, extra ...sip.Header) *sip.Response {
+	u.T.Helper()
 	req := u.newRequest(method, from, to)
 	if toTag != "" {
 		req.To().Params.Add("tag", toTag)
@@ -220,7 +226,20 @@ func (u *UA) Forged(method sip.RequestMethod, from, to, toTag, callID, body stri
 		req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
 		req.SetBody([]byte(body))
 	}
-	return u.do(req, "", "")
+	return u.do(req, username, password)
+}
+
+// NewRequest is an out-of-dialog request from `from` to `to`, for a test
+// to shape (tags, Call-ID, headers) before Send.
+func (u *UA) NewRequest(method sip.RequestMethod, from, to string) *sip.Request {
+	u.T.Helper()
+	return u.newRequest(method, from, to)
+}
+
+// Send sends req, answering a digest challenge as username ("": none).
+func (u *UA) Send(req *sip.Request, username, password string) *sip.Response {
+	u.T.Helper()
+	return u.do(req, username, password)
 }
 
 // newRequest is an out-of-dialog request from `from` to `to` over TLS,
@@ -228,7 +247,7 @@ func (u *UA) Forged(method sip.RequestMethod, from, to, toTag, callID, body stri
 func (u *UA) newRequest(method sip.RequestMethod, from, to string) *sip.Request {
 	u.T.Helper()
 	target := uri(u.T, to)
-	target.UriParams = sip.HeaderParams{{K: "transport", V: "tls"}}
+	target.UriParams = append(target.UriParams, sip.HeaderKV{K: "transport", V: "tls"}) // after the URI's own (a conference's gruu, opaque)
 	req := sip.NewRequest(method, target)
 	req.SetDestination(u.Dest)
 	req.AppendHeader(&sip.FromHeader{Address: uri(u.T, from), Params: sip.HeaderParams{{K: "tag", V: sip.GenerateTagN(8)}}})

@@ -278,34 +278,66 @@ func TestQuotaConcurrentAllocates(t *testing.T) {
 	e := start(t, cfg)
 	for round := range 5 {
 		user := "rush" + strconv.Itoa(round)
-		cs := make([]*client, 12)
-		for i := range cs {
-			if i%2 == 0 {
-				cs[i] = dialClient(t, "udp", e.udp, e.cred(user))
-			} else {
-				cs[i] = dialClient(t, "tcp", e.tcp, e.cred(user))
-			}
-		}
-		codes := make([]stun.ErrorCode, len(cs))
-		var wg sync.WaitGroup
-		for i, c := range cs {
-			wg.Add(1)
-			go func() { defer wg.Done(); codes[i] = code(c.request(stun.MethodAllocate, udpTransport)) }()
-		}
-		wg.Wait()
-		ok, quota := 0, 0
-		for _, c := range codes {
-			switch c {
-			case 0:
-				ok++
-			case stun.CodeAllocQuotaReached:
-				quota++
-			}
-		}
-		if ok != 2 || quota != len(cs)-2 {
-			t.Fatalf("round %d: %d allocated and %d refused 486 of %d at once (%v), want 2 and %d", round, ok, quota, len(cs), codes, len(cs)-2)
+		_, codes := allocateAtOnce(t, e, func(int) string { return user })
+		if ok, quota := count(codes, 0), count(codes, stun.CodeAllocQuotaReached); ok != 2 || quota != len(codes)-2 {
+			t.Fatalf("round %d: %d allocated and %d refused 486 of %d at once (%v), want 2 and %d", round, ok, quota, len(codes), codes, len(codes)-2)
 		}
 	}
+}
+
+// Allocates arriving together cannot pass the total cap: each round, of
+// twelve users' Allocates at once (UDP and TCP clients) with three places
+// left, three are allocated and the rest get 508 (5 to 8 were allocated
+// when only the front filter checked the cap).
+func TestTotalCapConcurrentAllocates(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Quota.Total = 3
+	e := start(t, cfg)
+	for round := range 5 {
+		cs, codes := allocateAtOnce(t, e, func(i int) string { return "rush" + strconv.Itoa(round) + "-" + strconv.Itoa(i) })
+		if ok, full := count(codes, 0), count(codes, stun.CodeInsufficientCapacity); ok != 3 || full != len(codes)-3 {
+			t.Fatalf("round %d: %d allocated and %d refused 508 of %d at once (%v), want 3 and %d", round, ok, full, len(codes), codes, len(codes)-3)
+		}
+		for i, c := range cs { // free the places for the next round
+			if codes[i] == 0 {
+				mustOK(t, "Refresh(0)", c.request(stun.MethodRefresh, lifetimeAttr(0)))
+			}
+		}
+		e.waitMetric(t, func(v float64) bool { return v == 0 }, "portcullis_relay_allocations_active")
+	}
+}
+
+// allocateAtOnce sends twelve Allocates at once, from UDP and TCP clients
+// in turn, client i as user(i), and returns the clients and their answers
+// (0: allocated).
+func allocateAtOnce(t *testing.T, e *env, user func(i int) string) ([]*client, []stun.ErrorCode) {
+	cs := make([]*client, 12)
+	for i := range cs {
+		if i%2 == 0 {
+			cs[i] = dialClient(t, "udp", e.udp, e.cred(user(i)))
+		} else {
+			cs[i] = dialClient(t, "tcp", e.tcp, e.cred(user(i)))
+		}
+	}
+	codes := make([]stun.ErrorCode, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Add(1)
+		go func() { defer wg.Done(); codes[i] = code(c.request(stun.MethodAllocate, udpTransport)) }()
+	}
+	wg.Wait()
+	return cs, codes
+}
+
+// count is how many of codes are c.
+func count(codes []stun.ErrorCode, c stun.ErrorCode) int {
+	n := 0
+	for _, x := range codes {
+		if x == c {
+			n++
+		}
+	}
+	return n
 }
 
 func TestCredentialsAndNonces(t *testing.T) {

@@ -232,10 +232,23 @@ func normal(ap netip.AddrPort) netip.AddrPort {
 }
 
 // register records a relay socket made by the address generator.
-func (e *Engine) register(a *Alloc) {
+// register records a new relay socket; false (nothing recorded) at the
+// total cap.
+func (e *Engine) register(a *Alloc) bool {
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.full() {
+		return false
+	}
 	e.byRelay[a.relay] = a
-	e.mu.Unlock()
+	return true
+}
+
+// full says whether the allocations made or being made, UDP and TCP
+// relays, have reached the total cap (under e.mu).
+func (e *Engine) full() bool {
+	total := e.tune().QuotaTotal
+	return total > 0 && len(e.byRelay)+len(e.tcpByRelay) >= total
 }
 
 // AllocationCreated links the relay socket to its client (pion event).

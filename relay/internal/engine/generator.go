@@ -41,6 +41,11 @@ var ErrNoFamily = errors.New("no relay address configured for this address famil
 // ErrNoPort is returned when every port in the range is taken.
 var ErrNoPort = errors.New("no free relay port in range")
 
+// ErrAtCapacity refuses a relay when the total cap is reached by
+// allocations made or being made (pion answers 508): Allocates that passed
+// the front filter's check together cannot all get one.
+var ErrAtCapacity = errors.New("relay at its total allocation cap")
+
 // Validate implements turn.RelayAddressGenerator.
 func (g *Generator) Validate() error {
 	if g.V4 == nil && g.V6 == nil {
@@ -100,7 +105,10 @@ func (g *Generator) AllocatePacketConn(c turn.AllocateListenerConfig) (net.Packe
 			s.close()
 			return nil, nil, err
 		}
-		g.E.register(a)
+		if !g.E.register(a) {
+			s.close()
+			return nil, nil, ErrAtCapacity
+		}
 		return a, net.UDPAddrFromAddrPort(relay), nil
 	}
 	return nil, nil, ErrNoPort
@@ -123,6 +131,10 @@ func (g *Generator) AllocateListener(c turn.AllocateListenerConfig) (net.Listene
 		relay := netip.AddrPortFrom(f.Advertise, uint16(port))
 		t := &tcpAlloc{e: g.E, relay: relay}
 		g.E.mu.Lock()
+		if g.E.full() {
+			g.E.mu.Unlock()
+			return nil, nil, ErrAtCapacity
+		}
 		taken := g.E.tcpByRelay[relay] != nil
 		if !taken {
 			g.E.tcpByRelay[relay] = t // reserved while we bind

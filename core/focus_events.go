@@ -65,7 +65,9 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 			fm.refuse(tx, req, 400, "Bad Request (Expires)", "bad_expires")
 			return
 		}
-		expires = min(time.Duration(n)*time.Second, maxSubExpires)
+		if n < int(maxSubExpires/time.Second) { // in seconds: a huge one cannot overflow
+			expires = time.Duration(n) * time.Second
+		}
 	}
 	callID := req.CallID().Value()
 	toTag, _ := req.To().Params.Get("tag")

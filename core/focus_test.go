@@ -517,3 +517,21 @@ func TestFocusSubscriptionStaysInItsDialog(t *testing.T) {
 	}
 	until(t, a, "alice still sees bob arrive", func(r confinfo.Roster) bool { return role(r, "sip:bob@example.test") == "attendee" })
 }
+
+// A subscription's Expires is capped at an hour, a huge one included (it
+// overflowed into the past: a subscription expired at once, answered with
+// a negative Expires).
+func TestFocusSubscribeHugeExpires(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice")
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	ua := siptest.New(t, s.UsersAddr(), &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	for _, tc := range []struct{ ask, want string }{{"120", "120"}, {"9223372037", "3600"}, {"99999999999999", "3600"}} {
+		r := ua.ForgedAs("alice", alicePW, sip.SUBSCRIBE, "sip:alice@example.test", uri, "", "", "",
+			sip.NewHeader("Event", confinfo.Event), sip.NewHeader("Expires", tc.ask))
+		if got := r.GetHeader("Expires"); r.StatusCode != 200 || got == nil || got.Value() != tc.want {
+			t.Fatalf("SUBSCRIBE with Expires %s: %d %s, Expires %v, want 200 with %s", tc.ask, r.StatusCode, r.Reason, got, tc.want)
+		}
+	}
+}

@@ -143,8 +143,12 @@ func (m *mras) service(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTr
 	}
 	cfg := m.turn()
 	ttl := cfg.TTL
-	if r.Cred.Duration > 0 {
-		ttl = min(time.Duration(r.Cred.Duration)*time.Minute, cfg.MaxTTL)
+	if d := r.Cred.Duration; d > 0 {
+		// In minutes, so that a huge one cannot overflow into the past.
+		ttl = cfg.MaxTTL
+		if int64(d) < int64(cfg.MaxTTL/time.Minute) {
+			ttl = time.Duration(d) * time.Minute
+		}
 	}
 	c := access.IssueTURN(m.secret(), user.AOR, ttl, time.Now())
 	var res mrasResponse

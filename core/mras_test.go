@@ -44,8 +44,35 @@ func TestMRASService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := service(t, siptest.New(t, s.UsersAddr(), roots), `<request requestID="42" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="7"><identity>sip:alice@example.test</identity><location>internet</location><duration>60</duration></credentialsRequest></request>`,
-		"application/msrtc-media-relay-auth+xml")
+	// A duration in minutes that overflows as a time.Duration gets the
+	// longest allowed, not an expired credential.
+	maxMinutes := int(s.Config().TURN.MaxTTL / time.Minute)
+	for _, tc := range []struct {
+		ask  string
+		want int
+	}{{"60", 60}, {"4611686018427387904", maxMinutes}} {
+		res := service(t, siptest.New(t, s.UsersAddr(), roots), `<request requestID="42" from="sip:alice@example.test" version="1.0" to="sip:mras" xmlns="http://schemas.microsoft.com/2006/09/sip/mrasp"><credentialsRequest credentialsRequestID="7"><identity>sip:alice@example.test</identity><location>internet</location><duration>`+tc.ask+`</duration></credentialsRequest></request>`,
+			"application/msrtc-media-relay-auth+xml")
+		checkMRASAnswer(t, res, secret, tc.want)
+	}
+	for _, tc := range []struct {
+		body, ct string
+		want     int
+	}{
+		{strings.Replace(string(mustBody()), "sip:alice@example.test</identity>", "sip:bob@example.test</identity>", 1), "application/msrtc-media-relay-auth+xml", 403},
+		{"<request", "application/msrtc-media-relay-auth+xml", 400},
+		{string(mustBody()), "text/plain", 415},
+	} {
+		if res := service(t, siptest.New(t, s.UsersAddr(), roots), tc.body, tc.ct); res.StatusCode != tc.want {
+			t.Errorf("%q as %s: %d, want %d", tc.body[:min(len(tc.body), 40)], tc.ct, res.StatusCode, tc.want)
+		}
+	}
+}
+
+// checkMRASAnswer checks a 200 to alice's request 42/7: a credential for
+// her, valid now, for minutes, and the relay list.
+func checkMRASAnswer(t *testing.T, res *sip.Response, secret []byte, minutes int) {
+	t.Helper()
 	if res.StatusCode != 200 {
 		t.Fatalf("SERVICE: %d %s", res.StatusCode, res.Reason)
 	}
@@ -69,21 +96,9 @@ func TestMRASService(t *testing.T) {
 	}
 	c := got.Cred.Credentials
 	user, err := access.ParseTURNUsername(c.Username, time.Now())
-	if err != nil || user != "sip:alice@example.test" || c.Password != access.TURNPassword(secret, c.Username) || c.Duration != 60 ||
+	if err != nil || user != "sip:alice@example.test" || c.Password != access.TURNPassword(secret, c.Username) || c.Duration != minutes ||
 		got.RequestID != "42" || got.Cred.ID != "7" || len(got.Cred.Relays) != 1 || got.Cred.Relays[0].UDPPort != 3478 {
-		t.Fatalf("answer %+v (%v)\n%s", got, err, res.Body())
-	}
-	for _, tc := range []struct {
-		body, ct string
-		want     int
-	}{
-		{strings.Replace(string(mustBody()), "sip:alice@example.test</identity>", "sip:bob@example.test</identity>", 1), "application/msrtc-media-relay-auth+xml", 403},
-		{"<request", "application/msrtc-media-relay-auth+xml", 400},
-		{string(mustBody()), "text/plain", 415},
-	} {
-		if res := service(t, siptest.New(t, s.UsersAddr(), roots), tc.body, tc.ct); res.StatusCode != tc.want {
-			t.Errorf("%q as %s: %d, want %d", tc.body[:min(len(tc.body), 40)], tc.ct, res.StatusCode, tc.want)
-		}
+		t.Fatalf("answer %+v (%v), want %d minutes\n%s", got, err, minutes, res.Body())
 	}
 }
 

@@ -3,7 +3,9 @@ package core_test
 import (
 	"context"
 	"crypto/tls"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -533,5 +535,58 @@ func TestFocusSubscribeHugeExpires(t *testing.T) {
 		if got := r.GetHeader("Expires"); r.StatusCode != 200 || got == nil || got.Value() != tc.want {
 			t.Fatalf("SUBSCRIBE with Expires %s: %d %s, Expires %v, want 200 with %s", tc.ask, r.StatusCode, r.Reason, got, tc.want)
 		}
+	}
+}
+
+// A participant has one subscription: each new SUBSCRIBE replaces the one
+// before, so twenty in a row leave one, and a roster change is notified
+// once, on the last (each used to stay, a goroutine and a queue each, and
+// every change went out twenty times).
+func TestFocusOneSubscriptionPerParticipant(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	ua := siptest.New(t, s.UsersAddr(), &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	var mu sync.Mutex
+	notified := map[string]int{} // Call-ID → NOTIFYs about bob
+	ua.Server.OnNotify(func(req *sip.Request, tx sip.ServerTransaction) {
+		if strings.Contains(string(req.Body()), "sip:bob@example.test") {
+			mu.Lock()
+			notified[req.CallID().Value()]++
+			mu.Unlock()
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	var last string
+	for i := range 20 {
+		last = "sub-" + strconv.Itoa(i) + "-" + sip.GenerateTagN(8)
+		if r := ua.ForgedAs("alice", alicePW, sip.SUBSCRIBE, "sip:alice@example.test", uri, "", last, "",
+			sip.NewHeader("Event", confinfo.Event), sip.NewHeader("Expires", "600")); r.StatusCode != 200 {
+			t.Fatalf("SUBSCRIBE %d: %d %s", i, r.StatusCode, r.Reason)
+		}
+	}
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		got, n := notified[last], len(notified)
+		mu.Unlock()
+		if got > 0 {
+			time.Sleep(300 * time.Millisecond) // let any other subscription's NOTIFY arrive
+			mu.Lock()
+			n = len(notified)
+			mu.Unlock()
+			if n != 1 {
+				t.Fatalf("bob's arrival notified on %d subscriptions of alice's, want 1: %v", n, notified)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob's arrival not notified on the last subscription; notified: %v (%d)", notified, n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -64,7 +64,7 @@ func DefaultConfig() Config {
 		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
 			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour, MaxContacts: 10},
-		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3},
+		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3, MaxMeetingsPerOrganizer: 100},
 	}
 }
 
@@ -90,6 +90,7 @@ func (c *Config) Validate(v *config.V) {
 	cv.Check(c.Conferencing.IMMCUs >= 1 && c.Conferencing.IMMCUs <= 16, "im_mcus", "must be 1 to 16, got %d", c.Conferencing.IMMCUs)
 	cv.Check(c.Conferencing.HeartbeatInterval >= 50*time.Millisecond && c.Conferencing.HeartbeatInterval <= time.Minute, "heartbeat_interval", "must be between 50ms and 1m, got %s", c.Conferencing.HeartbeatInterval)
 	cv.Check(c.Conferencing.HeartbeatMisses >= 1 && c.Conferencing.HeartbeatMisses <= 10, "heartbeat_misses", "must be 1 to 10, got %d", c.Conferencing.HeartbeatMisses)
+	cv.Check(c.Conferencing.MaxMeetingsPerOrganizer >= 1, "max_meetings_per_organizer", "must be at least 1, got %d", c.Conferencing.MaxMeetingsPerOrganizer)
 }
 
 // Validate checks the turn section.

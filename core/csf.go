@@ -37,6 +37,10 @@ type ConferencingConfig struct {
 	// missed reports make it dead.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	HeartbeatMisses   int           `yaml:"heartbeat_misses"`
+	// MaxMeetingsPerOrganizer bounds the meetings a user schedules over SIP
+	// (addConference); operators' commands and the HTTPS API are not
+	// bound.
+	MaxMeetingsPerOrganizer int `yaml:"max_meetings_per_organizer"`
 }
 
 // mcuState is what the factory knows of an MCU.

@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"portcullis/core/c3p"
@@ -51,6 +52,11 @@ type Factory struct {
 	// ended is called after a meeting is deleted (the Focus ends it if it
 	// is running); nil outside a running core.
 	ended func(id string)
+	// maxPerOrganizer bounds users' addConference (nil: no bound); users
+	// schedule one at a time (mu), so that requests together cannot pass
+	// it.
+	maxPerOrganizer func() int
+	mu              sync.Mutex
 }
 
 // NewFactory makes a factory over a store (operator commands use it too).
@@ -198,6 +204,17 @@ func (f *Factory) c3pCommand(ctx context.Context, user string, r *c3p.Request) *
 			return c3p.Reply(r, c3p.Failure, c3p.ReasonBadArgument, err.Error())
 		}
 		lobby := cmd.Lobby != nil && *cmd.Lobby
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.maxPerOrganizer != nil {
+			n, err := f.st.CountMeetings(ctx, user)
+			if err != nil {
+				return c3p.Reply(r, c3p.Failure, c3p.ReasonInternal, "store error")
+			}
+			if limit := f.maxPerOrganizer(); n >= limit {
+				return c3p.Reply(r, c3p.Failure, c3p.ReasonForbidden, fmt.Sprintf("an organiser may have %d meetings; delete one first", limit))
+			}
+		}
 		m, err := f.Create(ctx, MeetingOptions{Organizer: user, Subject: cmd.Subject, Admission: cmd.Admission, Lobby: lobby, Expires: exp})
 		if err != nil {
 			reason := c3p.ReasonInternal

@@ -2,9 +2,11 @@ package core_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,5 +186,54 @@ func TestFocusFactoryHTTPS(t *testing.T) {
 	// Without a client certificate from the internal CA: no TLS session.
 	if _, err := client(nil, edge.Roots).Get(url); err == nil {
 		t.Fatal("meetings API answered a client without a certificate")
+	}
+}
+
+// A user schedules at most conferencing.max_meetings_per_organizer
+// meetings over SIP, requests sent together included; past it a C3P
+// failure (forbidden), and a deleted one frees a place. Operators are not
+// bound.
+func TestFocusFactoryMeetingsPerOrganizer(t *testing.T) {
+	s, pki, _ := startCore(t, func(c *core.Config) { c.Conferencing.MaxMeetingsPerOrganizer = 3 })
+	if err := core.AddUser(context.Background(), s.Store(), "sip:alice@example.test", alicePW); err != nil {
+		t.Fatal(err)
+	}
+	roots := &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12}
+	factory := core.FactoryURI("sip:alice@example.test")
+	results := make([]*c3p.Response, 8)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, results[i] = c3pTo(t, siptest.New(t, s.UsersAddr(), roots), "SERVICE", "sip:alice@example.test", factory, c3p.Cmd("addConference"))
+		}()
+	}
+	wg.Wait()
+	made, refused := 0, 0
+	var uri string
+	for _, res := range results {
+		switch {
+		case res != nil && res.Code == c3p.Success:
+			made++
+			uri = res.Result.Keys.ConfEntity
+		case res != nil && res.Code == c3p.Failure && res.Reason == c3p.ReasonForbidden:
+			refused++
+		}
+	}
+	if made != 3 || refused != 5 {
+		t.Fatalf("8 addConference at once with a cap of 3: %d made, %d refused (forbidden)", made, refused)
+	}
+	ua := siptest.New(t, s.UsersAddr(), roots)
+	del := c3p.Cmd("deleteConference")
+	del.Keys = &c3p.Keys{ConfEntity: uri}
+	if _, res := c3pTo(t, ua, "SERVICE", "sip:alice@example.test", factory, del); res.Code != c3p.Success {
+		t.Fatalf("delete: %+v", res)
+	}
+	if _, res := c3pTo(t, ua, "SERVICE", "sip:alice@example.test", factory, c3p.Cmd("addConference")); res.Code != c3p.Success {
+		t.Fatalf("after a delete: %+v", res)
+	}
+	if _, err := core.NewFactory(s.Store()).Create(context.Background(), core.MeetingOptions{Organizer: "sip:alice@example.test"}); err != nil {
+		t.Fatalf("an operator's fourth meeting: %v", err)
 	}
 }

@@ -110,6 +110,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	fm.ctx, fm.stop = context.WithCancel(context.Background())
 	s.focus = fm
 	s.factory = NewFactory(s.store)
+	s.factory.maxPerOrganizer = func() int { return s.cfg.Load().Conferencing.MaxMeetingsPerOrganizer }
 	s.factory.ended = fm.ended
 	// The dispatch table: requests for a conference URI go to its Focus,
 	// whatever the method; the others to the proxy, the Focus Factory or

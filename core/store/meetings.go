@@ -90,6 +90,13 @@ func (s *Store) Meetings(ctx context.Context, organizer string) ([]Meeting, erro
 	return queryAll(ctx, s.db, scanMeeting, q, args...)
 }
 
+// CountMeetings is how many meetings an organiser has.
+func (s *Store) CountMeetings(ctx context.Context, organizer string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM meetings WHERE organizer = ?`, organizer).Scan(&n)
+	return n, err
+}
+
 // UpdateMeeting writes a meeting's settings (subject, admission, lobby,
 // lock, expiry).
 func (s *Store) UpdateMeeting(ctx context.Context, m Meeting) error {

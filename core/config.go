@@ -64,7 +64,7 @@ func DefaultConfig() Config {
 		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
 			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour, MaxContacts: 10},
-		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3, MaxMeetingsPerOrganizer: 100},
+		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3, MaxMeetingsPerOrganizer: 100, MaxParticipants: 250},
 	}
 }
 
@@ -91,6 +91,7 @@ func (c *Config) Validate(v *config.V) {
 	cv.Check(c.Conferencing.HeartbeatInterval >= 50*time.Millisecond && c.Conferencing.HeartbeatInterval <= time.Minute, "heartbeat_interval", "must be between 50ms and 1m, got %s", c.Conferencing.HeartbeatInterval)
 	cv.Check(c.Conferencing.HeartbeatMisses >= 1 && c.Conferencing.HeartbeatMisses <= 10, "heartbeat_misses", "must be 1 to 10, got %d", c.Conferencing.HeartbeatMisses)
 	cv.Check(c.Conferencing.MaxMeetingsPerOrganizer >= 1, "max_meetings_per_organizer", "must be at least 1, got %d", c.Conferencing.MaxMeetingsPerOrganizer)
+	cv.Check(c.Conferencing.MaxParticipants >= 2, "max_participants", "must be at least 2, got %d", c.Conferencing.MaxParticipants)
 }
 
 // Validate checks the turn section.

@@ -41,6 +41,9 @@ type ConferencingConfig struct {
 	// (addConference); operators' commands and the HTTPS API are not
 	// bound.
 	MaxMeetingsPerOrganizer int `yaml:"max_meetings_per_organizer"`
+	// MaxParticipants bounds a meeting's participants (486 to more
+	// attendees; the organiser and presenters still get in).
+	MaxParticipants int `yaml:"max_participants"`
 }
 
 // mcuState is what the factory knows of an MCU.

@@ -104,6 +104,15 @@ func (fm *focusManager) get(ctx context.Context, id string) (*focus, error) {
 	return f, nil
 }
 
+// maxParticipants is the configured bound on a meeting's participants (0:
+// none, outside a running core).
+func (fm *focusManager) maxParticipants() int {
+	if fm.csf == nil {
+		return 0
+	}
+	return fm.csf.cfg().MaxParticipants
+}
+
 // provision asks the Conferencing Server Factory for an IM MCU for a
 // meeting (nil when none is live).
 func (fm *focusManager) provision(meeting, except string) *IMMCU {
@@ -374,6 +383,14 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 	if d.Access == "denied" && !presenter {
 		f.mu.Unlock()
 		fm.refuse(tx, req, 403, "Forbidden (denied entry by a presenter)", "conf_denied")
+		return
+	}
+	if limit := fm.maxParticipants(); limit > 0 && f.parts[j.entity] == nil && len(f.parts) >= limit && !presenter {
+		// Full: no more attendees (the organiser and presenters still get
+		// in, to run the meeting); a participant joining again replaces
+		// themself.
+		f.mu.Unlock()
+		fm.refuse(tx, req, 486, "Busy Here (the conference is full)", "conf_full")
 		return
 	}
 	status := confinfo.Connected

@@ -24,7 +24,13 @@ import (
 // meeting, and returns the meeting and its conference URI.
 func withMeeting(t *testing.T, o core.MeetingOptions, users ...string) (*core.Server, *accesstest.PKI, store.Meeting, string) {
 	t.Helper()
-	s, pki, _ := startCore(t)
+	return withMeetingTuned(t, func(*core.Config) {}, o, users...)
+}
+
+// withMeetingTuned is withMeeting with a config change.
+func withMeetingTuned(t *testing.T, tune func(*core.Config), o core.MeetingOptions, users ...string) (*core.Server, *accesstest.PKI, store.Meeting, string) {
+	t.Helper()
+	s, pki, _ := startCore(t, tune)
 	for _, u := range users {
 		if err := core.AddUser(context.Background(), s.Store(), "sip:"+u+"@example.test", alicePW); err != nil {
 			t.Fatal(err)
@@ -588,5 +594,43 @@ func TestFocusOneSubscriptionPerParticipant(t *testing.T) {
 			t.Fatalf("bob's arrival not notified on the last subscription; notified: %v (%d)", notified, n)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A meeting holds at most conferencing.max_participants: past it an
+// attendee gets 486 (a guest with the key could otherwise join under any
+// number of names, each costing every participant a NOTIFY), the organiser
+// still gets in, a participant joining again replaces themself, and a
+// place freed by a departure is taken.
+func TestFocusMeetingFull(t *testing.T) {
+	s, pki, _, uri := withMeetingTuned(t, func(c *core.Config) { c.Conferencing.MaxParticipants = 2 },
+		core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob", "carol", "dave")
+	join := func(name string) (*sipclient.Conference, error) {
+		return joinAs(t, s, pki.CAFile(), "sip:"+name+"@example.test", alicePW, uri)
+	}
+	if _, err := join("bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join("carol"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join("dave"); err == nil || !strings.Contains(err.Error(), "486") {
+		t.Fatalf("a third attendee in a meeting for two: %v, want 486", err)
+	}
+	b, err := join("bob") // his first dialog is replaced
+	if err != nil {
+		t.Fatalf("bob joining again: %v", err)
+	}
+	a, err := join("alice")
+	if err != nil {
+		t.Fatalf("the organiser in a full meeting: %v", err)
+	}
+	until(t, a, "alice sees three", func(r confinfo.Roster) bool { return len(r.Users) == 3 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.Leave(ctx)
+	until(t, a, "bob gone", func(r confinfo.Roster) bool { return len(r.Users) == 2 })
+	if _, err := join("bob"); err == nil || !strings.Contains(err.Error(), "486") {
+		t.Fatalf("still full with alice and carol: %v, want 486", err)
 	}
 }

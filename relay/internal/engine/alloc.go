@@ -231,9 +231,8 @@ func normal(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// register records a relay socket made by the address generator.
-// register records a new relay socket; false (nothing recorded) at the
-// total cap.
+// register records a relay socket made by the address generator; false
+// (nothing recorded) at the total cap.
 func (e *Engine) register(a *Alloc) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()

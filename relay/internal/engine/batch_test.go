@@ -8,24 +8,34 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // A send batch goes out as runs: datagrams to one destination with one size
 // (the last may be shorter) are one message with UDP_SEGMENT. Over real
-// sockets each receiver gets every datagram whole, in order, with its own
-// boundaries; a run the kernel refuses as one message (SO_NO_CHECK makes
+// sockets, IPv4 and IPv6, each receiver gets every datagram whole, in
+// order, with its own boundaries; a run the kernel refuses as one message (SO_NO_CHECK makes
 // it refuse UDP_SEGMENT with EINVAL) goes datagram by datagram, and nothing
 // is lost either way.
 func TestSendBatchRuns(t *testing.T) {
-	for _, refuse := range []bool{false, true} {
-		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+	for _, tc := range []struct {
+		loopback string
+		refuse   bool
+	}{{"127.0.0.1", false}, {"127.0.0.1", true}, {"::1", false}} { // (IPv6 ignores SO_NO_CHECK)
+		t.Run(fmt.Sprintf("%s refused=%v", tc.loopback, tc.refuse), func(t *testing.T) {
+			refuse, ip := tc.refuse, netip.MustParseAddr(tc.loopback)
+			network := map[bool]string{false: "udp4", true: "udp6"}[ip.Is6()]
+			if c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip.AsSlice()}); err != nil {
+				t.Log("no such loopback on this host:", err)
+				return
+			} else {
+				c.Close()
+			}
 			var drops atomic.Int64
 			e := &Engine{}
 			e.cfg.Events.Drop = func(string, int) { drops.Add(1) }
-			s, err := openUDP(netip.MustParseAddrPort("127.0.0.1:0"), false, 0)
+			s, err := openUDP(netip.AddrPortFrom(ip, 0), false, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,7 +46,7 @@ func TestSendBatchRuns(t *testing.T) {
 				}
 			}
 			recv := func() *net.UDPConn {
-				c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip.AsSlice()})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -46,13 +56,10 @@ func TestSendBatchRuns(t *testing.T) {
 			r1, r2 := recv(), recv()
 			if refuse {
 				// The premise: this socket's runs are refused.
-				oob := make([]byte, unix.CmsgSpace(2))
-				h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-				h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-				h.SetLen(unix.CmsgLen(2))
-				*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = 10
-				dst := &unix.SockaddrInet4{Port: r1.LocalAddr().(*net.UDPAddr).Port, Addr: [4]byte{127, 0, 0, 1}}
-				if _, err := unix.SendmsgN(s.tx, make([]byte, 20), oob, dst, 0); err != unix.EINVAL {
+				var c [gsoCmsgLen]byte
+				n := putSegment(&c, 10)
+				dst := sockaddr(r1.LocalAddr().(*net.UDPAddr).AddrPort(), s.v6)
+				if _, err := unix.SendmsgN(s.tx, make([]byte, 20), c[:n], dst, 0); err != unix.EINVAL {
 					t.Fatalf("UDP_SEGMENT with SO_NO_CHECK: %v, want EINVAL", err)
 				}
 			}

@@ -2,6 +2,7 @@ package cmd_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -15,16 +16,26 @@ import (
 // joiner is a `portcullis join` process: lines go to its standard input,
 // its standard output is kept.
 type joiner struct {
-	t   *testing.T
-	in  io.WriteCloser
-	mu  sync.Mutex
-	out []string
-	cmd *exec.Cmd
+	t    *testing.T
+	in   io.WriteCloser
+	mu   sync.Mutex
+	out  []string
+	cmd  *exec.Cmd
+	args []string
 }
+
+// joiners are each test's joiner processes, whose output a failed wait
+// shows (what another participant saw, or why it never joined).
+var joiners sync.Map // *testing.T → *[]*joiner
 
 func startJoin(t *testing.T, args ...string) *joiner {
 	t.Helper()
-	j := &joiner{t: t, cmd: exec.Command(filepath.Join(bin, "portcullis"), append([]string{"join"}, args...)...)}
+	j := &joiner{t: t, cmd: exec.Command(filepath.Join(bin, "portcullis"), append([]string{"join"}, args...)...), args: args}
+	all, loaded := joiners.LoadOrStore(t, &[]*joiner{})
+	if !loaded {
+		t.Cleanup(func() { joiners.Delete(t) })
+	}
+	*all.(*[]*joiner) = append(*all.(*[]*joiner), j)
 	var err error
 	if j.in, err = j.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -59,7 +70,17 @@ func (j *joiner) wait(text string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			j.t.Fatalf("no %q in:\n%s", text, all)
+			others := ""
+			if js, ok := joiners.Load(j.t); ok {
+				for _, o := range *js.(*[]*joiner) {
+					if o != j {
+						o.mu.Lock()
+						others += fmt.Sprintf("\njoin %s:\n%s", strings.Join(o.args, " "), strings.Join(o.out, "\n"))
+						o.mu.Unlock()
+					}
+				}
+			}
+			j.t.Fatalf("no %q in:\n%s\nthe other joiners:%s", text, all, others)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -121,22 +121,35 @@ func TestCLIUsageErrors(t *testing.T) {
 	}
 }
 
-// turnThroughDev takes a credential from the core's HTTPS endpoint (with the
-// edge's internal certificate, as an internal caller would) and relays a
-// round trip through the edge's TURN relay with it, and a coturn-style
-// credential from `portcullis turn-cred --data`.
+// turnThroughDev takes a credential from the core's HTTPS endpoint (with an
+// operator's certificate from the dev CA; the edge's own is refused) and
+// relays a round trip through the edge's TURN relay with it, and a
+// coturn-style credential from `portcullis turn-cred --data`.
 func turnThroughDev(t *testing.T, data string) {
 	t.Helper()
-	m, err := access.LoadMaterial(access.TLSFiles{CAFile: filepath.Join(data, "pki/ca.crt"),
-		CertFile: filepath.Join(data, "pki/edge.dev.internal.crt"), KeyFile: filepath.Join(data, "pki/edge.dev.internal.key")})
-	if err != nil {
-		t.Fatal(err)
+	if code, _, errOut := run(t, "portcullis", "pki", "issue", "--dir", filepath.Join(data, "pki"), "--name", "ops.dev.internal", "--san", "ops.dev.internal", "--client"); code != 0 {
+		t.Fatalf("pki issue: %d %s", code, errOut)
 	}
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: access.ClientConfig(m, "core.dev.internal")}}
-	res, err := hc.Post("https://127.0.0.1:20443/v1/turn-credentials", "application/json", strings.NewReader(`{"user":"sip:alice@example.test"}`))
-	if err != nil {
-		t.Fatal(err)
+	post := func(name string) *http.Response {
+		t.Helper()
+		m, err := access.LoadMaterial(access.TLSFiles{CAFile: filepath.Join(data, "pki/ca.crt"),
+			CertFile: filepath.Join(data, "pki/"+name+".crt"), KeyFile: filepath.Join(data, "pki/"+name+".key")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: access.ClientConfig(m, "core.dev.internal")}}
+		res, err := hc.Post("https://127.0.0.1:20443/v1/turn-credentials", "application/json", strings.NewReader(`{"user":"sip:alice@example.test"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
 	}
+	if res := post("edge.dev.internal"); res.StatusCode != http.StatusForbidden {
+		t.Fatalf("credential endpoint with the edge's certificate: %d, want 403", res.StatusCode)
+	} else {
+		res.Body.Close()
+	}
+	res := post("ops.dev.internal")
 	var cred struct{ Username, Password string }
 	if err := json.NewDecoder(res.Body).Decode(&cred); err != nil || res.StatusCode != 200 {
 		t.Fatalf("credential endpoint: %d %v", res.StatusCode, err)

@@ -27,8 +27,8 @@ type TURNConfig struct {
 	URIs []string `yaml:"uris"`
 }
 
-// api is the core's HTTPS listener. For now every caller must present a
-// client certificate from the internal CA.
+// api is the core's HTTPS listener. Every caller must present a client
+// certificate from the internal CA, and not an edge's (notEdges).
 type api struct {
 	*ops.Server
 	log     *slog.Logger
@@ -38,7 +38,7 @@ type api struct {
 	csf     *serverFactory
 }
 
-func newAPI(listen string, m *access.Material, secret func() []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
+func newAPI(listen string, m *access.Material, edges *access.AllowList, secret func() []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{m.Cert},
@@ -55,8 +55,25 @@ func newAPI(listen string, m *access.Material, secret func() []byte, turn func()
 	mux.HandleFunc("/v1/meetings", a.meetings)
 	mux.HandleFunc("/v1/meetings/", a.meetings)
 	mux.HandleFunc("/v1/c3p", a.c3pOverHTTPS)
-	a.Server = ops.Serve(ln, mux, log)
+	a.Server = ops.Serve(ln, notEdges(edges, mux, log), log)
 	return a, nil
+}
+
+// notEdges refuses callers holding an edge's certificate (a name in
+// trusted_edges) with 403: an edge serves users over SIP and never needs
+// this API, and an edge in the DMZ that fell to an attacker must not list
+// the meetings and their keys, delete them, or report as an MCU.
+func notEdges(edges *access.AllowList, next http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			if name, ok := edges.Match(access.CertNames(r.TLS.PeerCertificates[0])); ok {
+				log.Warn("https caller refused", "remote", r.RemoteAddr, "name", name, "reason", "edge_certificate", "path", r.URL.Path)
+				http.Error(w, "an edge's certificate may not use the core's API", http.StatusForbidden)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 type turnCredRequest struct {

@@ -72,8 +72,22 @@ func client(m *access.Material, roots *x509.CertPool) *http.Client {
 func TestTURNCredentialEndpoint(t *testing.T) {
 	s, pki, secret := startCore(t)
 	url := "https://" + s.HTTPSAddr() + "/v1/turn-credentials"
+	ops := accesstest.Material(t, pki.Node(t, "ops.internal"))
+	cl := client(ops, ops.Roots)
+
+	// An edge's certificate, from the same CA, is refused (403) on every
+	// path: an edge never needs the API.
 	edge := accesstest.Material(t, pki.Node(t, "edge1.internal"))
-	cl := client(edge, edge.Roots)
+	for _, path := range []string{"/v1/turn-credentials", "/v1/meetings", "/v1/c3p"} {
+		res, err := client(edge, edge.Roots).Post("https://"+s.HTTPSAddr()+path, "application/json", strings.NewReader(`{"user":"sip:alice@example.test"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s with the edge's certificate: %d, want 403", path, res.StatusCode)
+		}
+	}
 
 	res, err := cl.Post(url, "application/json", strings.NewReader(`{"user":"sip:alice@example.test","ttl":"1h"}`))
 	if err != nil {
@@ -139,8 +153,8 @@ func TestTURNCredentialEndpoint(t *testing.T) {
 func TestReloadRotatesTURNSecret(t *testing.T) {
 	s, pki, _ := startCore(t)
 	url := "https://" + s.HTTPSAddr() + "/v1/turn-credentials"
-	edge := accesstest.Material(t, pki.Node(t, "edge1.internal"))
-	cl := client(edge, edge.Roots)
+	ops := accesstest.Material(t, pki.Node(t, "ops.internal"))
+	cl := client(ops, ops.Roots)
 	issue := func() (username, password string) {
 		t.Helper()
 		res, err := cl.Post(url, "application/json", strings.NewReader(`{"user":"alice"}`))

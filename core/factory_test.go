@@ -142,8 +142,8 @@ func TestFocusFactoryHTTPS(t *testing.T) {
 	if err := core.AddUser(context.Background(), s.Store(), "sip:alice@example.test", alicePW); err != nil {
 		t.Fatal(err)
 	}
-	edge := accesstest.Material(t, pki.Node(t, "edge1.internal"))
-	cl := client(edge, edge.Roots)
+	ops := accesstest.Material(t, pki.Node(t, "ops.internal"))
+	cl := client(ops, ops.Roots)
 	url := "https://" + s.HTTPSAddr() + "/v1/meetings"
 	res, err := cl.Post(url, "application/json", strings.NewReader(`{"organizer":"sip:alice@example.test","admission":"open","expires":"2099-01-01"}`))
 	if err != nil {
@@ -184,7 +184,7 @@ func TestFocusFactoryHTTPS(t *testing.T) {
 		res.Body.Close()
 	}
 	// Without a client certificate from the internal CA: no TLS session.
-	if _, err := client(nil, edge.Roots).Get(url); err == nil {
+	if _, err := client(nil, ops.Roots).Get(url); err == nil {
 		t.Fatal("meetings API answered a client without a certificate")
 	}
 }

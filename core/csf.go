@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"portcullis/access"
 	"portcullis/core/c3p"
 )
 
@@ -49,8 +50,17 @@ type ConferencingConfig struct {
 // mcuState is what the factory knows of an MCU.
 type mcuState struct {
 	c3p.MCU
-	seen time.Time
+	seen  time.Time
+	owner string // the certificate name it reports with
 }
+
+// maxMCUs bounds the MCUs the factory keeps (live and dead).
+const maxMCUs = 1024
+
+// errMCUOwned refuses a report for an MCU that another certificate
+// reports for (while it is alive), or a new MCU past maxMCUs.
+var errMCUOwned = errors.New("the MCU reports with another certificate")
+var errTooManyMCUs = errors.New("too many MCUs")
 
 type serverFactory struct {
 	cfg  func() ConferencingConfig
@@ -66,14 +76,25 @@ func (sf *serverFactory) deadAfter() time.Duration {
 	return c.HeartbeatInterval * time.Duration(c.HeartbeatMisses)
 }
 
-// heartbeat records an MCU's report.
-func (sf *serverFactory) heartbeat(m c3p.MCU) {
+// heartbeat records an MCU's report, made with owner's certificate. An MCU
+// is its first reporter's while it is alive: another certificate cannot
+// report its load or address (a holder of any internal certificate could
+// otherwise steer meetings away from an MCU, or to an address of its
+// choosing); once it is dead, anyone may take the ID.
+func (sf *serverFactory) heartbeat(m c3p.MCU, owner string) error {
 	sf.mu.Lock()
 	defer sf.mu.Unlock()
-	if _, known := sf.mcus[m.ID]; !known {
-		sf.log.Info("mcu registered", "mcu", m.ID, "type", m.Type, "uri", m.URI, "load", m.Load)
+	old, known := sf.mcus[m.ID]
+	switch {
+	case known && old.owner != owner && time.Since(old.seen) <= sf.deadAfter():
+		return errMCUOwned
+	case !known && len(sf.mcus) >= maxMCUs:
+		return errTooManyMCUs
+	case !known:
+		sf.log.Info("mcu registered", "mcu", m.ID, "type", m.Type, "uri", m.URI, "load", m.Load, "reporter", owner)
 	}
-	sf.mcus[m.ID] = &mcuState{MCU: m, seen: time.Now()}
+	sf.mcus[m.ID] = &mcuState{MCU: m, seen: time.Now(), owner: owner}
+	return nil
 }
 
 // pick chooses the least-loaded live MCU of a type that usable accepts
@@ -151,7 +172,17 @@ func (a *api) c3pOverHTTPS(w http.ResponseWriter, r *http.Request) {
 	var res *c3p.Response
 	switch {
 	case req.Command.Name() == "ping" && req.Command.MCU != nil && req.Command.MCU.ID != "" && req.Command.MCU.Type != "":
-		a.csf.heartbeat(*req.Command.MCU)
+		owner := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			if names := access.CertNames(r.TLS.PeerCertificates[0]); len(names) > 0 {
+				owner = names[0]
+			}
+		}
+		if err := a.csf.heartbeat(*req.Command.MCU, owner); err != nil {
+			a.log.Warn("mcu heartbeat refused", "mcu", req.Command.MCU.ID, "reporter", owner, "error", err)
+			res = c3p.Reply(req, c3p.Failure, c3p.ReasonForbidden, err.Error())
+			break
+		}
 		res = c3p.Reply(req, c3p.Success, "", "")
 	case req.Command.Name() == "ping":
 		res = c3p.Reply(req, c3p.Success, "", "")

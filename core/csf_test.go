@@ -2,6 +2,7 @@ package core_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -79,7 +80,8 @@ func TestConferencingServerFactory(t *testing.T) {
 }
 
 // The heartbeat endpoint takes C3P ping with <mcu> from internal-CA
-// clients only.
+// clients only, and an MCU's reports from the certificate it first
+// reported with while it is alive.
 func TestMCUHeartbeatEndpoint(t *testing.T) {
 	s, pki, _ := startCore(t)
 	url := "https://" + s.HTTPSAddr() + "/v1/c3p"
@@ -108,6 +110,28 @@ func TestMCUHeartbeatEndpoint(t *testing.T) {
 			t.Fatalf("%s %q: %v %v", tc.ct, tc.body, res.StatusCode, err)
 		}
 		res.Body.Close()
+	}
+	// An MCU is its reporter's while alive: another certificate's reports
+	// for it (av-1, or the core's own IM MCU) are refused, the owner's
+	// are not.
+	other := accesstest.Material(t, pki.Node(t, "mcu2.internal"))
+	for _, tc := range []struct {
+		cl   *http.Client
+		id   string
+		want string
+	}{{client(other, other.Roots), "av-1", c3p.Failure}, {client(other, other.Roots), "im-1", c3p.Failure}, {cl, "av-1", c3p.Success}, {client(other, other.Roots), "av-2", c3p.Success}} {
+		p := c3p.Cmd("ping")
+		p.MCU = &c3p.MCU{ID: tc.id, Type: "audio-video", URI: "https://203.0.113.66:8443/", Load: 0}
+		res, err := tc.cl.Post(url, c3p.ContentType, strings.NewReader(string(c3p.Marshal(c3p.NewRequest("mcu:"+tc.id, url, "2", p)))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		cr, err := c3p.ParseResponse(b)
+		if err != nil || cr.Code != tc.want || (tc.want == c3p.Failure && cr.Reason != c3p.ReasonForbidden) {
+			t.Fatalf("report for %s: %+v %v, want %s", tc.id, cr, err, tc.want)
+		}
 	}
 	res, err = cl.Get(url)
 	if err != nil || res.StatusCode != http.StatusMethodNotAllowed {

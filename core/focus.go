@@ -41,12 +41,31 @@ type focusManager struct {
 	ctx       context.Context
 	stop      context.CancelFunc
 	notifiers sync.WaitGroup
+	closing   bool // under mu: no notifier starts (close is waiting)
 }
 
-// close stops the notifiers of every subscription and waits for them.
+// close stops the notifiers of every subscription and waits for them; a
+// subscription answered meanwhile starts none.
 func (fm *focusManager) close() {
+	fm.mu.Lock()
+	fm.closing = true
+	fm.mu.Unlock()
 	fm.stop()
 	fm.notifiers.Wait()
+}
+
+// startNotifier runs f's notifier for s unless the manager is closing.
+func (fm *focusManager) startNotifier(f *focus, s *subscription) {
+	fm.mu.Lock()
+	defer fm.mu.Unlock()
+	if fm.closing {
+		return
+	}
+	fm.notifiers.Add(1)
+	go func() {
+		defer fm.notifiers.Done()
+		f.notifier(s)
+	}()
 }
 
 // home reports whether a domain is one of the core's.

@@ -146,11 +146,7 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	if err := tx.Respond(res); err != nil {
 		fm.log.Warn("answering SUBSCRIBE failed", "error", err)
 	}
-	fm.notifiers.Add(1)
-	go func() {
-		defer fm.notifiers.Done()
-		f.notifier(s)
-	}()
+	fm.startNotifier(f, s)
 }
 
 // push queues a document; when the queue is full the document is dropped

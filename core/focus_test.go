@@ -3,12 +3,14 @@ package core_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"portcullis/access/accesstest"
@@ -632,5 +634,50 @@ func TestFocusMeetingFull(t *testing.T) {
 	until(t, a, "bob gone", func(r confinfo.Roster) bool { return len(r.Users) == 2 })
 	if _, err := join("bob"); err == nil || !strings.Contains(err.Error(), "486") {
 		t.Fatalf("still full with alice and carol: %v, want 486", err)
+	}
+}
+
+// The core closes while participants are subscribing: every subscription's
+// notifier is waited for or never started (a SUBSCRIBE answered during
+// Close started one after the Focus had begun waiting: a WaitGroup Add
+// racing its Wait, seen once in CI).
+func TestFocusCloseWhileSubscribing(t *testing.T) {
+	for round := range 3 {
+		s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice")
+		if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri); err != nil {
+			t.Fatal(err)
+		}
+		conf := &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12}
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for w := range 4 {
+			ua := siptest.New(t, s.UsersAddr(), conf)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 200; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					// Errors are expected once the core is closing.
+					req := ua.NewRequest(sip.SUBSCRIBE, "sip:alice@example.test", uri)
+					id := sip.CallIDHeader(fmt.Sprintf("close-%d-%d-%d", round, w, i))
+					req.AppendHeader(&id)
+					req.AppendHeader(sip.NewHeader("Event", confinfo.Event))
+					req.AppendHeader(sip.NewHeader("Expires", "600"))
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					if res, err := ua.Client.Do(ctx, req); err == nil && res.StatusCode == 407 {
+						_, _ = ua.Client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "alice", Password: alicePW})
+					}
+					cancel()
+				}
+			}()
+		}
+		time.Sleep(time.Duration(50+30*round) * time.Millisecond)
+		s.Close()
+		close(stop)
+		wg.Wait()
 	}
 }

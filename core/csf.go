@@ -57,10 +57,12 @@ type mcuState struct {
 // maxMCUs bounds the MCUs the factory keeps (live and dead).
 const maxMCUs = 1024
 
-// errMCUOwned refuses a report for an MCU that another certificate
-// reports for (while it is alive), or a new MCU past maxMCUs.
-var errMCUOwned = errors.New("the MCU reports with another certificate")
-var errTooManyMCUs = errors.New("too many MCUs")
+// Reports refused: for an MCU another certificate reports for (while it
+// is alive), and for a new MCU past maxMCUs.
+var (
+	errMCUOwned    = errors.New("the MCU reports with another certificate")
+	errTooManyMCUs = errors.New("too many MCUs")
+)
 
 type serverFactory struct {
 	cfg  func() ConferencingConfig

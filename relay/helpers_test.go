@@ -352,6 +352,18 @@ func mustOK(t testing.TB, what string, m *stun.Message) {
 
 func logHas(e *env, s string) bool { return strings.Contains(e.logs.String(), s) }
 
+// waitLog waits (bounded) for a log line containing s.
+func waitLog(t *testing.T, e *env, s string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !logHas(e, s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %s in:\n%s", s, e.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func tlsDial(addr string) (*tls.Conn, error) {
 	return tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) //nolint:gosec // test client of a test CA
 }

@@ -126,17 +126,6 @@ func TestUDPAndTCPRelaysOnOnePort(t *testing.T) {
 	waitLog(t, e, `"transport":"tcp","user":"tom","client":"`+tc.conn.LocalAddr().String()+`"`)
 }
 
-func waitLog(t *testing.T, e *env, s string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !logHas(e, s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %s in:\n%s", s, e.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TCP relays are allocations like the others: they count against the
 // user's quota and the total, their bytes are counted in both directions
 // and in their log line, and the bandwidth caps pace them.

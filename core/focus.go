@@ -404,6 +404,14 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		fm.refuse(tx, req, 403, "Forbidden (denied entry by a presenter)", "conf_denied")
 		return
 	}
+	if j.anonymous && f.parts[j.entity] != nil {
+		// Every guest holds the same key, so a second join under a guest's
+		// name is not proof of being them: it would replace them in their
+		// place and name. (A guest that comes back picks a new name.)
+		f.mu.Unlock()
+		fm.refuse(tx, req, 403, "Forbidden (a guest of that name is in the conference)", "conf_guest_name_taken")
+		return
+	}
 	if limit := fm.maxParticipants(); limit > 0 && f.parts[j.entity] == nil && len(f.parts) >= limit && !presenter {
 		// Full: no more attendees (the organiser and presenters still get
 		// in, to run the meeting); a participant joining again replaces

@@ -681,3 +681,33 @@ func TestFocusCloseWhileSubscribing(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// A guest's name cannot be taken over: every guest holds the meeting's key,
+// so a second join under a connected guest's name gets 403 and the guest
+// stays, where it used to replace them (their place, their roster entry,
+// and what was sent to them from then on).
+func TestFocusGuestNameTaken(t *testing.T) {
+	s, pki, m, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test", Admission: core.AdmitAnonymous}, "alice")
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := joinAs(t, s, pki.CAFile(), "sip:grace-1234@anonymous.invalid", m.Key, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice sees grace", func(r confinfo.Roster) bool { return role(r, "sip:grace-1234@anonymous.invalid") == "attendee" })
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:grace-1234@anonymous.invalid", m.Key, uri); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a second guest under grace's name: %v, want 403", err)
+	}
+	// Grace is still herself: an IM from alice reaches her.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.IM(ctx, "still there, grace?"); err != nil {
+		t.Fatal(err)
+	}
+	waitIM(t, g, "grace", "sip:alice@example.test", "still there, grace?")
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:mallory-99@anonymous.invalid", m.Key, uri); err != nil {
+		t.Fatalf("a guest of another name: %v", err)
+	}
+}

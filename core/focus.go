@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"golang.org/x/time/rate"
 
 	"portcullis/access"
 	"portcullis/core/confinfo"
@@ -280,7 +281,17 @@ type participant struct {
 	dlg         *uasDialog
 	chat        bool // in the IM MCU
 	chatMediaID string
+	im          *rate.Limiter // the participant's group IM (imRate)
 }
+
+// imRate and imBurst bound a participant's group IM: each message is sent
+// to every other participant (up to max_participants), from a goroutine of
+// its own, so one sender must not be able to flood the meeting or the core.
+// People do not type faster; more gets 503 with Retry-After.
+const (
+	imRate  = 5
+	imBurst = 20
+)
 
 // participantOf is the participant whose join dialog req is in (Call-ID
 // and both tags), or nil.
@@ -442,7 +453,8 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		res.To().Params.Add("tag", tag)
 	}
 	p := &participant{entity: j.entity, display: j.display, role: role, status: status, anonymous: j.anonymous, federated: j.federated,
-		joinedVia: j.via, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet)}
+		joinedVia: j.via, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet),
+		im: rate.NewLimiter(imRate, imBurst)}
 	f.parts[j.entity] = p
 	f.byCall[p.dlg.callID] = p
 	f.mu.Unlock()

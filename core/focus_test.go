@@ -711,3 +711,38 @@ func TestFocusGuestNameTaken(t *testing.T) {
 		t.Fatalf("a guest of another name: %v", err)
 	}
 }
+
+// A participant's group IM is rate-limited (each message goes to everyone
+// else, from a goroutine of its own): a burst beyond it gets 503 with
+// Retry-After, and the sender may send again a moment later.
+func TestFocusGroupIMRate(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, "alice sees bob", func(r confinfo.Roster) bool { return role(r, "sip:bob@example.test") == "attendee" })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sent, limited := 0, 0
+	for i := range 60 {
+		switch err := a.IM(ctx, "burst "+strconv.Itoa(i)); {
+		case err == nil:
+			sent++
+		case strings.Contains(err.Error(), "503"):
+			limited++
+		default:
+			t.Fatalf("IM %d: %v", i, err)
+		}
+	}
+	if limited == 0 || sent < 20 {
+		t.Fatalf("60 IMs at once: %d sent, %d refused 503; want the burst of 20 (and what refills meanwhile) through, the rest refused", sent, limited)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if err := a.IM(ctx, "after a pause"); err != nil {
+		t.Fatalf("IM after a pause: %v", err)
+	}
+}

@@ -124,6 +124,10 @@ func (f *focus) message(req *sip.Request, tx sip.ServerTransaction) {
 		fm.refuse(tx, req, 403, "Forbidden (not in the meeting's chat)", "im_not_in_chat")
 		return
 	}
+	if !p.im.Allow() {
+		fm.refuse(tx, req, 503, "Service Unavailable (too many messages to the meeting)", "im_rate", sip.NewHeader("Retry-After", "1"))
+		return
+	}
 	if mcu == nil || mcu.stopped.Load() {
 		fm.refuse(tx, req, 503, "Service Unavailable (no IM MCU for this meeting)", "no_im_mcu", sip.NewHeader("Retry-After", "5"))
 		return

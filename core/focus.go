@@ -293,6 +293,16 @@ const (
 	imBurst = 20
 )
 
+// dropSubsOf ends p's subscriptions (under f.mu).
+func (f *focus) dropSubsOf(p *participant) {
+	for id, sub := range f.subs {
+		if sub.part == p {
+			delete(f.subs, id)
+			sub.finish()
+		}
+	}
+}
+
 // participantOf is the participant whose join dialog req is in (Call-ID
 // and both tags), or nil.
 func (f *focus) participantOf(req *sip.Request) *participant {
@@ -415,7 +425,8 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		fm.refuse(tx, req, 403, "Forbidden (denied entry by a presenter)", "conf_denied")
 		return
 	}
-	if j.anonymous && f.parts[j.entity] != nil {
+	old := f.parts[j.entity] // a participant joining again
+	if j.anonymous && old != nil {
 		// Every guest holds the same key, so a second join under a guest's
 		// name is not proof of being them: it would replace them in their
 		// place and name. (A guest that comes back picks a new name.)
@@ -423,7 +434,7 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		fm.refuse(tx, req, 403, "Forbidden (a guest of that name is in the conference)", "conf_guest_name_taken")
 		return
 	}
-	if limit := fm.maxParticipants(); limit > 0 && f.parts[j.entity] == nil && len(f.parts) >= limit && !presenter {
+	if limit := fm.maxParticipants(); limit > 0 && old == nil && len(f.parts) >= limit && !presenter {
 		// Full: no more attendees (the organiser and presenters still get
 		// in, to run the meeting); a participant joining again replaces
 		// themself.
@@ -435,16 +446,11 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 	if m.Lobby && !presenter && d.Access != "admitted" {
 		status = confinfo.Pending
 	}
-	if old := f.parts[j.entity]; old != nil {
+	if old != nil {
 		// A second join replaces the first (a client re-joining): the old
 		// dialog and its subscriptions go.
 		delete(f.byCall, old.dlg.callID)
-		for id, sub := range f.subs {
-			if sub.part == old {
-				delete(f.subs, id)
-				sub.finish()
-			}
-		}
+		f.dropSubsOf(old)
 	}
 	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 	tag, _ := res.To().Params.Get("tag")

@@ -125,16 +125,11 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 	}
 	s = &subscription{entity: p.entity, part: p, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), expires: time.Now().Add(expires),
 		pending: p.status == confinfo.Pending, queue: make(chan notifyJob, queueLen), done: make(chan struct{})}
-	for id, old := range f.subs {
-		// One subscription per participant: a new one replaces theirs (a
-		// client that lost its dialog subscribes again), so that nobody
-		// can pile up subscriptions, each a goroutine, a queue and a NOTIFY
-		// per roster change.
-		if old.part == p {
-			delete(f.subs, id)
-			old.finish()
-		}
-	}
+	// One subscription per participant: a new one replaces theirs (a client
+	// that lost its dialog subscribes again), so that nobody can pile up
+	// subscriptions, each a goroutine, a queue and a NOTIFY per roster
+	// change.
+	f.dropSubsOf(p)
 	f.subs[callID] = s
 	// Full state is queued under the lock: a change made after it was
 	// built is queued after it (the NOTIFY may reach the subscriber

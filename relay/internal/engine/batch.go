@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -54,7 +55,11 @@ func putSegment(c *[gsoCmsgLen]byte, size int) int {
 	return unix.CmsgSpace(2)
 }
 
-// probeGSO checks once, over loopback, that the kernel splits a message
+// gsoProbe is probeGSO's answer, asked once per process (the kernel does
+// not change under a running edge; tests make many engines).
+var gsoProbe = sync.OnceValue(probeGSO)
+
+// probeGSO checks, over loopback, that the kernel splits a message
 // sent with UDP_SEGMENT: a kernel before 4.18 ignores the control message
 // and would deliver the run as one datagram.
 func probeGSO() error {
@@ -187,9 +192,7 @@ func (m *mmsg) send(queued int) (sent int) {
 			// The kernel refused the run as one message (a segment over
 			// the path MTU, or no checksum offload: EIO, then no more
 			// runs): its datagrams go one by one.
-			if errno == unix.EIO {
-				m.e.gsoOff.Store(true)
-			}
+			m.e.runRefused(errno)
 			m.sendEach(k)
 			k++
 		default:
@@ -200,6 +203,15 @@ func (m *mmsg) send(queued int) (sent int) {
 		}
 	}
 	return queued
+}
+
+// runRefused notes why the kernel refused a run: EIO (no checksum offload
+// on the route) will refuse every run, so runs are turned off; EINVAL (a
+// segment over the path MTU) is this run's alone.
+func (e *Engine) runRefused(errno syscall.Errno) {
+	if errno == unix.EIO {
+		e.gsoOff.Store(true)
+	}
 }
 
 // maxSegments bounds a run sent as one message (the kernel takes up to 64

@@ -193,7 +193,7 @@ func New(cfg Config) (*Engine, error) {
 	t := cfg.Tune
 	t.fromPrevious = &sync.Map{}
 	e.tun.Store(&t)
-	if err := probeGSO(); err != nil {
+	if err := gsoProbe(); err != nil {
 		e.gsoOff.Store(true)
 		e.log.Info("relay sends datagram by datagram: UDP segmentation offload unavailable", "error", err)
 	}

@@ -111,9 +111,7 @@ func (r *peerRuns) send(e *Engine, run *peerRun) {
 			e.cfg.Events.Drop(DropOverload, len(r.payload[i]))
 		}
 	default:
-		if errno == unix.EIO {
-			e.gsoOff.Store(true)
-		}
+		e.runRefused(errno)
 		for i := int(run.first); i >= 0; i = int(r.next[i]) {
 			run.b.alloc.sendToPeer(r.payload[i], run.b)
 		}

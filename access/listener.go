@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"portcullis/internal/rawtcp"
 	"portcullis/policy"
 )
 
@@ -232,7 +233,7 @@ func (l *Listener) handshake(raw net.Conn) {
 			return err
 		}
 	}
-	conn := tls.Server(raw, cfg)
+	conn := tls.Server(rawtcp.Wrap(raw), cfg)
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(ctx)
 	ctxErr := ctx.Err()

@@ -111,8 +111,9 @@ func (p *proxy) invite(peer *access.PeerIdentity, req *sip.Request, tx sip.Serve
 	}
 	results := make(chan *sip.Response, len(bindings))
 	for _, b := range bindings {
-		out, err := branchRequest(req, b)
+		out, err := p.branchTo(ctx, req, b)
 		if err != nil {
+			p.log.Info("branch failed", "target", b.Contact, "error", err)
 			results <- nil
 			continue
 		}

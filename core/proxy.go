@@ -219,9 +219,9 @@ func (p *proxy) fork(ctx context.Context, req *sip.Request, bindings []store.Bin
 	defer cancel()
 	results := make(chan *sip.Response, len(bindings))
 	for _, b := range bindings {
-		out, err := branchRequest(req, b)
+		out, err := p.branchTo(ctx, req, b)
 		if err != nil {
-			p.log.Warn("unusable binding", "aor", b.AOR, "contact", b.Contact, "error", err)
+			p.log.Warn("branch not sent", "aor", b.AOR, "contact", b.Contact, "error", err)
 			results <- nil
 			continue
 		}
@@ -262,6 +262,17 @@ func collect(results <-chan *sip.Response, n int) (success, best *sip.Response) 
 		}
 	}
 	return nil, best
+}
+
+// branchTo is branchRequest, with the connection to the edge that a remote
+// user's binding leads through made first: the core dials its connections
+// to edges itself (sipnode.Connect).
+func (p *proxy) branchTo(ctx context.Context, req *sip.Request, b store.Binding) (*sip.Request, error) {
+	out, err := branchRequest(req, b)
+	if err == nil && b.Path != "" {
+		err = p.node.Connect(ctx, out.Destination())
+	}
+	return out, err
 }
 
 // branchRequest is req retargeted to a binding: the Request-URI becomes the

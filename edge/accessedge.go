@@ -434,6 +434,12 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	if out.Destination() == a.coreAddr { // the edge dials the core itself (sipnode.Connect)
+		if err := node.Connect(ctx, a.coreAddr); err != nil {
+			a.log.Info("forwarding failed", "method", req.Method, "destination", a.coreAddr, "error", err)
+			return errNextHop
+		}
+	}
 	if req.IsAck() {
 		if err := node.Client.WriteRequest(out, sipgo.ClientRequestAddVia); err != nil {
 			a.log.Info("forwarding ACK failed", "error", err)

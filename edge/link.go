@@ -21,8 +21,8 @@ import (
 var ErrLinkDown = errors.New("link to core is down")
 
 // link keeps the edge's mutual-TLS SIP connection to the core alive: an
-// OPTIONS keepalive every interval on the one pooled connection, which sipgo
-// dials again when the previous one has gone; on failure the dead connection
+// OPTIONS keepalive every interval on the one pooled connection, which the
+// node dials again (sipnode.Connect) when the previous one has gone; on failure the dead connection
 // is closed and the edge retries with exponential backoff and jitter.
 type link struct {
 	node   *sipnode.Node
@@ -106,6 +106,9 @@ func (l *link) run(ctx context.Context) {
 func (l *link) ping(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if err := l.node.Connect(ctx, l.addr); err != nil {
+		return err
+	}
 	req := sip.NewRequest(sip.OPTIONS, l.target)
 	res, err := l.node.Client.Do(ctx, req)
 	if err != nil {

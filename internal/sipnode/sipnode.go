@@ -101,6 +101,8 @@ type Node struct {
 	closer   sync.Once
 	closeErr error
 	late     lateAnswers // late.go
+	dials    dials
+	dialed   *dialedListener // dial.go; nil when the node never dials
 }
 
 // New creates the user agent and binds the listener (if cfg.Listen is set).
@@ -145,6 +147,10 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: log, UA: ua, Server: srv, Client: cli}
+	if cfg.ClientTLS != nil {
+		n.dialed = newDialedListener()
+		go func() { n.dialed.served <- srv.ServeTLS(n.dialed) }()
+	}
 	ua.TransportLayer().OnMessage(n.watchLate)
 	n.Handle(sip.OPTIONS, n.options)
 	srv.OnNoRoute(n.wrap(func(_ *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) {
@@ -161,6 +167,7 @@ func New(cfg Config) (*Node, error) {
 			OnRefused:        cfg.OnRefused,
 		})
 		if err != nil {
+			n.closeDialed()
 			ua.Close()
 			return nil, err
 		}
@@ -188,6 +195,7 @@ func New(cfg Config) (*Node, error) {
 			if n.listener != nil {
 				n.listener.Close()
 			}
+			n.closeDialed()
 			ua.Close()
 			return nil, fmt.Errorf("user listener %s: %w", cfg.UserListen, err)
 		}
@@ -442,6 +450,7 @@ func (n *Node) Close() error {
 				}
 			}
 		}
+		n.closeDialed()
 		n.closeErr = n.UA.Close()
 	})
 	return n.closeErr

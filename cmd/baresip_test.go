@@ -16,6 +16,7 @@ import (
 
 	"portcullis/internal/siptest"
 	"portcullis/internal/testlog"
+	"portcullis/internal/testport"
 )
 
 // baresipUA is baresip (Debian package, installed by `make test`), a SIP
@@ -41,7 +42,7 @@ func startBaresip(t *testing.T, ctx context.Context, dev *proc, data, password, 
 	if err := os.MkdirAll(bs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(bs, "config"), "poll_method epoll\nsip_listen 127.0.0.1:"+strconv.Itoa(freeTCPPort(t))+"\nsip_cafile "+filepath.Join(data, "pki", "ca.crt")+
+	write(t, filepath.Join(bs, "config"), "poll_method epoll\nsip_listen 127.0.0.1:"+strconv.Itoa(testport.TCP(t))+"\nsip_cafile "+filepath.Join(data, "pki", "ca.crt")+
 		"\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n"+config)
 	write(t, filepath.Join(bs, "accounts"), `<sip:alice@example.test;transport=tls>;auth_pass=`+password+`;outbound="sip:127.0.0.1:15061;transport=tls";regint=600`+account+"\n")
 	b := &baresipUA{t: t, dev: dev}

@@ -13,17 +13,8 @@ import (
 	"time"
 
 	"portcullis/internal/testlog"
+	"portcullis/internal/testport"
 )
-
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // devMD5 starts dev mode with an MD5-only realm (for clients that speak
 // only MD5 digest) and returns its data folder and the users' passwords.
@@ -63,7 +54,7 @@ func TestSippThroughStunnel(t *testing.T) {
 	}
 	dev, data, pws := devMD5(t)
 	dir := t.TempDir()
-	port := freeTCPPort(t)
+	port := testport.TCP(t)
 	conf := filepath.Join(dir, "stunnel.conf")
 	write(t, conf, "foreground = yes\npid =\n[sip]\nclient = yes\naccept = 127.0.0.1:"+strconv.Itoa(port)+
 		"\nconnect = 127.0.0.1:15061\nCAfile = "+filepath.Join(data, "pki", "ca.crt")+"\nverifyChain = yes\ncheckHost = edge.dev.internal\n")

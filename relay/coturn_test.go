@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"portcullis/internal/testport"
 )
 
 // coturn's own clients (Debian package coturn, installed by `make test`)
@@ -53,7 +55,7 @@ var (
 
 func TestCoturnUclient(t *testing.T) {
 	e := start(t, testConfig(t))
-	peerPort := freeUDPPort(t)
+	peerPort := testport.UDP(t)
 	peer := exec.Command(coturnTool(t, "turnutils_peer"), "-L", "127.0.0.1", "-p", strconv.Itoa(peerPort))
 	if err := peer.Start(); err != nil {
 		t.Fatal(err)
@@ -119,14 +121,4 @@ func TestCoturnUclient(t *testing.T) {
 			t.Errorf("%v allocations failed", got)
 		}
 	})
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/pion/turn/v5"
 
 	"portcullis/access"
+	"portcullis/internal/testport"
 	"portcullis/internal/turntest"
 )
 
@@ -48,32 +49,12 @@ func tcpRelay(t *testing.T, e *env, cred access.TURNCredential, peer net.Addr) (
 	return conn, alloc.Addr(), end
 }
 
-// freePort returns a port number free on 127.0.0.1 for both UDP and TCP.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-		u.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no port free for both UDP and TCP")
-	return 0
-}
-
 // A UDP and a TCP allocation can hold the same relay port number (two
 // protocols): what happens to one must never touch the other. A permission
 // made on the TCP allocation lets nobody reach the UDP one, and the UDP
 // allocation keeps relaying to its own client.
 func TestUDPAndTCPRelaysOnOnePort(t *testing.T) {
-	port := freePort(t)
+	port := testport.Both(t)
 	c := testConfig(t)
 	c.Relay.PortMin, c.Relay.PortMax = port, port
 	c.Relay.BindIPv6 = ""
@@ -206,7 +187,7 @@ func TestTCPAllocationAccounting(t *testing.T) {
 // A TCP relay's listener shares its port (SO_REUSEPORT) only with its own
 // connections to peers: a second TCP allocation never gets the same port.
 func TestTCPRelayPortIsTheAllocationsOwn(t *testing.T) {
-	port := freePort(t)
+	port := testport.Both(t)
 	c := testConfig(t)
 	c.Relay.PortMin, c.Relay.PortMax = port, port
 	c.Relay.BindIPv6 = ""

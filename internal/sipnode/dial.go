@@ -43,7 +43,11 @@ func (n *Node) Connect(ctx context.Context, addr string) error {
 	if err != nil {
 		return nil
 	}
-	key := ap.String() // the form sipgo pools it under (net.TCPAddr.String)
+	// The form sipgo pools a connection under (net.TCPAddr.String, which
+	// writes an IPv4-mapped address as IPv4): any other and every call
+	// would dial again.
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	key := ap.String()
 	pool := n.UA.TransportLayer().Pool("tls")
 	if c := pool.Get(key); c != nil {
 		_, _ = c.TryClose() // Get took a reference

@@ -117,6 +117,16 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("%d messages, %d connections after the redial", messages.Load(), core.PeerCount())
 	}
 
+	// An IPv4-mapped address is the same peer: no second connection.
+	_, port, _ := net.SplitHostPort(addr)
+	if err := edge.Connect(ctx, "[::ffff:127.0.0.1]:"+port); err != nil {
+		t.Fatalf("Connect to the IPv4-mapped address: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if core.PeerCount() != 1 {
+		t.Fatalf("%d connections after a Connect to the IPv4-mapped address", core.PeerCount())
+	}
+
 	// A name is sipgo's to resolve (it resolves none): nothing is dialled.
 	if err := edge.Connect(ctx, "localhost:5061"); err != nil {
 		t.Fatalf("Connect to a name: %v", err)

@@ -32,8 +32,12 @@ type uasDialog struct {
 }
 
 // newUASDialog is the dialog req opens, its peer at flow (sipnode.Node.Flow
-// of the request's source).
-func newUASDialog(req *sip.Request, localTag, flow string) *uasDialog {
+// of the request's source). The route set is taken from req's Record-Route
+// only when req came through a proxy we trust (fromPeer: an MTLS peer, an
+// edge): a user's client reaches the core directly, so a Record-Route it
+// sends is its own invention, and taken as the route set it would have the
+// core dial any address it named. A user is reached over its connection.
+func newUASDialog(req *sip.Request, localTag, flow string, fromPeer bool) *uasDialog {
 	d := &uasDialog{callID: req.CallID().Value(), local: req.To().Address, localTag: localTag, remote: req.From().Address, flow: flow}
 	d.remoteTag, _ = req.From().Params.Get("tag")
 	d.target = req.From().Address
@@ -41,7 +45,7 @@ func newUASDialog(req *sip.Request, localTag, flow string) *uasDialog {
 		d.target = c.Address
 	}
 	for _, h := range req.GetHeaders("Record-Route") {
-		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok && fromPeer {
 			d.routes = append(d.routes, rr.Address)
 		}
 	}
@@ -85,6 +89,11 @@ func (d *uasDialog) send(ctx context.Context, node *sipnode.Node, r *sip.Request
 		// The peer's connection is gone (a later one from its address is
 		// someone else's); the core never dials a user.
 		return 430, errors.New("430 Flow Failed")
+	}
+	if len(d.routes) > 0 { // through an edge, whose connection the core dials itself
+		if err := node.Connect(ctx, r.Destination()); err != nil {
+			return 0, err
+		}
 	}
 	res, err := node.Client.Do(ctx, r, sipgo.ClientRequestAddVia)
 	if err != nil {

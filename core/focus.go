@@ -329,6 +329,10 @@ type joiner struct {
 	anonymous, federated bool
 }
 
+// viaPeer says whether a request came from an MTLS peer (an edge), not
+// straight from a user's client on the users listener.
+func viaPeer(peer *access.PeerIdentity) bool { return peer != nil && peer.Name != "" }
+
 // identify authenticates the joiner of req against the meeting's policy,
 // or answers the request and returns false.
 func (f *focus) identify(ctx context.Context, peer *access.PeerIdentity, req *sip.Request, tx sip.ServerTransaction) (joiner, bool) {
@@ -339,7 +343,7 @@ func (f *focus) identify(ctx context.Context, peer *access.PeerIdentity, req *si
 	from := req.From()
 	j := joiner{display: from.DisplayName}
 	fromDomain := strings.ToLower(from.Address.Host)
-	viaEdge := peer != nil && peer.Name != ""
+	viaEdge := viaPeer(peer)
 	if viaEdge {
 		if h := req.GetHeader(access.TrustHeader); h != nil {
 			if partner, ok := access.Federated(h.Value()); ok {
@@ -459,7 +463,7 @@ func (f *focus) join(ctx context.Context, peer *access.PeerIdentity, req *sip.Re
 		res.To().Params.Add("tag", tag)
 	}
 	p := &participant{entity: j.entity, display: j.display, role: role, status: status, anonymous: j.anonymous, federated: j.federated,
-		joinedVia: j.via, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet),
+		joinedVia: j.via, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source()), viaPeer(peer)), chat: true, chatMediaID: "chat-" + randomString(8, idAlphabet),
 		im: rate.NewLimiter(imRate, imBurst)}
 	f.parts[j.entity] = p
 	f.byCall[p.dlg.callID] = p

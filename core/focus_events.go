@@ -123,7 +123,7 @@ func (f *focus) subscribe(ctx context.Context, peer *access.PeerIdentity, req *s
 		tag = sip.GenerateTagN(16)
 		res.To().Params.Add("tag", tag)
 	}
-	s = &subscription{entity: p.entity, part: p, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source())), expires: time.Now().Add(expires),
+	s = &subscription{entity: p.entity, part: p, dlg: newUASDialog(req, tag, f.fm.node.Flow(req.Source()), viaPeer(peer)), expires: time.Now().Add(expires),
 		pending: p.status == confinfo.Pending, queue: make(chan notifyJob, queueLen), done: make(chan struct{})}
 	// One subscription per participant: a new one replaces theirs (a client
 	// that lost its dialog subscribes again), so that nobody can pile up

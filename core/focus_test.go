@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -744,5 +746,60 @@ func TestFocusGroupIMRate(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	if err := a.IM(ctx, "after a pause"); err != nil {
 		t.Fatalf("IM after a pause: %v", err)
+	}
+}
+
+// A user's client connects straight to the core: no proxy stands between,
+// so a Record-Route in its INVITE or SUBSCRIBE is its own invention. The
+// Focus sends in those dialogs over the user's connection and ignores it;
+// it took it as the route set and dialled wherever it named (any address
+// and port inside, with the core's certificate) for every NOTIFY, IM and
+// BYE.
+func TestFocusIgnoresUsersRecordRoute(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
+	trap, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trap.Close()
+	var dialled atomic.Int32
+	go func() {
+		for {
+			c, err := trap.Accept()
+			if err != nil {
+				return
+			}
+			dialled.Add(1)
+			c.Close()
+		}
+	}()
+	rr := sip.NewHeader("Record-Route", "<sip:"+trap.Addr().String()+";transport=tls;lr>")
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	ua := siptest.New(t, s.UsersAddr(), &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	var notifies atomic.Int32
+	ua.Server.OnNotify(func(req *sip.Request, tx sip.ServerTransaction) {
+		notifies.Add(1)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
+	r := ua.ForgedAs("bob", alicePW, sip.SUBSCRIBE, "sip:bob@example.test", uri, "", "", "",
+		sip.NewHeader("Event", confinfo.Event), sip.NewHeader("Expires", "600"), rr)
+	if r.StatusCode != 200 {
+		t.Fatalf("SUBSCRIBE: %d %s", r.StatusCode, r.Reason)
+	}
+	// A change to the roster: another NOTIFY.
+	if _, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for notifies.Load() < 2 && dialled.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := dialled.Load(); n != 0 {
+		t.Fatalf("the core dialled the address in the user's Record-Route %d times", n)
+	}
+	if n := notifies.Load(); n < 2 {
+		t.Fatalf("%d NOTIFYs over the subscriber's connection, want the full state and the change", n)
 	}
 }

@@ -23,6 +23,7 @@
 package rawtcp
 
 import (
+	"errors"
 	"io"
 	"net"
 	"syscall"
@@ -103,6 +104,10 @@ func (c *Conn) Write(b []byte) (int, error) {
 }
 
 func (c *Conn) opError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) { // the RawConn's own ("raw-read"): its cause is the error
+		err = oe.Err
+	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 

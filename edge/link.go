@@ -22,8 +22,9 @@ var ErrLinkDown = errors.New("link to core is down")
 
 // link keeps the edge's mutual-TLS SIP connection to the core alive: an
 // OPTIONS keepalive every interval on the one pooled connection, which the
-// node dials again (sipnode.Connect) when the previous one has gone; on failure the dead connection
-// is closed and the edge retries with exponential backoff and jitter.
+// node dials again (sipnode.Connect) when the previous one has gone; on
+// failure the dead connection is closed and the edge retries with
+// exponential backoff and jitter.
 type link struct {
 	node   *sipnode.Node
 	log    *slog.Logger

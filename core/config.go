@@ -50,6 +50,25 @@ type SIPConfig struct {
 	// Hostname is the core's name (as in its certificate) used in SIP headers.
 	Hostname         string        `yaml:"hostname"`
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// UsersLimits cap the users listener: anyone on the internal network
+	// can connect to it before authenticating.
+	UsersLimits UsersLimits `yaml:"users_limits"`
+}
+
+// UsersLimits are the users listener's connection limits.
+type UsersLimits struct {
+	// Connections open at once, per source address and in all: past
+	// either, a new connection is closed at once (counted in
+	// portcullis_core_mtls_refused_total by reason).
+	ConnectionsPerAddress int `yaml:"connections_per_address"`
+	MaxConnections        int `yaml:"max_connections"`
+	// IdleTimeout closes a connection silent that long (clients keep
+	// their flow alive with CRLF pings or REGISTER, RFC 5626).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MessageTimeout closes a connection whose SIP message, once begun,
+	// is not complete this long after its first byte (slow-read
+	// protection: the idle timeout alone restarts with every byte).
+	MessageTimeout time.Duration `yaml:"message_timeout"`
 }
 
 // DefaultConfig returns the defaults every file is decoded onto.
@@ -58,10 +77,11 @@ func DefaultConfig() Config {
 		Log:      lifecycle.LogConfig{Level: "info"},
 		Metrics:  ops.Config{Listen: "127.0.0.1:9101"},
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
-		SIP:      SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second},
-		Store:    store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
-		HTTPS:    APIConfig{Listen: "0.0.0.0:443"},
-		TURN:     TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
+		SIP: SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second,
+			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 10 * time.Minute, MessageTimeout: 30 * time.Second}},
+		Store: store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
+		HTTPS: APIConfig{Listen: "0.0.0.0:443"},
+		TURN:  TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
 			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour, MaxContacts: 10},
 		Conferencing: ConferencingConfig{IMMCUs: 1, HeartbeatInterval: 5 * time.Second, HeartbeatMisses: 3, MaxMeetingsPerOrganizer: 100, MaxParticipants: 250},
@@ -119,6 +139,11 @@ func (s *SIPConfig) Validate(v *config.V) {
 	v.CheckHostPort("listen", s.Listen, true)
 	if s.UsersListen != "" {
 		v.CheckHostPort("users_listen", s.UsersListen, true)
+		l, lv := s.UsersLimits, v.In("users_limits")
+		lv.Check(l.ConnectionsPerAddress >= 1, "connections_per_address", "must be at least 1")
+		lv.Check(l.MaxConnections >= l.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
+		lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s, got %s", l.IdleTimeout)
+		lv.Check(l.MessageTimeout >= time.Second && l.MessageTimeout <= 10*time.Minute, "message_timeout", "must be between 1s and 10m, got %s", l.MessageTimeout)
 	}
 	v.CheckNotEmpty("hostname", s.Hostname)
 	v.Check(s.HandshakeTimeout > 0 && s.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", s.HandshakeTimeout)

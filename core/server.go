@@ -76,10 +76,12 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		return nil, err
 	}
 	s.sip, err = sipnode.New(sipnode.Config{
-		Name:             "portcullis-core",
-		Hostname:         cfg.SIP.Hostname,
-		Listen:           cfg.SIP.Listen,
-		UserListen:       cfg.SIP.UsersListen,
+		Name:       "portcullis-core",
+		Hostname:   cfg.SIP.Hostname,
+		Listen:     cfg.SIP.Listen,
+		UserListen: cfg.SIP.UsersListen,
+		UserLimits: sipnode.Limits{MaxConnsPerAddr: cfg.SIP.UsersLimits.ConnectionsPerAddress, MaxConns: cfg.SIP.UsersLimits.MaxConnections,
+			IdleTimeout: cfg.SIP.UsersLimits.IdleTimeout, MessageTimeout: cfg.SIP.UsersLimits.MessageTimeout},
 		ClientTLS:        access.ClientConfigAllow(material, s.allow), // to edges' internal listeners (a Path, a Record-Route or federation.edge leads there): trusted edges by certificate name
 		StripFromUsers:   []string{access.TrustHeader},
 		Material:         material,

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"context"
+	"crypto/tls"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"portcullis/core/confinfo"
 	"portcullis/edge"
 	"portcullis/internal/sipclient"
+	"portcullis/internal/siptest"
 	"portcullis/policy"
 )
 
@@ -162,5 +164,49 @@ func TestFederatedUserJoinsMeeting(t *testing.T) {
 	waitConfIM(t, bob, "bob", "sip:alice@example.test", "welcome, partner")
 	if _, err := join(b, "sip:alice@partner.test", core.ConferenceURI(closed.Organizer, closed.ID)); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("federated user into a closed meeting: %v", err)
+	}
+}
+
+// A remote user's client that only waits for IMs (`portcullis client
+// listen`) keeps its connection through the edge's idle timeout with CRLF
+// keep-alives (RFC 5626 §4.4.1): it re-registered only every nine minutes,
+// and the edge closes a connection silent for five (here 1 s), so IMs to
+// it failed (480) for minutes at a time.
+func TestListenerKeptAliveThroughEdge(t *testing.T) {
+	e := newEnv(t)
+	c, ed := e.startAccess(func(c *edge.Config) { c.External.Limits.IdleTimeout = time.Second })
+	cl, err := sipclient.New(sipclient.Options{Server: ed.ExternalAddr(), ServerName: "sip.example.test", CAFile: e.pki.CAFile(),
+		AOR: "sip:alice@example.test", Password: pw, KeepAlive: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan sipclient.IM, 1)
+	listening := make(chan error, 1)
+	go func() { listening <- cl.Listen(ctx, func(im sipclient.IM) { got <- im }) }()
+	bob := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if bs, _ := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now()); len(bs) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("alice did not register")
+		}
+	}
+	time.Sleep(3 * time.Second) // three idle timeouts
+	if res := bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "still there?"); res.StatusCode != 200 {
+		t.Fatalf("IM to a listening remote user after 3 s: %d %s", res.StatusCode, res.Reason)
+	}
+	select {
+	case im := <-got:
+		if im.Text != "still there?" {
+			t.Fatalf("got %q", im.Text)
+		}
+	case err := <-listening:
+		t.Fatalf("Listen ended: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the IM did not arrive")
 	}
 }

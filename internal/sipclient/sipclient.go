@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
@@ -35,6 +37,12 @@ type Options struct {
 	// refreshed; a refresh the Focus no longer knows (a core restart) makes
 	// the client join again. Default 60 s.
 	ConferenceRefresh time.Duration
+	// KeepAlive is how often the client sends an RFC 5626 CRLF keep-alive
+	// on its connection (each time at a random 80-100 % of it, §4.4.1), so
+	// that a server's idle timeout (the edge's 5 min, the core's 10 min)
+	// does not close a connection that only waits for IMs and calls: the
+	// registration's flow would go with it. Default 120 s; negative: none.
+	KeepAlive time.Duration
 }
 
 // defaultTimeout is the unit of the client's own waits.
@@ -52,6 +60,10 @@ type Client struct {
 
 	mu    sync.Mutex
 	confs []*Conference
+
+	stop     chan struct{} // closed by Close
+	stopOnce sync.Once
+	pings    sync.WaitGroup
 }
 
 // New prepares a client (the connection is made on the first request).
@@ -96,12 +108,44 @@ func New(o Options) (*Client, error) {
 		ua.Close()
 		return nil, err
 	}
-	return &Client{o: o, aor: aor, ua: ua, cl: cl, srv: srv, callID: sip.GenerateTagN(16)}, nil
+	c := &Client{o: o, aor: aor, ua: ua, cl: cl, srv: srv, callID: sip.GenerateTagN(16), stop: make(chan struct{})}
+	if every := o.KeepAlive; every >= 0 {
+		if every == 0 {
+			every = defaultKeepAlive
+		}
+		c.pings.Go(func() { c.keepAlive(every) })
+	}
+	return c, nil
+}
+
+const defaultKeepAlive = 120 * time.Second
+
+// keepAlive sends a CRLF keep-alive (RFC 5626 §4.4.1) on the connection to
+// the server, when there is one, every 80-100 % of every until Close.
+func (c *Client) keepAlive(every time.Duration) {
+	for {
+		wait := every - time.Duration(rand.Int64N(int64(every)/5+1))
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+		conn, err := c.ua.TransportLayer().GetConnection("tls", c.o.Server)
+		if err != nil || conn == nil {
+			continue // no connection yet (or gone: the next request makes one)
+		}
+		if w, ok := conn.(io.Writer); ok {
+			_, _ = w.Write([]byte("\r\n\r\n"))
+		}
+		_, _ = conn.TryClose() // GetConnection took a reference
+	}
 }
 
 // Close ends the client's conferences (without signalling) and closes the
 // connection.
 func (c *Client) Close() error {
+	c.stopOnce.Do(func() { close(c.stop) })
+	c.pings.Wait()
 	c.mu.Lock()
 	confs := c.confs
 	c.confs = nil

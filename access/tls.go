@@ -41,6 +41,26 @@ func (f *TLSFiles) Resolve(base string) {
 	}
 }
 
+// ConnCaps is the config section capping a mutual-TLS listener's
+// connections, handshakes in progress included: anyone who can reach the
+// listener can open connections before the handshake refuses them, each
+// held up to the handshake timeout. Past a cap a new connection is closed
+// at once and counted as `connection_cap`.
+type ConnCaps struct {
+	ConnectionsPerAddress int `yaml:"connections_per_address"`
+	MaxConnections        int `yaml:"max_connections"`
+}
+
+// DefaultConnCaps leave room for many peers (an edge or a core holds one
+// or two connections to another) and bound what one address can hold.
+func DefaultConnCaps() ConnCaps { return ConnCaps{ConnectionsPerAddress: 64, MaxConnections: 4096} }
+
+// Validate checks the caps.
+func (c *ConnCaps) Validate(v *config.V) {
+	v.Check(c.ConnectionsPerAddress >= 1, "connections_per_address", "must be at least 1")
+	v.Check(c.MaxConnections >= c.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
+}
+
 // Material is a node's loaded PKI: the CA pool it trusts and its own key pair.
 type Material struct {
 	Roots *x509.CertPool

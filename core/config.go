@@ -53,6 +53,8 @@ type SIPConfig struct {
 	// UsersLimits cap the users listener: anyone on the internal network
 	// can connect to it before authenticating.
 	UsersLimits UsersLimits `yaml:"users_limits"`
+	// Limits cap the mutual-TLS listener's connections (handshakes too).
+	Limits access.ConnCaps `yaml:"limits"`
 }
 
 // UsersLimits are the users listener's connection limits.
@@ -78,7 +80,8 @@ func DefaultConfig() Config {
 		Metrics:  ops.Config{Listen: "127.0.0.1:9101"},
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
 		SIP: SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second,
-			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 10 * time.Minute, MessageTimeout: 30 * time.Second}},
+			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 10 * time.Minute, MessageTimeout: 30 * time.Second},
+			Limits:      access.DefaultConnCaps()},
 		Store: store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
 		HTTPS: APIConfig{Listen: "0.0.0.0:443"},
 		TURN:  TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
@@ -145,6 +148,7 @@ func (s *SIPConfig) Validate(v *config.V) {
 		lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s, got %s", l.IdleTimeout)
 		lv.Check(l.MessageTimeout >= time.Second && l.MessageTimeout <= 10*time.Minute, "message_timeout", "must be between 1s and 10m, got %s", l.MessageTimeout)
 	}
+	s.Limits.Validate(v.In("limits"))
 	v.CheckNotEmpty("hostname", s.Hostname)
 	v.Check(s.HandshakeTimeout > 0 && s.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", s.HandshakeTimeout)
 }

@@ -87,6 +87,7 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 		Material:         material,
 		Allow:            s.allow,
 		HandshakeTimeout: cfg.SIP.HandshakeTimeout,
+		Caps:             cfg.SIP.Limits,
 		Log:              s.log.With("listener", "sip-mtls"),
 		OnRequest:        func(m string) { s.metrics.requests.WithLabelValues(m).Inc() },
 		OnRefused:        func(r string) { s.metrics.mtlsRefused.WithLabelValues(r).Inc() },

@@ -110,3 +110,49 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
 }
+
+// The mutual-TLS listener is capped too (sip.limits), handshakes in
+// progress included: anyone who reaches it can open connections that the
+// handshake refuses only after up to handshake_timeout, and there was no
+// bound on how many.
+func TestMTLSListenerCaps(t *testing.T) {
+	s, _, _ := startCore(t, func(c *core.Config) {
+		c.SIP.Limits.ConnectionsPerAddress, c.SIP.Limits.MaxConnections = 2, 3
+		c.SIP.HandshakeTimeout = time.Second
+	})
+	addr, _ := s.Addr()
+	dial := func(from string) net.Conn {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// held says whether the core keeps c open (no TLS from us: it waits
+	// for the handshake) for d.
+	held := func(c net.Conn, d time.Duration) bool {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		_, err := c.Read(make([]byte, 1))
+		return isTimeout(err)
+	}
+	a1, a2 := dial("127.0.0.1"), dial("127.0.0.1")
+	if !held(a1, 200*time.Millisecond) || !held(a2, 200*time.Millisecond) {
+		t.Fatal("the first two connections from one address were not held for their handshakes")
+	}
+	if held(dial("127.0.0.1"), 500*time.Millisecond) {
+		t.Fatal("a third connection from one address was held")
+	}
+	if !held(dial("127.0.0.2"), 200*time.Millisecond) {
+		t.Fatal("a connection from another address was not held")
+	}
+	if held(dial("127.0.0.3"), 500*time.Millisecond) {
+		t.Fatal("a fourth connection in all was held")
+	}
+	// The handshakes time out; their places are free again.
+	time.Sleep(1500 * time.Millisecond)
+	if !held(dial("127.0.0.1"), 200*time.Millisecond) {
+		t.Fatal("a connection after the stalled handshakes timed out was not held")
+	}
+}

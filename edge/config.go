@@ -51,6 +51,8 @@ type InternalConfig struct {
 	// tokens with (made, mode 0600, when missing), so that calls through
 	// the edge go on across its restart; empty: a new key each run.
 	RouteKeyFile string `yaml:"route_key_file"`
+	// Limits cap the listener's connections (handshakes too).
+	Limits access.ConnCaps `yaml:"limits"`
 }
 
 // ExternalConfig is the `external` section (the Access Edge).
@@ -136,7 +138,7 @@ func DefaultConfig() Config {
 		Log:        lifecycle.LogConfig{Level: "info"},
 		Metrics:    ops.Config{Listen: ""},
 		Shutdown:   lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
-		Internal:   InternalConfig{HandshakeTimeout: 10 * time.Second},
+		Internal:   InternalConfig{HandshakeTimeout: 10 * time.Second, Limits: access.DefaultConnCaps()},
 		TURN:       relay.DefaultConfig(),
 		Federation: policy.DefaultFederationConfig(),
 		IMFilter:   policy.DefaultIMFilterConfig(),
@@ -175,6 +177,7 @@ func (c *InternalConfig) Validate(v *config.V) {
 	v.CheckHostPort("listen", c.Listen, true)
 	v.CheckNotEmpty("hostname", c.Hostname)
 	v.Check(c.HandshakeTimeout > 0 && c.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m, got %s", c.HandshakeTimeout)
+	c.Limits.Validate(v.In("limits"))
 	v.Check(len(c.TrustedCores) > 0, "trusted_cores", "must list at least one core certificate name")
 	for i, n := range c.TrustedCores {
 		v.Check(n != "", "trusted_cores["+config.Itoa(i)+"]", "must not be empty")
@@ -256,7 +259,8 @@ func restartOnly(old, new Config) []string {
 		keys = append(keys, "metrics")
 	}
 	if old.Internal.Listen != new.Internal.Listen || old.Internal.Hostname != new.Internal.Hostname ||
-		old.Internal.HandshakeTimeout != new.Internal.HandshakeTimeout || old.Internal.RouteKeyFile != new.Internal.RouteKeyFile {
+		old.Internal.HandshakeTimeout != new.Internal.HandshakeTimeout || old.Internal.RouteKeyFile != new.Internal.RouteKeyFile ||
+		old.Internal.Limits != new.Internal.Limits {
 		keys = append(keys, "internal")
 	}
 	if old.TLS != new.TLS {

@@ -90,6 +90,7 @@ func Start(cfg Config, deps lifecycle.Deps) (_ *Server, err error) {
 		Name:         "portcullis-edge",
 		Hostname:     cfg.Internal.Hostname,
 		Listen:       cfg.Internal.Listen,
+		Caps:         cfg.Internal.Limits,
 		UserListen:   cfg.External.Listen,
 		UserMaterial: public,
 		UserCert:     s.public.Load,

@@ -58,6 +58,8 @@ type Config struct {
 	Material         *access.Material
 	Allow            *access.AllowList
 	HandshakeTimeout time.Duration
+	// Caps cap the MTLS listener's connections (zero: none).
+	Caps access.ConnCaps
 	// ClientTLS is used when this node dials out (nil: it never dials).
 	ClientTLS *tls.Config
 	Log       *slog.Logger
@@ -165,6 +167,8 @@ func New(cfg Config) (*Node, error) {
 			HandshakeTimeout: cfg.HandshakeTimeout,
 			Log:              log,
 			OnRefused:        cfg.OnRefused,
+			MaxConnsPerAddr:  cfg.Caps.ConnectionsPerAddress,
+			MaxConns:         cfg.Caps.MaxConnections,
 		})
 		if err != nil {
 			n.closeDialed()

@@ -11,6 +11,7 @@ import (
 	"github.com/emiago/sipgo"
 
 	"portcullis/edge"
+	"portcullis/internal/sipclient"
 	"portcullis/internal/siptest"
 )
 
@@ -208,4 +209,47 @@ func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
 	t.Cleanup(func() { ed2.Close() })
 	_, ops := ed2.Addr()
 	waitReadyz(t, ops, 200)
+}
+
+// A listening remote client registers again as soon as its connection
+// goes (RFC 5626 §4.4), here with an edge restart: it waited for its
+// next refresh, nine minutes, and IMs to it got 480 until then.
+func TestListenerRegistersAgainAfterEdgeRestart(t *testing.T) {
+	e := newEnv(t)
+	var ec edge.Config
+	c, ed := e.startAccess(func(cfg *edge.Config) {
+		cfg.Internal.RouteKeyFile = filepath.Join(t.TempDir(), "edge-route.key")
+		ec = *cfg
+	})
+	cl, err := sipclient.New(sipclient.Options{Server: ed.ExternalAddr(), ServerName: "sip.example.test", CAFile: e.pki.CAFile(),
+		AOR: "sip:alice@example.test", Password: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 10)
+	listening := make(chan error, 1)
+	go func() { listening <- cl.Listen(ctx, func(im sipclient.IM) { got <- im.Text }) }()
+	bob := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	siptest.Eventually(t, "alice registers", func() bool {
+		bs, _ := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now())
+		return len(bs) == 1
+	})
+
+	restartEdge(t, ed, ec)
+	siptest.Eventually(t, "an IM reaches alice after the edge restarted", func() bool {
+		return bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "back?").StatusCode == 200
+	})
+	select {
+	case text := <-got:
+		if text != "back?" {
+			t.Fatalf("got %q", text)
+		}
+	case err := <-listening:
+		t.Fatalf("Listen ended: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the IM did not arrive")
+	}
 }

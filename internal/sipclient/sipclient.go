@@ -216,8 +216,14 @@ type IM struct {
 	From, Text string
 }
 
-// Listen registers and delivers incoming IMs to f until ctx ends,
-// refreshing the registration before it expires, then unregisters.
+// Listen registers and delivers incoming IMs to f until ctx ends, then
+// unregisters. It refreshes the registration before it expires, and
+// registers again at once when its connection goes (RFC 5626 §4.4: the
+// registration's flow went with it; a server restart, a network break):
+// each second it looks whether the connection is still there. A first
+// registration that fails, or any that the server refuses, ends Listen
+// with the error; one that cannot reach the server is tried again, after
+// 1 s, then doubling up to 30 s.
 func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 	c.srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
@@ -225,20 +231,50 @@ func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 	})
 	contact := "sip:" + c.aor.User + "@" + c.o.Server + ";transport=tls"
 	const expires = 10 * time.Minute
-	for {
+	register := func() error {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 		_, err := c.Register(rctx, contact, expires)
-		cancel()
-		if err != nil {
-			return err
-		}
+		return err
+	}
+	if err := register(); err != nil {
+		return err
+	}
+	refresh := time.Now().Add(expires - time.Minute)
+	var retry time.Time
+	backoff := time.Second
+	for {
 		select {
 		case <-ctx.Done():
 			uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_, _ = c.Register(uctx, contact, 0)
 			return nil
-		case <-time.After(expires - time.Minute):
+		case <-time.After(time.Second):
+		}
+		now := time.Now()
+		if now.Before(retry) || (now.Before(refresh) && c.connected()) {
+			continue
+		}
+		switch err := register(); {
+		case err == nil:
+			refresh, retry, backoff = time.Now().Add(expires-time.Minute), time.Time{}, time.Second
+		case errors.Is(err, ErrRefused):
+			return err
+		case ctx.Err() != nil:
+		default:
+			retry = time.Now().Add(backoff)
+			backoff = min(2*backoff, 30*time.Second)
 		}
 	}
+}
+
+// connected says whether the client holds a connection to the server.
+func (c *Client) connected() bool {
+	conn, err := c.ua.TransportLayer().GetConnection("tls", c.o.Server)
+	if err != nil || conn == nil {
+		return false
+	}
+	_, _ = conn.TryClose() // GetConnection took a reference
+	return true
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/emiago/sipgo"
 
+	"portcullis/core"
 	"portcullis/edge"
 	"portcullis/internal/sipclient"
 	"portcullis/internal/siptest"
@@ -152,11 +153,7 @@ func TestEdgeRestartDropsStaleBindings(t *testing.T) {
 // party's BYE reaches the other.
 func TestAccessEdgeDialogSurvivesEdgeRestart(t *testing.T) {
 	e := newEnv(t)
-	var ec edge.Config
-	c, ed := e.startAccess(func(cfg *edge.Config) {
-		cfg.Internal.RouteKeyFile = filepath.Join(t.TempDir(), "edge-route.key")
-		ec = *cfg
-	})
+	c, ed, ec := e.startRestartable()
 	_, alice, bob := e.phones(c, ed) // alice remote, bob inside
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -193,6 +190,18 @@ func hangUpBothWays(ctx context.Context, t *testing.T, what string, in, out *sip
 	siptest.Eventually(t, "alice gets bob's BYE", func() bool { return alice.Byes.Load() == 1 })
 }
 
+// startRestartable is startAccess with the edge's route key in a file (so
+// that its tokens hold across restartEdge), and the edge's config.
+func (e *env) startRestartable() (*core.Server, *edge.Server, edge.Config) {
+	e.t.Helper()
+	var ec edge.Config
+	c, ed := e.startAccess(func(cfg *edge.Config) {
+		cfg.Internal.RouteKeyFile = filepath.Join(e.t.TempDir(), "edge-route.key")
+		ec = *cfg
+	})
+	return c, ed, ec
+}
+
 // restartEdge closes ed and starts an edge with ec (the config ed was
 // started with) on ed's listening addresses, and waits until it is ready.
 func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
@@ -216,11 +225,7 @@ func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
 // next refresh, nine minutes, and IMs to it got 480 until then.
 func TestListenerRegistersAgainAfterEdgeRestart(t *testing.T) {
 	e := newEnv(t)
-	var ec edge.Config
-	c, ed := e.startAccess(func(cfg *edge.Config) {
-		cfg.Internal.RouteKeyFile = filepath.Join(t.TempDir(), "edge-route.key")
-		ec = *cfg
-	})
+	c, ed, ec := e.startRestartable()
 	cl, err := sipclient.New(sipclient.Options{Server: ed.ExternalAddr(), ServerName: "sip.example.test", CAFile: e.pki.CAFile(),
 		AOR: "sip:alice@example.test", Password: pw})
 	if err != nil {

@@ -64,7 +64,10 @@ func (f *focus) command(ctx context.Context, p *participant, r *c3p.Request) (*c
 			return c3p.Reply(r, c3p.Failure, c3p.ReasonNoConference, "confEntity names another conference"), nil
 		}
 	}
-	presenter := p.role == RoleOrganizer || p.role == RolePresenter
+	f.mu.Lock()
+	role := p.role // a presenter's command may change it meanwhile (setRole)
+	f.mu.Unlock()
+	presenter := role == RoleOrganizer || role == RolePresenter
 	self := cmd.User != nil && cmd.User.Entity == p.entity
 	if slices.Contains(presenterOnly, name) && !presenter && !(name == "deleteUser" && self) {
 		return c3p.Reply(r, c3p.Failure, c3p.ReasonForbidden, "only the organiser and presenters may "+name), nil
@@ -103,7 +106,7 @@ func (f *focus) command(ctx context.Context, p *participant, r *c3p.Request) (*c
 		f.changed(nil, nil)
 		return c3p.Reply(r, c3p.Success, "", ""), nil
 	case "modifyConference":
-		if p.role != RoleOrganizer {
+		if role != RoleOrganizer {
 			return c3p.Reply(r, c3p.Failure, c3p.ReasonForbidden, "only the organiser changes the meeting's settings"), nil
 		}
 		exp, err := ParseExpiry(cmd.Expires)
@@ -129,7 +132,7 @@ func (f *focus) command(ctx context.Context, p *participant, r *c3p.Request) (*c
 		f.changed(nil, nil)
 		return c3p.Reply(r, c3p.Success, "", ""), nil
 	case "deleteConference":
-		if p.role != RoleOrganizer {
+		if role != RoleOrganizer {
 			return c3p.Reply(r, c3p.Failure, c3p.ReasonForbidden, "only the organiser deletes the meeting"), nil
 		}
 		if err := f.fm.st.DeleteMeeting(ctx, f.id); err != nil {
@@ -230,8 +233,9 @@ func (f *focus) setAccess(ctx context.Context, r *c3p.Request, entity string, ad
 	f.mu.Lock()
 	p := f.parts[entity]
 	d := f.durable[entity]
+	waiting := p != nil && p.status == confinfo.Pending
 	f.mu.Unlock()
-	if p == nil || p.status != confinfo.Pending {
+	if !waiting {
 		return c3p.Reply(r, c3p.Failure, c3p.ReasonNoUser, entity+" is not waiting in the lobby"), nil
 	}
 	d.User, d.Access = entity, "denied"

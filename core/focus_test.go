@@ -803,3 +803,38 @@ func TestFocusIgnoresUsersRecordRoute(t *testing.T) {
 		t.Fatalf("%d NOTIFYs over the subscriber's connection, want the full state and the change", n)
 	}
 }
+
+// A participant's role changes (modifyUserRoles) while their own commands
+// are being checked against it: the check read the role without the
+// Focus's lock, a data race the race detector caught once in CI.
+func TestFocusRoleChangesWhileCommanding(t *testing.T) {
+	s, pki, _, uri := withMeeting(t, core.MeetingOptions{Organizer: "sip:alice@example.test"}, "alice", "bob")
+	a, err := joinAs(t, s, pki.CAFile(), "sip:alice@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := joinAs(t, s, pki.CAFile(), "sip:bob@example.test", alicePW, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 20 {
+			change := c3p.Cmd("modifyUserRoles")
+			change.User = user("sip:bob@example.test", []string{"presenter", "attendee"}[i%2])
+			if res := cmd(t, a, change); res.Code != c3p.Success {
+				t.Errorf("role change %d: %+v", i, res)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := range 20 {
+			if res := cmd(t, b, c3p.Cmd("getConference")); res.Code != c3p.Success {
+				t.Errorf("getConference %d: %+v", i, res)
+				return
+			}
+		}
+	})
+	wg.Wait()
+}

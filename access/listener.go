@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"portcullis/internal/logthrottle"
 	"portcullis/internal/rawtcp"
 	"portcullis/policy"
 )
@@ -83,6 +84,9 @@ type Listener struct {
 	cfg   ListenerConfig
 	tls   *tls.Config
 	conns chan net.Conn
+	// quiet logs the refusals anyone who reaches the listener can cause at
+	// any rate (OnRefused still counts each).
+	quiet *logthrottle.Logger
 
 	mu     sync.Mutex
 	peers  map[string]*PeerIdentity
@@ -123,6 +127,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 		cfg:   cfg,
 		tls:   conf,
 		conns: make(chan net.Conn),
+		quiet: logthrottle.New(cfg.Log),
 		peers: map[string]*PeerIdentity{},
 		open:  map[netip.Addr]int{},
 	}
@@ -177,7 +182,7 @@ func (l *Listener) admit(raw net.Conn) bool {
 	l.mu.Unlock()
 	if over {
 		raw.Close()
-		l.cfg.Log.Warn("connection refused", "remote", raw.RemoteAddr().String(), "reason", ReasonConnectionCap)
+		l.quiet.Warn("connection refused", "remote", raw.RemoteAddr().String(), "reason", ReasonConnectionCap)
 		if l.cfg.OnRefused != nil {
 			l.cfg.OnRefused(ReasonConnectionCap)
 		}
@@ -283,7 +288,7 @@ func (l *Listener) refuse(raw net.Conn, remote string, err, ctxErr error) {
 	if l.ctx.Err() != nil {
 		return // shutting down: not a refusal
 	}
-	l.cfg.Log.Warn("mtls peer refused", "remote", remote, "reason", reason, "names", names, "error", err)
+	l.quiet.Warn("mtls peer refused", "remote", remote, "reason", reason, "names", names, "error", err)
 	if l.cfg.OnRefused != nil {
 		l.cfg.OnRefused(reason)
 	}
@@ -371,7 +376,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		peak := c.clock.peak
 		c.clock.peak = 0
 		if c.maxMsg > 0 && peak > c.maxMsg {
-			c.l.cfg.Log.Warn("connection closed: SIP message too large", "remote", c.remote,
+			c.l.quiet.Warn("connection closed: SIP message too large", "remote", c.remote,
 				"reason", ReasonMessageTooLarge, "size_at_least", peak, "limit", c.maxMsg)
 			if c.l.cfg.OnRefused != nil {
 				c.l.cfg.OnRefused(ReasonMessageTooLarge)
@@ -381,7 +386,7 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 		}
 	}
 	if err != nil && c.inMessage && deadline.Equal(c.msgDeadline) && errors.Is(err, os.ErrDeadlineExceeded) {
-		c.l.cfg.Log.Warn("connection closed: SIP message not complete in time", "remote", c.remote,
+		c.l.quiet.Warn("connection closed: SIP message not complete in time", "remote", c.remote,
 			"reason", ReasonSlowMessage, "message_timeout", c.msgTimeout.String())
 		if c.l.cfg.OnRefused != nil {
 			c.l.cfg.OnRefused(ReasonSlowMessage)

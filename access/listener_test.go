@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,5 +214,61 @@ func TestAllowListReload(t *testing.T) {
 	a.Set([]string{"edge2.internal"})
 	if _, ok := a.Match([]string{"edge1.internal"}); ok {
 		t.Fatal("old name still allowed after Set")
+	}
+}
+
+// Refusals anyone who reaches a listener can cause, at any rate (a failed
+// handshake, a connection past a cap), are counted every time but logged
+// at most 20 a second per kind (bursts of 100): each was a warning line,
+// so a flood of junk connections was also a flood of log writes.
+func TestRefusalLogLinesBounded(t *testing.T) {
+	p := accesstest.New(t)
+	ln, logs, _ := serve(t, p)
+	var capped atomic.Int32
+	capLogs := &testlog.Buffer{}
+	cl, err := access.Listen("tcp", "127.0.0.1:0", access.ListenerConfig{
+		Material: accesstest.Material(t, p.Node(t, "core2.internal")), Allow: access.NewAllowList([]string{"edge1.internal"}),
+		HandshakeTimeout: 5 * time.Second, MaxConnsPerAddr: 1, Log: slog.New(slog.NewJSONHandler(capLogs, nil)),
+		OnRefused: func(r string) {
+			if r == access.ReasonConnectionCap {
+				capped.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	hold, err := net.Dial("tcp", cl.Addr().String()) // takes the one place, handshaking
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	const n = 400
+	for range n {
+		for _, addr := range []string{ln.Addr().String(), cl.Addr().String()} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = c.Write([]byte("GET / HTTP/1.0\r\n\r\n")) // not TLS: the handshake fails
+			c.Close()
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for capped.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if capped.Load() < n {
+		t.Fatalf("%d connections counted past the cap, want %d", capped.Load(), n)
+	}
+	time.Sleep(200 * time.Millisecond) // the last handshakes fail
+	refused := strings.Count(logs.String(), `"msg":"mtls peer refused"`)
+	over := strings.Count(capLogs.String(), `"msg":"connection refused"`)
+	if refused > 150 || over > 150 {
+		t.Fatalf("%d handshake refusals and %d cap refusals logged for %d of each: the lines are not bounded", refused, over, n)
+	}
+	if refused == 0 || over == 0 {
+		t.Fatalf("no refusal logged (%d, %d)", refused, over)
 	}
 }

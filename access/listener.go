@@ -9,14 +9,12 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
 
 	"portcullis/internal/logthrottle"
 	"portcullis/internal/rawtcp"
-	"portcullis/policy"
 )
 
 // PeerIdentity is what a verified mutual-TLS peer is known by. It travels as
@@ -90,9 +88,8 @@ type Listener struct {
 
 	mu     sync.Mutex
 	peers  map[string]*PeerIdentity
-	serial uint64             // the last PeerIdentity.Conn given
-	open   map[netip.Addr]int // connections per source address, handshakes included
-	nOpen  int
+	serial uint64    // the last PeerIdentity.Conn given
+	count  connCount // connections per source address and in all, handshakes included
 
 	ctx       context.Context // ended by Close; bounds every handshake
 	cancel    context.CancelFunc
@@ -129,7 +126,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 		conns: make(chan net.Conn),
 		quiet: logthrottle.New(cfg.Log),
 		peers: map[string]*PeerIdentity{},
-		open:  map[netip.Addr]int{},
+		count: connCount{perAddr: cfg.MaxConnsPerAddr, all: cfg.MaxConns},
 	}
 	// Connection numbers start at random, so that one kept in a token from
 	// before a restart does not name a connection made after it.
@@ -172,40 +169,18 @@ func (l *Listener) acceptLoop() {
 
 // admit counts a new connection against the caps, or refuses it.
 func (l *Listener) admit(raw net.Conn) bool {
-	src := sourceAddr(raw)
-	l.mu.Lock()
-	over := (l.cfg.MaxConns > 0 && l.nOpen >= l.cfg.MaxConns) || (l.cfg.MaxConnsPerAddr > 0 && l.open[src] >= l.cfg.MaxConnsPerAddr)
-	if !over {
-		l.open[src]++
-		l.nOpen++
+	if l.count.admit(sourceAddr(raw)) {
+		return true
 	}
-	l.mu.Unlock()
-	if over {
-		raw.Close()
-		l.quiet.Warn("connection refused", "remote", raw.RemoteAddr().String(), "reason", ReasonConnectionCap)
-		if l.cfg.OnRefused != nil {
-			l.cfg.OnRefused(ReasonConnectionCap)
-		}
+	raw.Close()
+	l.quiet.Warn("connection refused", "remote", raw.RemoteAddr().String(), "reason", ReasonConnectionCap)
+	if l.cfg.OnRefused != nil {
+		l.cfg.OnRefused(ReasonConnectionCap)
 	}
-	return !over
+	return false
 }
 
-func (l *Listener) release(raw net.Conn) {
-	src := sourceAddr(raw)
-	l.mu.Lock()
-	if l.open[src]--; l.open[src] <= 0 {
-		delete(l.open, src)
-	}
-	l.nOpen--
-	l.mu.Unlock()
-}
-
-func sourceAddr(c net.Conn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return policy.Source(a.AddrPort().Addr())
-	}
-	return netip.Addr{}
-}
+func (l *Listener) release(raw net.Conn) { l.count.release(sourceAddr(raw)) }
 
 func (l *Listener) handshake(raw net.Conn) {
 	defer l.wg.Done()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 // APIConfig is the core's `https` section: C3P, content and APIs.
 type APIConfig struct {
 	Listen string `yaml:"listen"`
+	// Limits cap the connections, handshakes in progress included.
+	Limits access.ConnCaps `yaml:"limits"`
 }
 
 // TURNConfig is the core's `turn` section: issuing relay credentials (the
@@ -38,17 +41,20 @@ type api struct {
 	csf     *serverFactory
 }
 
-func newAPI(listen string, m *access.Material, edges *access.AllowList, secret func() []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger) (*api, error) {
+func newAPI(cfg APIConfig, m *access.Material, edges *access.AllowList, secret func() []byte, turn func() TURNConfig, factory *Factory, log *slog.Logger, refused func(string)) (*api, error) {
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{m.Cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    m.Roots,
 	}
-	ln, err := tls.Listen("tcp", listen, tlsConf)
+	inner, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, err
 	}
+	// Capped before TLS: anyone who reaches the port can hold a
+	// connection until the server's read timeout ends its handshake.
+	ln := tls.NewListener(access.CapListener(inner, cfg.Limits, log, refused), tlsConf)
 	a := &api{log: log, secret: secret, turn: turn, factory: factory}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/turn-credentials", a.turnCredentials)

@@ -83,7 +83,7 @@ func DefaultConfig() Config {
 			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 10 * time.Minute, MessageTimeout: 30 * time.Second},
 			Limits:      access.DefaultConnCaps()},
 		Store: store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
-		HTTPS: APIConfig{Listen: "0.0.0.0:443"},
+		HTTPS: APIConfig{Listen: "0.0.0.0:443", Limits: access.DefaultConnCaps()},
 		TURN:  TURNConfig{TTL: 8 * time.Hour, MaxTTL: 24 * time.Hour},
 		Registrar: RegistrarConfig{NonceLifetime: 5 * time.Minute, MinExpires: 60 * time.Second,
 			DefaultExpires: time.Hour, MaxExpires: 2 * time.Hour, MaxContacts: 10},
@@ -104,6 +104,7 @@ func (c *Config) Validate(v *config.V) {
 	}
 	c.Store.Validate(v.In("store"))
 	v.In("https").CheckHostPort("listen", c.HTTPS.Listen, true)
+	c.HTTPS.Limits.Validate(v.In("https").In("limits"))
 	c.TURN.Validate(v.In("turn"))
 	c.Registrar.Validate(v.In("registrar"))
 	if c.Federation.Edge != "" {

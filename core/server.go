@@ -132,7 +132,8 @@ func Start(ctx context.Context, cfg Config, deps lifecycle.Deps) (_ *Server, err
 	sweepCtx, stop := context.WithCancel(context.Background())
 	s.stopSweep, s.sweepDone = stop, make(chan struct{})
 	go func() { defer close(s.sweepDone); reg.sweep(sweepCtx, 10*time.Second) }()
-	if s.api, err = newAPI(cfg.HTTPS.Listen, material, s.allow, s.secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https")); err != nil {
+	if s.api, err = newAPI(cfg.HTTPS, material, s.allow, s.secret, func() TURNConfig { return s.cfg.Load().TURN }, s.factory, s.log.With("listener", "https"),
+		func(r string) { s.metrics.mtlsRefused.WithLabelValues(r).Inc() }); err != nil {
 		return nil, fmt.Errorf("https.listen %s: %w", cfg.HTTPS.Listen, err)
 	}
 	s.api.csf = fm.csf

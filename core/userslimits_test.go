@@ -111,16 +111,39 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// The mutual-TLS listener is capped too (sip.limits), handshakes in
-// progress included: anyone who reaches it can open connections that the
-// handshake refuses only after up to handshake_timeout, and there was no
-// bound on how many.
-func TestMTLSListenerCaps(t *testing.T) {
-	s, _, _ := startCore(t, func(c *core.Config) {
-		c.SIP.Limits.ConnectionsPerAddress, c.SIP.Limits.MaxConnections = 2, 3
-		c.SIP.HandshakeTimeout = time.Second
-	})
-	addr, _ := s.Addr()
+// The mutual-TLS listener (sip.limits) and the HTTPS API (https.limits)
+// are capped too, handshakes in progress included: anyone who reaches
+// them can open connections that the handshake refuses only after up to a
+// timeout, and there was no bound on how many.
+func TestListenerCapsBeforeHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tune func(*core.Config)
+		addr func(*core.Server) string
+	}{
+		{"sip.limits", func(c *core.Config) {
+			c.SIP.Limits.ConnectionsPerAddress, c.SIP.Limits.MaxConnections = 2, 4
+			c.SIP.HandshakeTimeout = time.Second
+		}, func(s *core.Server) string { a, _ := s.Addr(); return a }},
+		// The core's own IM MCU reports over HTTPS from 127.0.0.1 (a
+		// connection kept alive): the test's come from other addresses.
+		{"https.limits", func(c *core.Config) {
+			c.HTTPS.Limits.ConnectionsPerAddress, c.HTTPS.Limits.MaxConnections = 2, 4
+		}, (*core.Server).HTTPSAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _, _ := startCore(t, tc.tune)
+			checkCaps(t, tc.addr(s), tc.name == "sip.limits")
+		})
+	}
+}
+
+// checkCaps checks caps of 2 per address and 4 in all (one may be taken by
+// the core itself) on a TLS listener at addr, with connections from
+// 127.0.0.11-14 that never start their handshake; timeouts says whether to
+// wait for the listener's 1 s handshake timeout to free them.
+func checkCaps(t *testing.T, addr string, timeouts bool) {
+	t.Helper()
 	dial := func(from string) net.Conn {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 		c, err := d.Dial("tcp", addr)
@@ -130,29 +153,38 @@ func TestMTLSListenerCaps(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	// held says whether the core keeps c open (no TLS from us: it waits
-	// for the handshake) for d.
+	// held says whether the listener keeps c open (no TLS from us: it
+	// waits for the handshake) for d.
 	held := func(c net.Conn, d time.Duration) bool {
 		_ = c.SetReadDeadline(time.Now().Add(d))
 		_, err := c.Read(make([]byte, 1))
 		return isTimeout(err)
 	}
-	a1, a2 := dial("127.0.0.1"), dial("127.0.0.1")
+	a1, a2 := dial("127.0.0.11"), dial("127.0.0.11")
 	if !held(a1, 200*time.Millisecond) || !held(a2, 200*time.Millisecond) {
 		t.Fatal("the first two connections from one address were not held for their handshakes")
 	}
-	if held(dial("127.0.0.1"), 500*time.Millisecond) {
+	if held(dial("127.0.0.11"), 500*time.Millisecond) {
 		t.Fatal("a third connection from one address was held")
 	}
-	if !held(dial("127.0.0.2"), 200*time.Millisecond) {
+	if !held(dial("127.0.0.12"), 200*time.Millisecond) {
 		t.Fatal("a connection from another address was not held")
 	}
-	if held(dial("127.0.0.3"), 500*time.Millisecond) {
-		t.Fatal("a fourth connection in all was held")
+	// The fourth place: the core's own connection, or one of ours.
+	if c := dial("127.0.0.13"); held(c, 200*time.Millisecond) {
+		if held(dial("127.0.0.14"), 500*time.Millisecond) {
+			t.Fatal("a fifth connection in all was held")
+		}
 	}
-	// The handshakes time out; their places are free again.
-	time.Sleep(1500 * time.Millisecond)
-	if !held(dial("127.0.0.1"), 200*time.Millisecond) {
-		t.Fatal("a connection after the stalled handshakes timed out was not held")
+	if timeouts {
+		// The handshakes time out; their places are free again.
+		time.Sleep(1500 * time.Millisecond)
+	} else {
+		a1.Close()
+		a2.Close()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !held(dial("127.0.0.11"), 200*time.Millisecond) {
+		t.Fatal("a connection after the first ones ended was not held")
 	}
 }

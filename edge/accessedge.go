@@ -434,9 +434,12 @@ func (a *accessEdge) forward(node *sipnode.Node, req, out *sip.Request, tx sip.S
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if out.Destination() == a.coreAddr { // the edge dials the core itself (sipnode.Connect)
-		if err := node.Connect(ctx, a.coreAddr); err != nil {
-			a.log.Info("forwarding failed", "method", req.Method, "destination", a.coreAddr, "error", err)
+	// The edge dials the core and partners' edges itself (sipnode.Connect:
+	// raw system calls); a partner's user agent sends to nothing else. It
+	// never dials a remote user.
+	if node != a.node || out.Destination() == a.coreAddr {
+		if err := node.Connect(ctx, out.Destination()); err != nil {
+			a.log.Info("forwarding failed", "method", req.Method, "destination", out.Destination(), "error", err)
 			return errNextHop
 		}
 	}

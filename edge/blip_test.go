@@ -206,6 +206,13 @@ func (e *env) startRestartable() (*core.Server, *edge.Server, edge.Config) {
 // started with) on ed's listening addresses, and waits until it is ready.
 func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
 	t.Helper()
+	_, ops := respawnEdge(t, ed, ec).Addr()
+	waitReadyz(t, ops, 200)
+}
+
+// respawnEdge is restartEdge without the wait (the core may be down).
+func respawnEdge(t *testing.T, ed *edge.Server, ec edge.Config) *edge.Server {
+	t.Helper()
 	internal, _ := ed.Addr()
 	ec.Internal.Listen, ec.External.Listen = internal, ed.ExternalAddr()
 	if err := ed.Close(); err != nil {
@@ -216,8 +223,7 @@ func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ed2.Close() })
-	_, ops := ed2.Addr()
-	waitReadyz(t, ops, 200)
+	return ed2
 }
 
 // A listening remote client registers again as soon as its connection
@@ -226,22 +232,9 @@ func restartEdge(t *testing.T, ed *edge.Server, ec edge.Config) {
 func TestListenerRegistersAgainAfterEdgeRestart(t *testing.T) {
 	e := newEnv(t)
 	c, ed, ec := e.startRestartable()
-	cl, err := sipclient.New(sipclient.Options{Server: ed.ExternalAddr(), ServerName: "sip.example.test", CAFile: e.pki.CAFile(),
-		AOR: "sip:alice@example.test", Password: pw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan string, 10)
-	listening := make(chan error, 1)
-	go func() { listening <- cl.Listen(ctx, func(im sipclient.IM) { got <- im.Text }) }()
+	got, listening := listenAsAlice(t, e, ed)
 	bob := siptest.New(t, c.UsersAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
-	siptest.Eventually(t, "alice registers", func() bool {
-		bs, _ := c.Store().Bindings(context.Background(), "sip:alice@example.test", time.Now())
-		return len(bs) == 1
-	})
+	waitBinding(t, c, "sip:alice@example.test")
 
 	restartEdge(t, ed, ec)
 	siptest.Eventually(t, "an IM reaches alice after the edge restarted", func() bool {
@@ -257,4 +250,82 @@ func TestListenerRegistersAgainAfterEdgeRestart(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the IM did not arrive")
 	}
+}
+
+// A listening client whose connection went while the core was down gets
+// 503 from the edge for its REGISTER (the next hop is out of reach): it
+// tries again until the core is back, and then receives IMs. A 5xx ended
+// Listen, so a core restart could stop remote users' clients for good.
+func TestListenerWaitsOutCoreRestart(t *testing.T) {
+	e := newEnv(t)
+	c, ed, ec := e.startRestartable()
+	coreAddr, _ := c.Addr()
+	usersAddr := c.UsersAddr()
+	got, listening := listenAsAlice(t, e, ed)
+	waitBinding(t, c, "sip:alice@example.test")
+
+	// The core goes, then the edge restarts (alice's connection goes): her
+	// REGISTERs get 503 until the core is back.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	respawnEdge(t, ed, ec)
+	time.Sleep(1500 * time.Millisecond) // a REGISTER or two answered 503
+	select {
+	case err := <-listening:
+		t.Fatalf("Listen ended while the core was down: %v", err)
+	default:
+	}
+	cc := e.coreConfig(coreAddr, "edge1.internal")
+	cc.SIP.UsersListen = usersAddr
+	c2 := e.startCore(cc)
+	t.Cleanup(func() { c2.Close() })
+	bob := siptest.New(t, c2.UsersAddr(), &tls.Config{RootCAs: accessRoots(t, e), ServerName: "core1.internal", MinVersion: tls.VersionTLS12})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if bob.Message("sip:bob@example.test", "bob", pw, "sip:alice@example.test", "back?").StatusCode == 200 {
+			break
+		}
+		select {
+		case err := <-listening:
+			t.Fatalf("Listen ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no IM reached alice after the core came back")
+		}
+	}
+	if text := <-got; text != "back?" {
+		t.Fatalf("got %q", text)
+	}
+}
+
+// listenAsAlice runs `portcullis client listen`'s client as remote alice
+// through ed until the test ends: the IMs she gets, and Listen's end.
+func listenAsAlice(t *testing.T, e *env, ed *edge.Server) (got chan string, listening chan error) {
+	t.Helper()
+	cl, err := sipclient.New(sipclient.Options{Server: ed.ExternalAddr(), ServerName: "sip.example.test", CAFile: e.pki.CAFile(),
+		AOR: "sip:alice@example.test", Password: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	got, listening = make(chan string, 10), make(chan error, 1)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		listening <- cl.Listen(ctx, func(im sipclient.IM) { got <- im.Text })
+	}()
+	// Closed first, the client does not wait to unregister from servers
+	// the test has closed.
+	t.Cleanup(func() { cl.Close(); cancel(); <-ended })
+	return got, listening
+}
+
+// waitBinding waits until aor has one binding at c.
+func waitBinding(t *testing.T, c *core.Server, aor string) {
+	t.Helper()
+	siptest.Eventually(t, aor+" registers", func() bool {
+		bs, _ := c.Store().Bindings(context.Background(), aor, time.Now())
+		return len(bs) == 1
+	})
 }

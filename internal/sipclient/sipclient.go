@@ -221,9 +221,10 @@ type IM struct {
 // registers again at once when its connection goes (RFC 5626 §4.4: the
 // registration's flow went with it; a server restart, a network break):
 // each second it looks whether the connection is still there. A first
-// registration that fails, or any that the server refuses, ends Listen
-// with the error; one that cannot reach the server is tried again, after
-// 1 s, then doubling up to 30 s.
+// registration that fails, or a later one the server refuses for good,
+// ends Listen with the error; one that finds the server or its next hop
+// out of reach (no answer, 408, 480, 5xx) is tried again after 1 s, then
+// doubling up to 30 s.
 func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 	c.srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
@@ -231,16 +232,24 @@ func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 	})
 	contact := "sip:" + c.aor.User + "@" + c.o.Server + ";transport=tls"
 	const expires = 10 * time.Minute
-	register := func() error {
+	// register says whether a failure is for good: a refusal (403, 404,
+	// 401 after the credentials...), not a server or its next hop out of
+	// reach for now (no answer, 408, 480, 5xx: a core restarting behind
+	// the edge answers 503).
+	register := func() (forGood bool, err error) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		_, err := c.Register(rctx, contact, expires)
-		return err
+		res, err := c.Register(rctx, contact, expires)
+		if err == nil || res == nil || !errors.Is(err, ErrRefused) {
+			return false, err
+		}
+		return res.StatusCode != 408 && res.StatusCode != 480 && res.StatusCode < 500, err
 	}
-	if err := register(); err != nil {
+	if _, err := register(); err != nil {
 		return err
 	}
 	refresh := time.Now().Add(expires - time.Minute)
+	registered := true // the last registration went through
 	var retry time.Time
 	backoff := time.Second
 	for {
@@ -253,17 +262,17 @@ func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 		case <-time.After(time.Second):
 		}
 		now := time.Now()
-		if now.Before(retry) || (now.Before(refresh) && c.connected()) {
+		if registered && now.Before(refresh) && c.connected() || !registered && now.Before(retry) {
 			continue
 		}
-		switch err := register(); {
+		switch forGood, err := register(); {
 		case err == nil:
-			refresh, retry, backoff = time.Now().Add(expires-time.Minute), time.Time{}, time.Second
-		case errors.Is(err, ErrRefused):
+			registered, refresh, backoff = true, time.Now().Add(expires-time.Minute), time.Second
+		case forGood:
 			return err
 		case ctx.Err() != nil:
 		default:
-			retry = time.Now().Add(backoff)
+			registered, retry = false, time.Now().Add(backoff)
 			backoff = min(2*backoff, 30*time.Second)
 		}
 	}

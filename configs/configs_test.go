@@ -1,7 +1,9 @@
 package configs_test
 
 import (
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"portcullis/core"
@@ -37,5 +39,27 @@ func TestEveryExampleConfigLoadsAndValidates(t *testing.T) {
 	// The built-in dev configuration is the same file.
 	if _, err := devmode.LoadConfig("", t.TempDir()); err != nil {
 		t.Errorf("built-in dev config: %v", err)
+	}
+}
+
+// The users listener's idle timeout must be longer than the longest
+// registration: a registered client may send nothing but its REGISTER
+// refresh, and a shorter timeout would cut its flow and its calls.
+func TestCoreIdleTimeoutLongerThanRegistrations(t *testing.T) {
+	b, err := os.ReadFile("core.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := strings.Replace(string(b), "idle_timeout: 2h15m", "idle_timeout: 10m", 1)
+	if short == string(b) {
+		t.Fatal("core.yaml no longer sets sip.users_limits.idle_timeout: 2h15m")
+	}
+	f := filepath.Join(t.TempDir(), "core.yaml")
+	if err := os.WriteFile(f, []byte(short), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = core.LoadConfig(f)
+	if err == nil || !strings.Contains(err.Error(), "sip.users_limits.idle_timeout") || !strings.Contains(err.Error(), "registrar.max_expires") {
+		t.Fatalf("a 10m idle timeout with 2h registrations: %v", err)
 	}
 }

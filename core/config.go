@@ -64,8 +64,10 @@ type UsersLimits struct {
 	// portcullis_core_mtls_refused_total by reason).
 	ConnectionsPerAddress int `yaml:"connections_per_address"`
 	MaxConnections        int `yaml:"max_connections"`
-	// IdleTimeout closes a connection silent that long (clients keep
-	// their flow alive with CRLF pings or REGISTER, RFC 5626).
+	// IdleTimeout closes a connection silent that long. A registered
+	// client may send nothing but its REGISTER refresh, so it must be
+	// longer than registrar.max_expires (default 2h15m against 2h): a
+	// shorter one would cut a quiet client's flow and its calls with it.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// MessageTimeout closes a connection whose SIP message, once begun,
 	// is not complete this long after its first byte (slow-read
@@ -80,7 +82,7 @@ func DefaultConfig() Config {
 		Metrics:  ops.Config{Listen: "127.0.0.1:9101"},
 		Shutdown: lifecycle.ShutdownConfig{DrainTimeout: 30 * time.Second},
 		SIP: SIPConfig{Listen: "0.0.0.0:5061", HandshakeTimeout: 10 * time.Second,
-			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 10 * time.Minute, MessageTimeout: 30 * time.Second},
+			UsersLimits: UsersLimits{ConnectionsPerAddress: 100, MaxConnections: 10000, IdleTimeout: 2*time.Hour + 15*time.Minute, MessageTimeout: 30 * time.Second},
 			Limits:      access.DefaultConnCaps()},
 		Store: store.Config{Driver: "sqlite", Path: "/var/lib/portcullis/core.db"},
 		HTTPS: APIConfig{Listen: "0.0.0.0:443", Limits: access.DefaultConnCaps()},
@@ -107,6 +109,10 @@ func (c *Config) Validate(v *config.V) {
 	c.HTTPS.Limits.Validate(v.In("https").In("limits"))
 	c.TURN.Validate(v.In("turn"))
 	c.Registrar.Validate(v.In("registrar"))
+	if c.SIP.UsersListen != "" {
+		v.In("sip").In("users_limits").Check(c.SIP.UsersLimits.IdleTimeout > c.Registrar.MaxExpires, "idle_timeout",
+			"must be longer than registrar.max_expires (%s): a registered client may send nothing else in between, got %s", c.Registrar.MaxExpires, c.SIP.UsersLimits.IdleTimeout)
+	}
 	if c.Federation.Edge != "" {
 		v.In("federation").CheckHostPort("edge", c.Federation.Edge, false)
 	}

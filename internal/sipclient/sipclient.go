@@ -39,7 +39,7 @@ type Options struct {
 	ConferenceRefresh time.Duration
 	// KeepAlive is how often the client sends an RFC 5626 CRLF keep-alive
 	// on its connection (each time at a random 80-100 % of it, §4.4.1), so
-	// that a server's idle timeout (the edge's 5 min, the core's 10 min)
+	// that a server's idle timeout (the edge's 5 min by default)
 	// does not close a connection that only waits for IMs and calls: the
 	// registration's flow would go with it. Default 120 s; negative: none.
 	KeepAlive time.Duration

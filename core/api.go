@@ -65,14 +65,23 @@ func newAPI(cfg APIConfig, m *access.Material, edges *access.AllowList, secret f
 	return a, nil
 }
 
+// callerNames are the names in the caller's client certificate (none
+// without one).
+func callerNames(r *http.Request) []string {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return access.CertNames(r.TLS.PeerCertificates[0])
+}
+
 // notEdges refuses callers holding an edge's certificate (a name in
 // trusted_edges) with 403: an edge serves users over SIP and never needs
 // this API, and an edge in the DMZ that fell to an attacker must not list
 // the meetings and their keys, delete them, or report as an MCU.
 func notEdges(edges *access.AllowList, next http.Handler, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			if name, ok := edges.Match(access.CertNames(r.TLS.PeerCertificates[0])); ok {
+		if names := callerNames(r); len(names) > 0 {
+			if name, ok := edges.Match(names); ok {
 				log.Warn("https caller refused", "remote", r.RemoteAddr, "name", name, "reason", "edge_certificate", "path", r.URL.Path)
 				http.Error(w, "an edge's certificate may not use the core's API", http.StatusForbidden)
 				return

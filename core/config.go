@@ -150,8 +150,8 @@ func (s *SIPConfig) Validate(v *config.V) {
 	if s.UsersListen != "" {
 		v.CheckHostPort("users_listen", s.UsersListen, true)
 		l, lv := s.UsersLimits, v.In("users_limits")
-		lv.Check(l.ConnectionsPerAddress >= 1, "connections_per_address", "must be at least 1")
-		lv.Check(l.MaxConnections >= l.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
+		caps := access.ConnCaps{ConnectionsPerAddress: l.ConnectionsPerAddress, MaxConnections: l.MaxConnections}
+		caps.Validate(lv)
 		lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s, got %s", l.IdleTimeout)
 		lv.Check(l.MessageTimeout >= time.Second && l.MessageTimeout <= 10*time.Minute, "message_timeout", "must be between 1s and 10m, got %s", l.MessageTimeout)
 	}

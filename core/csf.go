@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"portcullis/access"
 	"portcullis/core/c3p"
 )
 
@@ -175,10 +174,8 @@ func (a *api) c3pOverHTTPS(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case req.Command.Name() == "ping" && req.Command.MCU != nil && req.Command.MCU.ID != "" && req.Command.MCU.Type != "":
 		owner := ""
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			if names := access.CertNames(r.TLS.PeerCertificates[0]); len(names) > 0 {
-				owner = names[0]
-			}
+		if names := callerNames(r); len(names) > 0 {
+			owner = names[0]
 		}
 		if err := a.csf.heartbeat(*req.Command.MCU, owner); err != nil {
 			a.log.Warn("mcu heartbeat refused", "mcu", req.Command.MCU.ID, "reporter", owner, "error", err)

@@ -27,12 +27,8 @@ func TestUsersListenerLimits(t *testing.T) {
 	})
 	conf := &tls.Config{RootCAs: accesstestRoots(t, pki), ServerName: "core1.internal", MinVersion: tls.VersionTLS12}
 	dial := func(from string) (*tls.Conn, error) {
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
-		c, err := tls.DialWithDialer(d, "tcp", s.UsersAddr(), conf)
-		if err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-		return c, err
+		c := tls.Client(dialFrom(t, from, s.UsersAddr()), conf)
+		return c, c.Handshake()
 	}
 	// open reports whether the core keeps c open: an OPTIONS is answered.
 	open := func(c *tls.Conn) bool {
@@ -144,15 +140,7 @@ func TestListenerCapsBeforeHandshake(t *testing.T) {
 // wait for the listener's 1 s handshake timeout to free them.
 func checkCaps(t *testing.T, addr string, timeouts bool) {
 	t.Helper()
-	dial := func(from string) net.Conn {
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := func(from string) net.Conn { return dialFrom(t, from, addr) }
 	// held says whether the listener keeps c open (no TLS from us: it
 	// waits for the handshake) for d.
 	held := func(c net.Conn, d time.Duration) bool {
@@ -187,4 +175,17 @@ func checkCaps(t *testing.T, addr string, timeouts bool) {
 	if !held(dial("127.0.0.11"), 200*time.Millisecond) {
 		t.Fatal("a connection after the first ones ended was not held")
 	}
+}
+
+// dialFrom is a TCP connection from the loopback address from to addr,
+// closed when the test ends.
+func dialFrom(t *testing.T, from, addr string) net.Conn {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -112,8 +112,8 @@ func (c *ExternalConfig) Validate(v *config.V) {
 	lv.Check(l.MaxMessageBytes >= 4096 && l.MaxMessageBytes <= 1<<20, "max_message_bytes", "must be 4096 to 1048576, got %d", l.MaxMessageBytes)
 	lv.Check(l.RequestsPerSecond > 0, "requests_per_second", "must be positive")
 	lv.Check(l.Burst >= 1, "burst", "must be at least 1")
-	lv.Check(l.ConnectionsPerAddress >= 1, "connections_per_address", "must be at least 1")
-	lv.Check(l.MaxConnections >= l.ConnectionsPerAddress, "max_connections", "must be at least connections_per_address")
+	caps := access.ConnCaps{ConnectionsPerAddress: l.ConnectionsPerAddress, MaxConnections: l.MaxConnections}
+	caps.Validate(lv)
 	lv.Check(l.HandshakeTimeout > 0 && l.HandshakeTimeout <= time.Minute, "handshake_timeout", "must be between 0s and 1m")
 	lv.Check(l.IdleTimeout >= time.Second, "idle_timeout", "must be at least 1s")
 	lv.Check(l.MessageTimeout >= time.Second && l.MessageTimeout <= 10*time.Minute, "message_timeout", "must be between 1s and 10m, got %s", l.MessageTimeout)

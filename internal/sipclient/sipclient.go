@@ -130,14 +130,13 @@ func (c *Client) keepAlive(every time.Duration) {
 			return
 		case <-time.After(wait):
 		}
-		conn, err := c.ua.TransportLayer().GetConnection("tls", c.o.Server)
-		if err != nil || conn == nil {
-			continue // no connection yet (or gone: the next request makes one)
-		}
-		if w, ok := conn.(io.Writer); ok {
-			_, _ = w.Write([]byte("\r\n\r\n"))
-		}
-		_, _ = conn.TryClose() // GetConnection took a reference
+		// No connection yet (or gone): nothing to keep; the next request
+		// makes one.
+		c.withConn(func(conn sip.Connection) {
+			if w, ok := conn.(io.Writer); ok {
+				_, _ = w.Write([]byte("\r\n\r\n"))
+			}
+		})
 	}
 }
 
@@ -279,11 +278,16 @@ func (c *Client) Listen(ctx context.Context, f func(IM)) error {
 }
 
 // connected says whether the client holds a connection to the server.
-func (c *Client) connected() bool {
+func (c *Client) connected() bool { return c.withConn(func(sip.Connection) {}) }
+
+// withConn runs f with the client's connection to the server, if it holds
+// one, and says whether it did.
+func (c *Client) withConn(f func(sip.Connection)) bool {
 	conn, err := c.ua.TransportLayer().GetConnection("tls", c.o.Server)
 	if err != nil || conn == nil {
 		return false
 	}
-	_, _ = conn.TryClose() // GetConnection took a reference
+	defer conn.TryClose() // GetConnection took a reference
+	f(conn)
 	return true
 }

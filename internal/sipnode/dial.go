@@ -49,13 +49,19 @@ func (n *Node) Connect(ctx context.Context, addr string) error {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	key := ap.String()
 	pool := n.UA.TransportLayer().Pool("tls")
-	if c := pool.Get(key); c != nil {
+	pooled := func() bool {
+		c := pool.Get(key)
+		if c == nil {
+			return false
+		}
 		_, _ = c.TryClose() // Get took a reference
+		return true
+	}
+	if pooled() {
 		return nil
 	}
 	return n.dials.do(ctx, key, func() error {
-		if c := pool.Get(key); c != nil { // dialled while this call waited
-			_, _ = c.TryClose()
+		if pooled() { // dialled while this call waited
 			return nil
 		}
 		return n.dial(ctx, ap)
